@@ -1,0 +1,94 @@
+"""The PyTorch backend (aebench.backend_api.Backend).
+
+Precision: TF32 is switched off for matmuls and cuDNN convolutions, so float32 means IEEE
+float32 on Ampere/Hopper GPUs too (torch leaves TF32 on for cuDNN convolutions by default).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from aebench.backend_api import Batch, Weights, loss_term_names
+from aebench.shapes import plan_model
+from aebench.spec import Spec
+
+from . import weights as canonical
+from .losses import loss_terms, output
+from .model import Autoencoder
+from .train import TorchTrainer
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def disable_tf32() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self) -> None:
+        disable_tf32()
+        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def device(self) -> str:
+        if self._device.type == "cuda":
+            return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+        return "cpu"
+
+    def build(self, spec: Spec) -> Autoencoder:
+        model = Autoencoder(spec, plan_model(spec))
+        model.spec = spec
+        return model.to(device=self._device, dtype=_DTYPES[spec.dtype])
+
+    def set_weights(self, model: Autoencoder, weights: Weights) -> None:
+        canonical.set_weights(model, weights)
+
+    def get_weights(self, model: Autoencoder) -> Weights:
+        return canonical.get_weights(model)
+
+    def _tensor(self, model: Autoencoder, array: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+        if array is None:
+            return None
+        return torch.as_tensor(np.asarray(array), dtype=_DTYPES[model.spec.dtype], device=self._device)
+
+    def _terms(self, model: Autoencoder, batch: Batch) -> dict[str, torch.Tensor]:
+        t = lambda a: self._tensor(model, a)  # noqa: E731
+        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps),
+                          t(batch.noise.corruption))
+
+    def loss_terms(self, model: Autoencoder, batch: Batch) -> dict[str, float]:
+        with torch.no_grad():
+            return {k: float(v) for k, v in self._terms(model, batch).items()}
+
+    def gradients(self, model: Autoencoder, batch: Batch) -> tuple[dict[str, float], Weights]:
+        model.zero_grad(set_to_none=True)
+        terms = self._terms(model, batch)
+        terms["total"].backward()
+        grads = canonical.gradients(model)
+        model.zero_grad(set_to_none=True)
+        return {k: float(v) for k, v in terms.items()}, grads
+
+    def trainer(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> TorchTrainer:
+        return TorchTrainer(model, model.spec, x, labels, self._device, _DTYPES[model.spec.dtype])
+
+    @torch.no_grad()
+    def encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        h = model.hidden(self._tensor(model, x), self._tensor(model, labels))
+        names = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
+        return {names[name]: model.head(name, h).cpu().numpy() for name in model.heads}
+
+    @torch.no_grad()
+    def decode(self, model: Autoencoder, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
+        logits = model.decode_logits(self._tensor(model, z), self._tensor(model, labels))
+        return output(model.spec, logits).cpu().numpy()
+
+
+__all__ = ["TorchBackend", "loss_term_names"]
