@@ -1,0 +1,144 @@
+"""The ``aebench`` command: list, validate, train, fetch-mnist.
+
+Every user error ends as one line on stderr and exit code 2 (1 for a diverged training),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import AebenchError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import list_backends
+    from .spec import builtin_specs_dir, list_specs, load_spec
+
+    print(f"specs ({builtin_specs_dir()}):")
+    for name in list_specs():
+        spec = load_spec(name)
+        print(f"  {name:26s} {spec.description}")
+    print("backends:")
+    for info in list_backends():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        print(f"  {info.name:26s} {state}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .shapes import plan_model
+    from .spec import load_spec
+
+    failed = 0
+    for name in args.specs:
+        try:
+            spec = load_spec(name)
+        except AebenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        plan = plan_model(spec)
+        weights = sum(math.prod(p.shape) for p in plan.params)
+        print(f"ok: {name}: {spec.name}, family {spec.model.family}, {len(plan.params)} weight arrays, "
+              f"{weights:,} weights")
+    return 2 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .progress import Progress
+    from .registry import load_backend
+    from .spec import load_spec
+    from .train import train
+
+    spec = load_spec(args.spec)
+    if args.epochs:
+        spec = spec.replace(train=dataclasses.replace(spec.train, epochs=args.epochs))
+    if args.dtype:
+        spec = spec.replace(dtype=args.dtype)
+    backend = load_backend(args.backend)
+    data = load_dataset(spec, args.data)
+    out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{backend.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    progress = Progress()
+    progress.line(f"training {spec.name} on {backend.name} ({backend.device()}, {spec.dtype}) for "
+                  f"{spec.train.epochs} epoch(s); data: {data.source}; output: {out}")
+
+    def report(row: dict) -> None:
+        train_total = row.get("train_total")
+        train_text = "" if train_total is None else f"train total {train_total:.4f}, "
+        progress.line(f"epoch {row['epoch']}: {train_text}test total {row['test_total']:.4f} "
+                      f"({row['seconds']:.1f} s)")
+
+    train(spec, backend, data, out, progress=progress, on_epoch=report)
+    progress.line(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    return 0
+
+
+def cmd_fetch_mnist(args: argparse.Namespace) -> int:
+    from .data import MNIST_URL, fetch_mnist
+
+    path = fetch_mnist(Path(args.dest) if args.dest else None, url=args.url or MNIST_URL, timeout=args.timeout)
+    print(f"MNIST saved to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aebench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list the shipped specs and the registered backends")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("validate", help="check spec files; one line per problem, exit 2 on any")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or names of shipped specs")
+    p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("train", help="train a spec on one backend; writes metrics and PNGs")
+    p.add_argument("spec", metavar="SPEC", help="a spec file or the name of a shipped spec")
+    p.add_argument("--backend", default="torch", help="backend name (see 'aebench list'; default torch)")
+    p.add_argument("--epochs", type=positive_int, help="override train.epochs")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="override dtype")
+    p.add_argument("--data", metavar="PATH", help="a Keras-layout mnist.npz (default: $AEBENCH_MNIST, "
+                                                  "~/.keras/datasets/mnist.npz, then the bundled subset)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("fetch-mnist", help="download MNIST into the Keras cache (needs a network)")
+    p.add_argument("--dest", metavar="PATH", help="where to save (default ~/.keras/datasets/mnist.npz)")
+    p.add_argument("--url", help="where to download from (default: the Keras mirror)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
+    p.set_defaults(run=cmd_fetch_mnist)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except AebenchError as exc:
+        print(f"aebench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
