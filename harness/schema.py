@@ -22,7 +22,11 @@ Check = Callable[[Any], "str | None"]
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    by_leaf = {c.rpartition(".")[2]: c for c in choices}
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not close:
+        close = [by_leaf[m] for m in difflib.get_close_matches(str(word), list(by_leaf), n=1, cutoff=0.6)]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -86,8 +90,8 @@ class Parser:
             self.fail(path, f"must be a mapping with keys {', '.join(names)}; got {_kind(value)}")
         for key in value:
             if key not in names:
-                self.fail(_join(path, str(key)),
-                          f"unknown key{did_you_mean(key, names)}; allowed: {', '.join(names)}")
+                hint = did_you_mean(key, names) or did_you_mean(key, _nested_names(cls))
+                self.fail(_join(path, str(key)), f"unknown key{hint}; allowed: {', '.join(names)}")
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):
@@ -162,6 +166,18 @@ class Parser:
         if not isinstance(value, str):
             self.fail(path, f"must be a string; got {_kind(value)}")
         return value
+
+
+def _nested_names(cls: type) -> list[str]:
+    """'field.sub' for the fields of dataclass-typed fields: ``epochs`` -> ``train.epochs``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        options = typing.get_args(hints[f.name]) or (hints[f.name],)
+        for option in options:
+            if dataclasses.is_dataclass(option):
+                out.extend(f"{f.name}.{sub.name}" for sub in dataclasses.fields(option))
+    return out
 
 
 def _join(path: str, key: str) -> str:

@@ -74,7 +74,7 @@ class TorchBackend:
         terms["total"].backward()
         grads = canonical.gradients(model)
         model.zero_grad(set_to_none=True)
-        return {k: float(v) for k, v in terms.items()}, grads
+        return {k: float(v.detach()) for k, v in terms.items()}, grads
 
     def trainer(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> TorchTrainer:
         return TorchTrainer(model, model.spec, x, labels, self._device, _DTYPES[model.spec.dtype])

@@ -1,0 +1,33 @@
+"""Every tolerance of the equivalence checks, stated once, with the reason for its size.
+
+Errors are relative: |got - ref| / max(|ref|, floor), where the floor (given per quantity)
+keeps a value that is tiny next to its neighbours from being judged on its own scale.
+"""
+
+from __future__ import annotations
+
+# Loss terms against the float64 NumPy oracle, per dtype of the backend under test.
+LOSS_RTOL = {
+    # float64: both sides compute the same formula in IEEE double; only summation order
+    # differs (measured <= 1.1e-15 on every shipped spec). Anything above 1e-10 is a
+    # semantic difference (layout, padding, reduction), not rounding.
+    "float64": 1e-10,
+    # float32: rounding of sums over up to 784 x batch elements and of exp/log
+    # (measured <= 8.2e-7, vae_conv's 784-pixel BCE sum); 1e-5 leaves a 10x margin while a
+    # semantic error (e.g. one-pixel shift in a transposed convolution) is > 1e-3.
+    "float32": 1e-5,
+}
+# Floor of the relative error of a term, as a fraction of |total|: the KL of a 2-d latent
+# (about 0.007 next to a BCE of 561) is judged on the scale of the loss it is part of.
+LOSS_FLOOR_OF_TOTAL = 1e-6
+
+# Float64 gradients against central finite differences of the float64 oracle.
+# Step: rounding error of the difference is about eps * |f| / h = 2.2e-16 * 561 / 1e-6
+# ~ 1.2e-7; truncation error h^2 |f'''| / 6 is below that.
+FD_STEP = 1e-6
+# Error as a fraction of the largest |gradient| in the same array: ReLU kinks crossed by
+# the +-h step move single entries by up to ~1e-5 of that (measured worst 9.3e-6, vae_conv);
+# a wrong kernel layout or padding is wrong by O(1).
+FD_TOL = 1e-4
+# Entries checked per weight array: the largest-gradient entry plus random ones.
+FD_SAMPLES_PER_ARRAY = 3

@@ -1,0 +1,56 @@
+"""Parametrizes every test over the registered backends and the shipped specs.
+
+A test that takes ``backend_name`` runs once per registered backend; an unavailable one
+is skipped with the registry's reason. A test that takes ``spec_name`` runs once per
+shipped spec. New specs and backends are tested with no test edits (as timm's
+list_models() drives its tests).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aebench.registry import list_backends
+from aebench.spec import list_specs
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
+
+
+def backend_params() -> list:
+    return [pytest.param(info.name, id=info.name,
+                         marks=() if info.available else pytest.mark.skip(reason=f"{info.name}: {info.reason}"))
+            for info in list_backends()]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", backend_params())
+    if "spec_name" in metafunc.fixturenames:
+        metafunc.parametrize("spec_name", list_specs())
+
+
+@pytest.fixture
+def backend(backend_name: str):
+    from aebench.registry import load_backend
+
+    return load_backend(backend_name)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mnist_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests see no user MNIST (no $AEBENCH_MNIST, an empty Keras cache) unless they set one,
+    so every run uses the bundled subset and is the same on every machine."""
+    monkeypatch.delenv("AEBENCH_MNIST", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+
+
+@pytest.fixture
+def shared_mnist() -> Path:
+    """The full MNIST beside the repository (CI and developers' machines), else skip."""
+    path = Path(os.environ.get("AEBENCH_TEST_MNIST", SHARED_MNIST))
+    if not path.is_file():
+        pytest.skip(f"full MNIST not found at {path}")
+    return path

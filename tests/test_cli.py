@@ -1,0 +1,88 @@
+"""The installed ``aebench`` command, run as a user runs it, and the plugin registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from aebench.registry import list_backends
+from aebench.spec import list_specs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def aebench(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aebench.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_list_shows_every_spec_and_backend() -> None:
+    proc = aebench("list")
+    assert proc.returncode == 0, proc.stderr
+    for name in list_specs():
+        assert f"  {name} " in proc.stdout
+    for info in list_backends():
+        assert info.name in proc.stdout
+
+
+def test_validate_accepts_every_shipped_spec() -> None:
+    proc = aebench("validate", *sorted(str(p) for p in (REPO / "specs").glob("*.yaml")))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ok: ") == len(list_specs())
+
+
+def test_train_writes_metrics_and_pngs(backend_name: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = aebench("train", str(REPO / "specs" / "vae_dense.yaml"), "--backend", backend_name, "--epochs", "1",
+                   "--out", str(out), env={"KERAS_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert {"metrics.csv", "metrics.json", "reconstructions.png", "samples.png", "spec.yaml"} <= {
+        p.name for p in out.iterdir()}
+    assert "epoch 1: train total" in proc.stderr
+    header, first, second = (out / "metrics.csv").read_text().splitlines()
+    assert header.split(",") == ["epoch", "seconds", "train_total", "train_reconstruction", "train_kl",
+                                 "test_total", "test_reconstruction", "test_kl"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "vae_dense", "--backend", "troch"], "no backend 'troch' (did you mean 'torch'?)"),
+    (["train", "vae_dnse"], "no such spec file or shipped spec (did you mean 'vae_dense'?)"),
+    (["train", "vae_dense", "--data", "/nonexistent/mnist.npz"], "--data: no MNIST file at /nonexistent/mnist.npz"),
+    (["train", "vae_dense", "--epochs", "0"], "--epochs: must be a whole number >= 1, got 0"),
+])
+def test_bad_command_lines_give_one_error_line(args: list[str], message: str) -> None:
+    proc = aebench(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].count(message) == 1
+
+
+def test_a_plugin_whose_framework_is_missing_is_listed_unavailable(tmp_path: Path) -> None:
+    """A real third-party entry point (a dist-info on the path) whose framework cannot import."""
+    dist = tmp_path / "ghost_backend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ghost-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[aebench.backends]\nghost = ghost_backend:PLUGIN\n")
+    (tmp_path / "ghost_backend.py").write_text(textwrap.dedent("""
+        from aebench.backend_api import Plugin
+
+        def _load():
+            import ghostframework  # not installed anywhere
+            return ghostframework
+
+        PLUGIN = Plugin(name="ghost", framework="ghostframework", load=_load, install_hint="pip install ghost")
+    """))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    listed = aebench("list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "ghost" in listed.stdout and "unavailable: ghostframework cannot be imported" in listed.stdout
+    trained = aebench("train", "vae_toy", "--backend", "ghost", env=env)
+    assert trained.returncode == 2
+    assert trained.stderr.strip() == ("aebench: error: backend 'ghost' is unavailable: ghostframework cannot be "
+                                      "imported: No module named 'ghostframework' (pip install ghost)")

@@ -1,0 +1,165 @@
+"""The NumPy oracle against values computed by hand on tiny shapes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from aebench import oracle
+from aebench.shapes import same_pads
+from aebench.spec import KL, Activation, Contractive, Gaussian, Masking, Reconstruction, SaltAndPepper, Sparsity
+
+
+def test_kl_of_a_known_gaussian() -> None:
+    # N([1, 0], diag[1, 4]) against N(0, I):
+    # dim 1: 0.5 * (1 + 1 - 1 - 0) = 0.5; dim 2: 0.5 * (4 + 0 - 1 - ln 4) = 0.8068528194400547
+    mean = np.array([[1.0, 0.0]])
+    log_var = np.array([[0.0, math.log(4.0)]])
+    assert oracle.kl_loss(KL(1.0, "sum", "mean"), mean, log_var) == pytest.approx(1.3068528194400547, rel=1e-15)
+    assert oracle.kl_loss(KL(1.0, "mean", "mean"), mean, log_var) == pytest.approx(0.6534264097200273, rel=1e-15)
+
+
+def test_kl_is_zero_at_the_prior_and_batch_reductions_differ() -> None:
+    zeros = np.zeros((3, 5))
+    assert oracle.kl_loss(KL(1.0, "sum", "mean"), zeros, zeros) == 0.0
+    mean = np.array([[2.0], [0.0]])  # per example 2.0 and 0.0
+    assert oracle.kl_loss(KL(1.0, "sum", "mean"), mean, np.zeros_like(mean)) == 1.0
+    assert oracle.kl_loss(KL(1.0, "sum", "sum"), mean, np.zeros_like(mean)) == 2.0
+
+
+def test_sparsity_kl_by_hand() -> None:
+    # rho = 0.1; batch means of the two units: 0.2 and 0.05.
+    # unit 1: 0.1 ln(0.1/0.2) + 0.9 ln(0.9/0.8)  = 0.036690014034750
+    # unit 2: 0.1 ln(0.1/0.05) + 0.9 ln(0.9/0.95) = 0.020654218912746
+    code = np.array([[0.3, 0.0], [0.1, 0.1]])
+    unit1 = 0.1 * math.log(0.5) + 0.9 * math.log(0.9 / 0.8)
+    unit2 = 0.1 * math.log(2.0) + 0.9 * math.log(0.9 / 0.95)
+    assert unit1 == pytest.approx(0.036690014034750, abs=1e-14)
+    assert unit2 == pytest.approx(0.020654218912746, abs=1e-14)
+    assert oracle.sparsity_loss(Sparsity(0.1, 1.0, "sum"), code) == pytest.approx(unit1 + unit2, rel=1e-14)
+    assert oracle.sparsity_loss(Sparsity(0.1, 1.0, "mean"), code) == pytest.approx((unit1 + unit2) / 2, rel=1e-14)
+
+
+def test_sparsity_kl_is_zero_when_every_unit_averages_rho() -> None:
+    assert oracle.sparsity_loss(Sparsity(0.05, 1.0, "sum"), np.full((4, 3), 0.05)) == pytest.approx(0.0, abs=1e-16)
+
+
+def _sigmoid_code_plan(n_in: int, n_code: int):
+    from aebench.shapes import LayerPlan, ModelPlan, Param
+    from aebench.spec import Dense
+
+    head = LayerPlan("code", Dense("dense", n_code, Activation("sigmoid")), (n_in,), (n_code,),
+                     (Param("code.kernel", (n_in, n_code), "kernel", n_in, n_code),
+                      Param("code.bias", (n_code,), "bias", n_in, n_code)))
+    return ModelPlan((n_in,), 0, (), (head,), ())
+
+
+def _finite_difference_jacobian(fn, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    jac = np.zeros((x.shape[0], x.shape[1], fn(x).shape[1]))
+    for i in range(x.shape[1]):
+        up, down = x.copy(), x.copy()
+        up[:, i] += step
+        down[:, i] -= step
+        jac[:, i, :] = (fn(up) - fn(down)) / (2 * step)
+    return jac
+
+
+def test_contractive_closed_form_matches_a_finite_difference_jacobian() -> None:
+    rng = np.random.default_rng(0)
+    x, kernel, bias = rng.random((3, 5)), rng.normal(size=(5, 4)), rng.normal(size=4)
+    weights = {"code.kernel": kernel, "code.bias": bias}
+    plan = _sigmoid_code_plan(5, 4)
+    h = oracle.sigmoid(x @ kernel + bias)
+    # Closed form for a sigmoid dense code: sum_j (h_j (1 - h_j))^2 sum_i W_ij^2, per example.
+    closed = ((h * (1 - h)) ** 2 * (kernel ** 2).sum(axis=0)).sum(axis=1).mean()
+    fd = _finite_difference_jacobian(lambda v: oracle.sigmoid(v @ kernel + bias), x)
+    jac = oracle.code_jacobian(plan, weights, x)
+    np.testing.assert_allclose(jac, fd, rtol=1e-8, atol=1e-10)
+    assert oracle.contractive_loss(Contractive(1.0, "mean"), jac) == pytest.approx(closed, rel=1e-13)
+    assert oracle.contractive_loss(Contractive(1.0, "mean"), fd) == pytest.approx(closed, rel=1e-7)
+
+
+def test_same_padding_at_stride_2_puts_the_extra_row_and_column_after() -> None:
+    assert same_pads(28, 3, 2) == (0, 1)
+    assert same_pads(4, 3, 2) == (0, 1)
+    assert same_pads(5, 3, 1) == (1, 1)
+    x = np.arange(16.0).reshape(1, 4, 4, 1)  # rows [0 1 2 3] [4 5 6 7] [8 9 10 11] [12 13 14 15]
+    out = oracle.conv2d(x, np.ones((3, 3, 1, 1)), np.zeros(1), stride=2, padding="same")
+    # windows start at rows/cols 0 and 2; the window at 2 covers 2, 3 and one padded zero:
+    # [0,0]: 0+1+2+4+5+6+8+9+10 = 45    [0,1]: 2+3+6+7+10+11 = 39
+    # [1,0]: 8+9+10+12+13+14 = 66       [1,1]: 10+11+14+15 = 50
+    np.testing.assert_array_equal(out[0, :, :, 0], [[45.0, 39.0], [66.0, 50.0]])
+    # torch's padding=1 pads both sides: its [0,0] window would be 0+1+4+5 = 10.
+
+
+def test_valid_convolution_and_channels_by_hand() -> None:
+    x = np.arange(9.0).reshape(1, 3, 3, 1)
+    kernel = np.zeros((2, 2, 1, 2))
+    kernel[0, 0, 0, 0] = 1.0  # channel 0 picks the top-left of each window
+    kernel[1, 1, 0, 1] = 1.0  # channel 1 picks the bottom-right
+    out = oracle.conv2d(x, kernel, np.array([0.0, 100.0]), stride=1, padding="valid")
+    np.testing.assert_array_equal(out[0, :, :, 0], [[0, 1], [3, 4]])
+    np.testing.assert_array_equal(out[0, :, :, 1], [[104, 105], [107, 108]])
+
+
+def test_transposed_convolution_same_at_stride_2_by_hand() -> None:
+    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 2, 1)
+    out = oracle.conv2d_transpose(x, np.ones((3, 3, 1, 1)), np.zeros(1), stride=2, padding="same")
+    # Each input value is spread over a 3x3 block at (2i, 2j) of a 5x5 canvas, which is cut to 4x4 at (0, 0).
+    np.testing.assert_array_equal(out[0, :, :, 0], [[1, 1, 3, 2], [1, 1, 3, 2], [4, 4, 10, 6], [3, 3, 7, 4]])
+
+
+def test_transposed_convolution_does_not_flip_the_kernel() -> None:
+    x = np.ones((1, 1, 1, 1))
+    kernel = np.arange(9.0).reshape(3, 3, 1, 1)
+    out = oracle.conv2d_transpose(x, kernel, np.zeros(1), stride=1, padding="valid")
+    np.testing.assert_array_equal(out[0, :, :, 0], np.arange(9.0).reshape(3, 3))
+
+
+def test_transposed_convolution_kernel_is_out_then_in() -> None:
+    x = np.array([[[[1.0, 10.0]]]])  # one pixel, two input channels
+    kernel = np.zeros((1, 1, 3, 2))  # (kh, kw, out=3, in=2)
+    kernel[0, 0] = [[1, 0], [0, 1], [1, 1]]
+    out = oracle.conv2d_transpose(x, kernel, np.zeros(3), stride=1, padding="valid")
+    np.testing.assert_array_equal(out[0, 0, 0], [1.0, 10.0, 11.0])
+
+
+def test_bce_from_logits_by_hand() -> None:
+    assert oracle.bce_with_logits(np.array(0.0), np.array(1.0)) == pytest.approx(math.log(2), rel=1e-15)
+    # logit 30, target 0: -log(1 - sigmoid(30)) = 30 + log(1 + e^-30), computed without overflow
+    assert oracle.bce_with_logits(np.array(30.0), np.array(0.0)) == pytest.approx(30 + math.exp(-30), rel=1e-15)
+    assert oracle.bce_with_logits(np.array(-800.0), np.array(1.0)) == pytest.approx(800.0, rel=1e-15)
+
+
+def test_reconstruction_reductions() -> None:
+    x = np.zeros((2, 2))
+    logits = np.array([[1.0, 3.0], [5.0, 7.0]])  # linear output: squared errors 1, 9, 25, 49
+    mse = lambda f, b: oracle.reconstruction_loss(Reconstruction("mse", 1.0, f, b), "linear", logits, x)  # noqa: E731
+    assert mse("sum", "mean") == 42.0
+    assert mse("mean", "mean") == 21.0
+    assert mse("sum", "sum") == 84.0
+    assert mse("mean", "sum") == 42.0
+
+
+def test_corruptions_from_injected_noise() -> None:
+    x = np.array([[0.2, 0.5, 0.9, 0.0]])
+    normal = np.array([[1.0, -1.0, 1.0, -1.0]])
+    np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, (0.0, 1.0)), x, normal),
+                               [[0.6, 0.1, 1.0, 0.0]])
+    np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, None), x, normal), [[0.6, 0.1, 1.3, -0.4]])
+    uniform = np.array([[0.01, 0.5, 0.96, 0.2]])
+    np.testing.assert_array_equal(oracle.corrupt(Masking("masking", 0.3), x, uniform), [[0.0, 0.5, 0.9, 0.0]])
+    np.testing.assert_array_equal(oracle.corrupt(SaltAndPepper("salt_and_pepper", 0.1), x, uniform),
+                                  [[0.0, 0.5, 1.0, 0.0]])
+
+
+def test_flatten_walks_height_width_channels() -> None:
+    from aebench.shapes import LayerPlan
+    from aebench.spec import Flatten
+
+    x = np.arange(12.0).reshape(1, 2, 2, 3)
+    _, flat = oracle.apply_layer(LayerPlan("encoder.0", Flatten("flatten"), (2, 2, 3), (12,), ()), {}, x)
+    np.testing.assert_array_equal(flat[0], np.arange(12.0))
+    # channel-first (torch NCHW) order would start 0, 3, 6, 9

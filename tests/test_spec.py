@@ -1,0 +1,155 @@
+"""The spec format: shipped specs, inheritance, and one-line errors for bad specs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aebench.cli import main
+from aebench.errors import SpecError
+from aebench.shapes import plan_model
+from aebench.spec import Gaussian, Masking, SaltAndPepper, builtin_specs_dir, load_spec
+
+GOOD = """\
+model:
+  family: vae
+  encoder:
+    - {type: conv, filters: 4, kernel: 3, stride: 2, padding: same, activation: relu}
+    - {type: flatten}
+  latent: {size: 2}
+  decoder:
+    - {type: dense, units: 784}
+    - {type: reshape, shape: [28, 28, 1]}
+  output_activation: sigmoid
+loss:
+  reconstruction: {kind: bce, weight: 1.0, features: sum, batch: mean}
+  kl: {beta: 1.0, features: sum, batch: mean}
+data: {name: mnist, flatten: false}
+init: {kernel: glorot_uniform, bias: zeros}
+optimizer: {name: adam, learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-8}
+train: {batch_size: 16, epochs: 1, seed: 0}
+dtype: float32
+"""
+
+
+def test_every_shipped_spec_loads_and_plans(spec_name: str) -> None:
+    spec = load_spec(spec_name)
+    plan = plan_model(spec)
+    assert spec.name == spec_name
+    assert plan.params, "a spec without weights"
+
+
+def test_the_ten_variants_of_the_design_are_shipped() -> None:
+    names = {p.stem for p in builtin_specs_dir().glob("*.yaml")}
+    assert {"ae", "denoising_ae", "sparse_ae", "contractive_ae", "vae_dense", "denoising_vae",
+            "vae_conv", "beta_vae", "cvae", "vae_toy"} <= names
+
+
+def test_beta_vae_is_vae_conv_with_beta_four() -> None:
+    beta, base = load_spec("beta_vae"), load_spec("vae_conv")
+    assert beta.loss.kl.beta == 4.0 and base.loss.kl.beta == 1.0
+    assert beta.model == base.model and beta.optimizer == base.optimizer
+    assert beta.extends == "vae_conv"
+
+
+def test_a_child_that_changes_the_corruption_kind_replaces_it_whole() -> None:
+    assert isinstance(load_spec("denoising_ae").corruption, Gaussian)
+    assert load_spec("denoising_ae_masking").corruption == Masking("masking", 0.3)
+    assert load_spec("denoising_ae_salt_pepper").corruption == SaltAndPepper("salt_and_pepper", 0.1)
+
+
+def test_scientific_notation_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    assert load_spec(path).optimizer.learning_rate == 1e-3
+
+
+def test_seed_numbers() -> None:
+    assert load_spec("vae_dense").model.latent.size == 40
+    assert load_spec("sparse_ae").loss.sparsity.rho == 0.01
+    assert load_spec("denoising_ae").corruption.std == 0.4
+    assert load_spec("denoising_vae").corruption.std == 0.2
+    assert load_spec("vae_toy").model.encoder[0].activation.negative_slope == 0.3
+    assert load_spec("cvae").model.conditional
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# (case id, files to write {name: text}, the file to validate, text the error must contain)
+BAD_SPECS = [
+    ("unknown-key", {"s.yaml": edit(GOOD, "  latent: {size: 2}", "  latnt: {size: 2}")}, "s.yaml",
+     ["model.latnt", "did you mean 'latent'"]),
+    ("misplaced-key", {"s.yaml": GOOD + "epochs: 3\n"}, "s.yaml", ["epochs: unknown key", "did you mean 'train.epochs'"]),
+    ("wrong-type", {"s.yaml": edit(GOOD, "batch_size: 16", "batch_size: sixteen")}, "s.yaml",
+     ["train.batch_size", "must be an integer"]),
+    ("bool-is-not-int", {"s.yaml": edit(GOOD, "batch_size: 16", "batch_size: true")}, "s.yaml",
+     ["train.batch_size", "must be an integer"]),
+    ("negative-std", {"s.yaml": GOOD + "corruption: {kind: gaussian, std: -0.1}\n"}, "s.yaml",
+     ["corruption.std", "must be > 0"]),
+    ("rho-outside-0-1", {"s.yaml": edit(edit(edit(GOOD, "family: vae", "family: ae"),
+                                             "  kl: {beta: 1.0, features: sum, batch: mean}",
+                                             "  sparsity: {rho: 1.5, weight: 0.1, units: sum}"),
+                                        "latent: {size: 2}", "latent: {size: 2, activation: sigmoid}")},
+     "s.yaml", ["loss.sparsity.rho", "(0, 1)"]),
+    ("latent-size-zero", {"s.yaml": edit(GOOD, "latent: {size: 2}", "latent: {size: 0}")}, "s.yaml",
+     ["model.latent.size", "must be >= 1"]),
+    ("kernel-larger-than-input", {"s.yaml": edit(GOOD, "kernel: 3", "kernel: 29")}, "s.yaml",
+     ["model.encoder[0].kernel", "larger than its input 28x28"]),
+    ("decoder-shape-mismatch", {"s.yaml": edit(edit(GOOD, "units: 784", "units: 1568"),
+                                               "shape: [28, 28, 1]", "shape: [28, 28, 2]")}, "s.yaml",
+     ["model.decoder", "outputs shape (28, 28, 2)", "has shape (28, 28, 1)"]),
+    ("reshape-size-mismatch", {"s.yaml": edit(GOOD, "units: 784", "units: 783")}, "s.yaml",
+     ["model.decoder[1].shape", "holds 784 values but its input (783,) holds 783"]),
+    ("missing-parent", {"s.yaml": "extends: vae_cnv\n"}, "s.yaml", ["extends", "no spec 'vae_cnv'"]),
+    ("circular-parent", {"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"}, "a.yaml",
+     ["b.yaml: extends", "circular inheritance: a -> b -> a"]),
+    ("yaml-syntax-error", {"s.yaml": "model: {family: vae\nloss: [\n"}, "s.yaml", ["s.yaml:", "YAML syntax error"]),
+    ("empty-file", {"s.yaml": ""}, "s.yaml", ["empty spec"]),
+    ("duplicate-key", {"s.yaml": GOOD + "dtype: float64\n"}, "s.yaml", ["dtype", "appears twice"]),
+    ("leaky-relu-without-slope", {"s.yaml": edit(GOOD, "activation: relu}", "activation: leaky_relu}")},
+     "s.yaml", ["model.encoder[0].activation", "negative_slope"]),
+    ("bce-needs-sigmoid", {"s.yaml": edit(GOOD, "output_activation: sigmoid", "output_activation: linear")},
+     "s.yaml", ["loss.reconstruction.kind", "sigmoid"]),
+    ("unknown-choice", {"s.yaml": edit(GOOD, "dtype: float32", "dtype: float16")}, "s.yaml",
+     ["dtype", "one of float32, float64"]),
+    ("missing-epsilon", {"s.yaml": edit(GOOD, ", epsilon: 1e-8", "")}, "s.yaml",
+     ["optimizer.epsilon", "is required"]),
+    ("dense-on-images", {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "")}, "s.yaml",
+     ["model.encoder", "flat"]),
+]
+
+
+@pytest.mark.parametrize("files, target, expected", [pytest.param(f, t, e, id=i) for i, f, t, e in BAD_SPECS])
+def test_bad_spec_gives_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             files: dict, target: str, expected: list[str]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / target
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert str(tmp_path) in err
+    for fragment in expected:
+        assert fragment in err
+
+
+def test_spec_error_names_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(edit(GOOD, "latent: {size: 2}", "latent: {size: -1}"))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert (info.value.file, info.value.field) == (str(path), "model.latent.size")
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(edit(GOOD, "batch_size: 16", "batch_size: -4"))
+    proc = subprocess.run([sys.executable, "-m", "aebench.cli", "train", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"aebench: error: {path}: train.batch_size: must be >= 1, got -4"]

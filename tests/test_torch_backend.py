@@ -1,0 +1,91 @@
+"""PyTorch-specific traps (EQUIVALENCE.md): each test fails if the trap comes back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0 'aebench[torch]')")
+
+from aebench.backends.torch.model import CroppedConvTranspose2d, SameConv2d  # noqa: E402
+from aebench.backends.torch.train import ReferenceAdam, StockAdam  # noqa: E402
+from aebench.oracle import conv2d, conv2d_transpose  # noqa: E402
+from aebench.registry import load_backend  # noqa: E402
+from aebench.shapes import plan_model  # noqa: E402
+from aebench.spec import load_spec  # noqa: E402
+
+
+def conv_layers(spec_name: str, kind: type):
+    plan = plan_model(load_spec(spec_name))
+    return [p for p in plan.layers if isinstance(p.layer, kind)]
+
+
+def test_same_conv_at_stride_2_pads_bottom_right_like_the_oracle() -> None:
+    from aebench.spec import Conv
+
+    plan = conv_layers("vae_conv", Conv)[0]
+    module = SameConv2d(plan).double()
+    rng = np.random.default_rng(0)
+    x, kernel, bias = rng.random((2, 28, 28, 1)), rng.normal(size=(3, 3, 1, 32)), rng.normal(size=32)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
+        module.bias.copy_(torch.from_numpy(bias))
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+        ours = module(nchw).permute(0, 2, 3, 1).numpy()
+        symmetric = torch.nn.functional.conv2d(nchw, module.weight, module.bias, stride=2, padding=1)
+    expected = np.maximum(conv2d(x, kernel, bias, 2, "same"), 0)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
+    assert symmetric.shape == (2, 32, 14, 14)  # same shape, different values: the trap
+    assert np.abs(np.maximum(symmetric.permute(0, 2, 3, 1).numpy(), 0) - expected).max() > 1e-2
+
+
+def test_transposed_conv_is_aligned_where_padding_1_output_padding_1_shifts() -> None:
+    from aebench.spec import ConvTranspose
+
+    plan = conv_layers("vae_conv", ConvTranspose)[0]
+    module = CroppedConvTranspose2d(plan).double()
+    rng = np.random.default_rng(1)
+    x, kernel, bias = rng.random((2, 7, 7, 64)), rng.normal(size=(3, 3, 64, 64)), rng.normal(size=64)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
+        module.bias.copy_(torch.from_numpy(bias))
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+        ours = module(nchw).permute(0, 2, 3, 1).numpy()
+        shifted = torch.nn.functional.conv_transpose2d(nchw, module.weight, module.bias, stride=2, padding=1,
+                                                       output_padding=1).permute(0, 2, 3, 1).numpy()
+    expected = np.maximum(conv2d_transpose(x, kernel, bias, 2, "same"), 0)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
+    assert shifted.shape == expected.shape
+    assert np.abs(np.maximum(shifted, 0) - expected).max() > 1e-2
+
+
+def test_reference_adam_is_bit_identical_to_torch_optim_adam() -> None:
+    opt = load_spec("vae_dense").optimizer
+    rng = np.random.default_rng(2)
+    start = [torch.tensor(rng.normal(size=(5, 3))), torch.tensor(rng.normal(size=7))]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    stock = [torch.nn.Parameter(t.clone()) for t in start]
+    reference, torch_adam = ReferenceAdam(ours, opt), StockAdam(stock, opt)
+    for _ in range(50):
+        grads = [torch.tensor(rng.normal(size=t.shape)) for t in start]
+        reference.step(grads)
+        torch_adam.step([g.clone() for g in grads])
+    for a, b in zip(ours, stock):
+        assert torch.equal(a.detach(), b.detach())
+
+
+def test_tf32_is_off_after_the_backend_loads() -> None:
+    load_backend("torch")
+    assert not torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cudnn.allow_tf32
+
+
+def test_data_lives_on_cuda_when_there_is_one() -> None:
+    backend = load_backend("torch")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert backend.device().startswith(expected)
+    spec = load_spec("vae_toy")
+    model = backend.build(spec)
+    trainer = backend.trainer(model, np.zeros((4, 2)), None)
+    assert trainer.x.device.type == expected
+    assert next(model.parameters()).device.type == expected

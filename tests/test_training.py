@@ -1,0 +1,54 @@
+"""Training end to end on the bundled MNIST subset, every spec on every backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aebench.data import load_dataset
+from aebench.errors import AebenchError
+from aebench.spec import load_spec
+from aebench.train import TrainingDiverged, train
+
+
+def one_epoch(spec_name: str):
+    spec = load_spec(spec_name)
+    return spec.replace(train=dataclasses.replace(spec.train, epochs=1))
+
+
+@pytest.mark.slow
+def test_one_epoch_lowers_the_test_loss(backend, spec_name: str, tmp_path: Path) -> None:
+    spec = one_epoch(spec_name)
+    rows = train(spec, backend, load_dataset(spec), tmp_path)
+    before, after = rows[0]["test_total"], rows[1]["test_total"]
+    assert np.isfinite(after) and after < before, (before, after)
+    assert rows[1]["train_total"] < before
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"metrics.csv", "metrics.json", "spec.yaml", "reconstructions.png"} <= written
+    assert ("samples.png" in written) == (spec.model.family == "vae")
+    meta = json.loads((tmp_path / "metrics.json").read_text())
+    assert meta["backend"] == backend.name and len(meta["epochs"]) == 2
+    assert "subset shipped with aebench" in meta["data"] or spec.data.name != "mnist"
+
+
+def test_a_diverged_run_keeps_the_epochs_before(backend, tmp_path: Path) -> None:
+    spec = one_epoch("vae_toy")
+    spec = spec.replace(train=dataclasses.replace(spec.train, epochs=2),
+                        optimizer=dataclasses.replace(spec.optimizer, learning_rate=1e30))
+    with pytest.raises(TrainingDiverged) as info:
+        train(spec, backend, load_dataset(spec), tmp_path)
+    assert "loss is" in str(info.value)
+    rows = json.loads((tmp_path / "metrics.json").read_text())["epochs"]
+    assert rows and rows[0]["epoch"] == 0
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,seconds,train_total")
+
+
+def test_a_batch_larger_than_the_data_is_an_error(backend, tmp_path: Path) -> None:
+    spec = one_epoch("vae_toy")
+    spec = spec.replace(train=dataclasses.replace(spec.train, batch_size=100_000))
+    with pytest.raises(AebenchError, match="train.batch_size: 100000 is larger than the 1024 training examples"):
+        train(spec, backend, load_dataset(spec), tmp_path)
