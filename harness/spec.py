@@ -63,10 +63,8 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Conv:
-    """2-D convolution on NHWC images; 'same' pads as TensorFlow does (extra at bottom/right)."""
-
-    type: Literal["conv"]
+class _Convolution:
+    type: str
     filters: int = checked(at_least(1))
     kernel: int = checked(at_least(1))
     stride: int = checked(at_least(1))
@@ -75,15 +73,17 @@ class Conv:
 
 
 @dataclass(frozen=True)
-class ConvTranspose:
+class Conv(_Convolution):
+    """2-D convolution on NHWC images; 'same' pads as TensorFlow does (extra at bottom/right)."""
+
+    type: Literal["conv"]
+
+
+@dataclass(frozen=True)
+class ConvTranspose(_Convolution):
     """2-D transposed convolution; kernel layout (kh, kw, out, in) as in Keras."""
 
     type: Literal["conv_transpose"]
-    filters: int = checked(at_least(1))
-    kernel: int = checked(at_least(1))
-    stride: int = checked(at_least(1))
-    padding: Padding
-    activation: Activation = LINEAR
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,15 @@ def conv_layers(spec_name: str, kind: type):
     return [p for p in plan.layers if isinstance(p.layer, kind)]
 
 
+def run_nhwc(module, kernel: np.ndarray, bias: np.ndarray, x: np.ndarray):
+    """Load a canonical kernel into a torch conv module; returns (its NHWC output, the NCHW input)."""
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
+        module.bias.copy_(torch.from_numpy(bias))
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+        return module(nchw).permute(0, 2, 3, 1).numpy(), nchw
+
+
 def test_same_conv_at_stride_2_pads_bottom_right_like_the_oracle() -> None:
     from aebench.spec import Conv
 
@@ -27,11 +36,8 @@ def test_same_conv_at_stride_2_pads_bottom_right_like_the_oracle() -> None:
     module = SameConv2d(plan).double()
     rng = np.random.default_rng(0)
     x, kernel, bias = rng.random((2, 28, 28, 1)), rng.normal(size=(3, 3, 1, 32)), rng.normal(size=32)
+    ours, nchw = run_nhwc(module, kernel, bias, x)
     with torch.no_grad():
-        module.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
-        module.bias.copy_(torch.from_numpy(bias))
-        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
-        ours = module(nchw).permute(0, 2, 3, 1).numpy()
         symmetric = torch.nn.functional.conv2d(nchw, module.weight, module.bias, stride=2, padding=1)
     expected = np.maximum(conv2d(x, kernel, bias, 2, "same"), 0)
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
@@ -46,11 +52,8 @@ def test_transposed_conv_is_aligned_where_padding_1_output_padding_1_shifts() ->
     module = CroppedConvTranspose2d(plan).double()
     rng = np.random.default_rng(1)
     x, kernel, bias = rng.random((2, 7, 7, 64)), rng.normal(size=(3, 3, 64, 64)), rng.normal(size=64)
+    ours, nchw = run_nhwc(module, kernel, bias, x)
     with torch.no_grad():
-        module.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
-        module.bias.copy_(torch.from_numpy(bias))
-        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
-        ours = module(nchw).permute(0, 2, 3, 1).numpy()
         shifted = torch.nn.functional.conv_transpose2d(nchw, module.weight, module.bias, stride=2, padding=1,
                                                        output_padding=1).permute(0, 2, 3, 1).numpy()
     expected = np.maximum(conv2d_transpose(x, kernel, bias, 2, "same"), 0)

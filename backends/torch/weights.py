@@ -27,20 +27,17 @@ def parameter(model: Autoencoder, name: str) -> torch.nn.Parameter:
     return module.weight if role == "kernel" else module.bias
 
 
+def _relayout(array: np.ndarray, conv_axes: tuple[int, ...]) -> np.ndarray:
+    """Dense kernels transpose; conv kernels permute ``conv_axes``; biases stay."""
+    return {2: lambda a: a.T, 4: lambda a: a.transpose(conv_axes)}.get(array.ndim, lambda a: a)(array)
+
+
 def to_torch_layout(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 4:
-        return array.transpose(_TO_TORCH)
-    return array
+    return _relayout(array, _TO_TORCH)
 
 
 def to_canonical_layout(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 4:
-        return array.transpose(_FROM_TORCH)
-    return array
+    return _relayout(array, _FROM_TORCH)
 
 
 @torch.no_grad()
