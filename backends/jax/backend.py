@@ -1,0 +1,106 @@
+"""The JAX backend (aebench.backend_api.Backend).
+
+Precision: matmuls and convolutions run at Precision.HIGHEST (no TF32 on GPUs), set both
+per layer and as jax_default_matmul_precision. float64 specs switch on jax_enable_x64 when
+they are built (a float32 spec keeps explicit float32 dtypes either way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aebench.backend_api import Batch, Noise, Weights, loss_term_names
+from aebench.shapes import ModelPlan, plan_model
+from aebench.spec import Spec
+
+from . import weights as canonical
+from .losses import loss_terms, output
+from .model import Autoencoder, Params
+from .train import JaxTrainer, grad_fn
+
+
+@dataclass
+class JaxModel:
+    spec: Spec
+    plan: ModelPlan
+    net: Autoencoder
+    dtype: jnp.dtype
+    params: Optional[Params] = None
+    compiled: dict = field(default_factory=dict)
+
+
+class JaxBackend:
+    name = "jax"
+
+    def __init__(self) -> None:
+        jax.config.update("jax_default_matmul_precision", "highest")
+        self._device = jax.devices()[0]
+
+    def versions(self) -> dict[str, str]:
+        import flax
+        import jaxlib
+        import optax
+
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                "optax": optax.__version__}
+
+    def device(self) -> str:
+        d = self._device
+        return d.platform if d.platform == "cpu" else f"{d.platform}:{d.id} ({d.device_kind})"
+
+    def build(self, spec: Spec) -> JaxModel:
+        if spec.dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        dtype = jnp.float64 if spec.dtype == "float64" else jnp.float32
+        plan = plan_model(spec)
+        return JaxModel(spec, plan, Autoencoder(plan, dtype), dtype)
+
+    def set_weights(self, model: JaxModel, weights: Weights) -> None:
+        model.params = canonical.to_params(model.plan, weights, model.dtype, self._device)
+
+    def get_weights(self, model: JaxModel) -> Weights:
+        return canonical.to_weights(model.plan, model.params)
+
+    def _inputs(self, model: JaxModel, batch: Batch) -> tuple:
+        def put(a):
+            return None if a is None else jax.device_put(jnp.asarray(a, dtype=model.dtype), self._device)
+
+        return put(batch.x), put(batch.labels), put(batch.noise.eps), put(batch.noise.corruption)
+
+    def _compiled(self, model: JaxModel, key: str, make):
+        if key not in model.compiled:
+            model.compiled[key] = jax.jit(make())
+        return model.compiled[key]
+
+    def loss_terms(self, model: JaxModel, batch: Batch) -> dict[str, float]:
+        fn = self._compiled(model, "loss", lambda: lambda p, *a: loss_terms(model.net, model.spec, p, *a))
+        terms = fn(model.params, *self._inputs(model, batch))  # a jitted dict comes back key-sorted
+        return {name: float(terms[name]) for name in loss_term_names(model.spec)}
+
+    def gradients(self, model: JaxModel, batch: Batch) -> tuple[dict[str, float], Weights]:
+        fn = self._compiled(model, "grad", lambda: grad_fn(model.net, model.spec))
+        terms, grads = fn(model.params, *self._inputs(model, batch))
+        values = np.asarray(terms, dtype=np.float64).tolist()
+        return dict(zip(loss_term_names(model.spec), values)), canonical.to_weights(model.plan, grads)
+
+    def trainer(self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray]) -> JaxTrainer:
+        def keep(params: Params) -> None:
+            model.params = params
+
+        return JaxTrainer(model.net, model.spec, model.params, x, labels, self._device, model.dtype, keep)
+
+    def encode(self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        xs, ls, _, _ = self._inputs(model, Batch(x, labels, Noise()))
+        h = model.net.hidden(model.params, xs, ls)
+        names = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
+        return {names[p.name]: np.asarray(model.net.head(model.params, p.name, h)) for p in model.plan.heads}
+
+    def decode(self, model: JaxModel, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
+        zs, ls, _, _ = self._inputs(model, Batch(z, labels, Noise()))
+        return np.asarray(output(model.spec, model.net.decode_logits(model.params, zs, ls)))
+

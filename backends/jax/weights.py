@@ -1,0 +1,32 @@
+"""Canonical weights <-> the Flax parameter tree. The layouts are the same (model.py says
+why), so conversion is only nesting: 'encoder.0.kernel' <-> params['encoder.0']['kernel']."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aebench.backend_api import Weights
+from aebench.canonical import check_weights
+from aebench.shapes import ModelPlan
+
+from .model import Params
+
+
+def to_params(plan: ModelPlan, weights: Weights, dtype: jnp.dtype, device: jax.Device) -> Params:
+    check_weights(plan, weights)
+    params: Params = {}
+    for p in plan.params:
+        layer, _, role = p.name.rpartition(".")
+        params.setdefault(layer, {})[role] = jax.device_put(jnp.asarray(np.asarray(weights[p.name]), dtype=dtype),
+                                                            device)
+    return params
+
+
+def to_weights(plan: ModelPlan, params: Params) -> Weights:
+    out = {}
+    for p in plan.params:
+        layer, _, role = p.name.rpartition(".")
+        out[p.name] = np.array(params[layer][role])
+    return out
