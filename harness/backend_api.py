@@ -101,6 +101,11 @@ class Backend(Protocol):
         """Decoder output with the output activation applied (sigmoid for images)."""
 
 
+class NeedsOwnProcess(ImportError):
+    """Raised by a plugin's loader when its framework cannot load in this process (Keras on
+    another engine already imported here); the registry then runs it in a worker process."""
+
+
 @dataclass(frozen=True)
 class Plugin:
     """What an ``aebench.backends`` entry point names: a backend's name and a loader that
@@ -110,3 +115,4 @@ class Plugin:
     framework: str
     load: Callable[[], Backend]
     install_hint: str = ""
+    requires: tuple[str, ...] = ()  # modules that must be importable (checked without importing)

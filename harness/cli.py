@@ -38,6 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("backends:")
     for info in list_backends():
         state = "available" if info.available else f"unavailable: {info.reason}"
+        state += f", {info.note}" if info.note else ""
         print(f"  {info.name:26s} {state}")
     return 0
 

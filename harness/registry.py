@@ -2,17 +2,19 @@
 
 Built-in and third-party backends register the same way (an entry point naming a
 ``Plugin``). A backend whose framework cannot be imported is listed as unavailable with
-the reason; nothing crashes and nothing is silently dropped.
+the reason; nothing crashes and nothing is silently dropped. A backend that cannot share
+this process (Keras on a second engine) is run in a worker process of its own.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Optional
 
-from .backend_api import Backend, Plugin
+from .backend_api import Backend, NeedsOwnProcess, Plugin
 from .errors import BackendUnavailable
 from .schema import did_you_mean
 
@@ -27,10 +29,22 @@ class BackendInfo:
     framework: str
     available: bool
     reason: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What loading a plugin in this process gave: a backend, a reason it cannot be
+    installed here, or a reason it needs a process of its own."""
+
+    backend: Optional[Backend] = None
+    unavailable: str = ""
+    own_process: str = ""
 
 
 def list_backends() -> list[BackendInfo]:
-    """Every registered backend, sorted by name, each tried once per process."""
+    """Every registered backend, sorted by name. A backend that needs its own process is
+    checked by finding its modules, without starting a worker."""
     return [_info(name) for name in sorted(_plugins())]
 
 
@@ -44,10 +58,19 @@ def load_backend(name: str) -> Backend:
     if name not in plugins:
         raise BackendUnavailable(f"--backend: no backend '{name}'{did_you_mean(name, plugins)}; "
                                  f"registered: {', '.join(sorted(plugins)) or 'none'}")
-    backend, reason = _load(name)
-    if backend is None:
-        raise BackendUnavailable(f"backend '{name}' is unavailable: {reason}")
-    return backend
+    return _backend(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _backend(name: str) -> Backend:
+    attempt = _attempt(name)
+    if attempt.backend is not None:
+        return attempt.backend
+    if attempt.unavailable:
+        raise BackendUnavailable(f"backend '{name}' is unavailable: {attempt.unavailable}")
+    from .worker import WorkerBackend
+
+    return WorkerBackend(name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,15 +85,25 @@ def _plugins() -> dict[str, Plugin]:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(name: str) -> tuple[Optional[Backend], str]:
+def _attempt(name: str) -> _Attempt:
     plugin = _plugins()[name]
     try:
-        return plugin.load(), ""
+        return _Attempt(backend=plugin.load())
+    except NeedsOwnProcess as exc:
+        return _Attempt(own_process=str(exc))
     except ImportError as exc:
-        hint = f" ({plugin.install_hint})" if plugin.install_hint else ""
-        return None, f"{plugin.framework} cannot be imported: {exc}{hint}"
+        return _Attempt(unavailable=f"{plugin.framework} cannot be imported: {exc}{_hint(plugin)}")
+
+
+def _hint(plugin: Plugin) -> str:
+    return f" ({plugin.install_hint})" if plugin.install_hint else ""
 
 
 def _info(name: str) -> BackendInfo:
-    backend, reason = _load(name)
-    return BackendInfo(name, _plugins()[name].framework, backend is not None, reason)
+    plugin, attempt = _plugins()[name], _attempt(name)
+    if not attempt.own_process:
+        return BackendInfo(name, plugin.framework, attempt.backend is not None, attempt.unavailable)
+    missing = [m for m in plugin.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        return BackendInfo(name, plugin.framework, False, f"{', '.join(missing)} not installed{_hint(plugin)}")
+    return BackendInfo(name, plugin.framework, True, note=f"runs in a worker process ({attempt.own_process})")

@@ -1,0 +1,93 @@
+"""What Keras 3 leaves to its engine: gradients, and the precision switches.
+
+``value_and_grad(fn, variables)`` runs ``fn()`` (which reads the variables) and returns its
+result dict and the gradient of its 'total' with respect to each variable, on the engine
+Keras was imported with: a GradientTape on TensorFlow, jax.value_and_grad through a
+keras.StatelessScope on JAX, torch.autograd.grad on torch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+
+
+def engine() -> str:
+    return keras.backend.backend()
+
+
+def value_and_grad(fn: Callable[[], dict], variables: list) -> tuple[dict, list]:
+    return {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}[engine()](fn, variables)
+
+
+def _tensorflow(fn, variables):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        terms = fn()
+    return terms, tape.gradient(terms["total"], [v.value for v in variables])
+
+
+def _jax(fn, variables):
+    import jax
+
+    def total(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            terms = fn()
+        return terms["total"], terms
+
+    (_, terms), grads = jax.value_and_grad(total, has_aux=True)([v.value for v in variables])
+    return terms, grads
+
+
+def _torch(fn, variables):
+    import torch
+
+    terms = fn()
+    grads = torch.autograd.grad(terms["total"], [v.value for v in variables])
+    return {k: v.detach() for k, v in terms.items()}, list(grads)
+
+
+def disable_tf32(float64: bool = False) -> None:
+    """IEEE float32 matmuls and convolutions on every engine; x64 on JAX for float64 specs."""
+    name = engine()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif name == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+        if float64:
+            jax.config.update("jax_enable_x64", True)
+    else:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def versions() -> dict[str, str]:
+    out = {"keras": keras.__version__, "keras_engine": engine()}
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[engine()]
+    out[module] = __import__(module).__version__
+    return out
+
+
+def device_name() -> str:
+    name = engine()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return f"{gpus[0].name}" if gpus else "cpu"
+    if name == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return d.platform if d.platform == "cpu" else f"{d.platform}:{d.id} ({d.device_kind})"
+    import torch
+
+    return f"cuda:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,103 @@
+"""Every loss term in keras.ops (the same code on every engine), from injected noise,
+reduced exactly as the spec says. BCE is keras.ops.binary_crossentropy(from_logits=True):
+with probabilities Keras would clip them on its JAX and torch engines but not on
+TensorFlow's (EQUIVALENCE.md).
+
+The contractive Jacobian is the chain rule through the dense encoder in keras.ops (Keras 3
+has no engine-neutral jacobian); its gradient is still autodiff. KNOWN_GAPS says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from keras import ops
+
+from aebench.backend_api import loss_term_names
+from aebench.spec import Gaussian, Masking, Spec
+
+from .model import Autoencoder, activate, activation_slope
+
+
+def corrupt(spec: Spec, x, noise):
+    c = spec.corruption
+    if c is None:
+        return x
+    if isinstance(c, Gaussian):
+        out = x + c.std * noise
+        return out if c.clip is None else ops.clip(out, c.clip[0], c.clip[1])
+    if isinstance(c, Masking):
+        return ops.where(noise < c.fraction, ops.zeros_like(x), x)
+    half = c.fraction / 2
+    return ops.where(noise < half, ops.zeros_like(x), ops.where(noise >= 1 - half, ops.ones_like(x), x))
+
+
+def exact_mean(x, axis=None):
+    """sum / count: keras.ops.mean on the JAX engine (Keras 3.15) accumulates float64 in float32."""
+    count = x.shape[axis] if axis is not None else math.prod(x.shape)
+    return ops.sum(x, axis=axis) / float(count)
+
+
+def reduce(per_element, features: str, batch: str):
+    flat = ops.reshape(per_element, (ops.shape(per_element)[0], -1))
+    per_example = ops.sum(flat, axis=1) if features == "sum" else exact_mean(flat, axis=1)
+    return ops.sum(per_example) if batch == "sum" else exact_mean(per_example)
+
+
+def reconstruction(spec: Spec, logits, x):
+    cfg = spec.loss.reconstruction
+    if cfg.kind == "bce":
+        per_element = ops.binary_crossentropy(x, logits, from_logits=True)
+    else:
+        out = ops.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
+        per_element = ops.square(out - x)
+    return reduce(per_element, cfg.features, cfg.batch)
+
+
+def code_jacobian(model: Autoencoder, x_in, labels: Optional[object]):
+    """d code / d x through the dense encoder: J <- (J @ W) * act'(pre), shape (B, in, code)."""
+    h = x_in if labels is None else ops.concatenate([x_in, labels], axis=1)
+    n_in = ops.shape(x_in)[1]
+    jac = None
+    for plan in model.plan.encoder + model.plan.heads:
+        kernel = model.layers[plan.name].kernel
+        pre = model.layers[plan.name](h)
+        slope = ops.expand_dims(activation_slope(plan.layer.activation, pre), 1)
+        jac = (ops.expand_dims(kernel[:n_in], 0) if jac is None else ops.matmul(jac, kernel)) * slope
+        h = activate(plan.layer.activation, pre)
+    return jac
+
+
+def loss_terms(model: Autoencoder, spec: Spec, x, labels, eps, corruption) -> dict:
+    """Unweighted terms and their weighted 'total'."""
+    loss = spec.loss
+    x_in = corrupt(spec, x, corruption)
+    h = model.hidden(x_in, labels)
+    terms = {}
+    if spec.model.family == "vae":
+        mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
+        z = mean + ops.exp(0.5 * log_var) * eps
+        terms["kl"] = reduce(0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var),
+                             loss.kl.features, loss.kl.batch)
+    else:
+        z = model.head("code", h)
+    terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)
+    total = loss.reconstruction.weight * terms["reconstruction"]
+    if loss.kl is not None:
+        total = total + loss.kl.beta * terms["kl"]
+    if loss.sparsity is not None:
+        rho, rho_hat = loss.sparsity.rho, exact_mean(z, axis=0)
+        kl = rho * ops.log(rho / rho_hat) + (1 - rho) * ops.log((1 - rho) / (1 - rho_hat))
+        terms["sparsity"] = ops.sum(kl) if loss.sparsity.units == "sum" else exact_mean(kl)
+        total = total + loss.sparsity.weight * terms["sparsity"]
+    if loss.contractive is not None:
+        jac = code_jacobian(model, x_in, labels)
+        terms["contractive"] = reduce(ops.square(jac), "sum", loss.contractive.batch)
+        total = total + loss.contractive.weight * terms["contractive"]
+    terms["total"] = total
+    return {name: terms[name] for name in loss_term_names(spec)}
+
+
+def output(spec: Spec, logits):
+    return ops.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
