@@ -1,4 +1,4 @@
-"""The ``aebench`` command: list, validate, train, fetch-mnist.
+"""The ``aebench`` command: list, validate, train, check, fetch-mnist.
 
 Every user error ends as one line on stderr and exit code 2 (1 for a diverged training),
 never a traceback.
@@ -92,6 +92,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import choose_backends, format_table, load_specs, run_check, summarize, to_json
+    from .progress import Progress
+
+    specs = load_specs(args.specs)
+    backends, skipped = choose_backends(args.backends.split(",") if args.backends else None)
+    dtypes = [args.dtype] if args.dtype else ["float64", "float32"]
+    progress = Progress()
+    rows = skipped + run_check(specs, backends, dtypes, progress=lambda s: progress.line(f"checking {s}")
+                               if progress.enabled else None)
+    if args.json:
+        print(to_json(rows))
+    else:
+        print(format_table(rows if args.verbose else summarize(rows)))
+        failed = sum(r.verdict == "FAIL" for r in rows)
+        print(f"{len(rows) - failed - len(skipped)} passed, {failed} failed, {len(skipped)} skipped")
+    return 1 if any(r.verdict == "FAIL" for r in rows) else 0
+
+
 def cmd_fetch_mnist(args: argparse.Namespace) -> int:
     from .data import MNIST_URL, fetch_mnist
 
@@ -127,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "~/.keras/datasets/mnist.npz, then the bundled subset)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("check", help="compare the installed backends with the oracle and with each other")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or shipped names (default: all shipped)")
+    p.add_argument("--backends", metavar="A,B", help="comma-separated backend names (default: all registered)")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="one dtype (default: both)")
+    p.add_argument("--json", action="store_true", help="every compared quantity as JSON")
+    p.add_argument("--verbose", action="store_true", help="every compared quantity, not one row per kind")
+    p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("fetch-mnist", help="download MNIST into the Keras cache (needs a network)")
     p.add_argument("--dest", metavar="PATH", help="where to save (default ~/.keras/datasets/mnist.npz)")

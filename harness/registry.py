@@ -73,6 +73,16 @@ def _backend(name: str) -> Backend:
     return WorkerBackend(name)
 
 
+def plugin_module(name: str) -> str:
+    """The module a backend's entry point names (its folder holds known_gaps.txt)."""
+    return _modules()[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _modules() -> dict[str, str]:
+    return {ep.name: ep.module for ep in entry_points(group=GROUP)}
+
+
 @functools.lru_cache(maxsize=None)
 def _plugins() -> dict[str, Plugin]:
     found = {}

@@ -7,10 +7,14 @@ and trainers stay in the worker and are referred to by handles.
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
+import os
+import pickle
+import subprocess
+import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, BinaryIO, Iterable, Optional
 
 import numpy as np
 
@@ -40,15 +44,17 @@ class RemoteTrainer:
 
 
 class WorkerBackend:
-    """The named backend, loaded in a fresh (spawned) process."""
+    """The named backend, loaded in a fresh ``python -m aebench.worker NAME`` process.
+
+    A plain subprocess (not multiprocessing's spawn, which re-runs the caller's main
+    script); pickled calls and replies cross its stdin and stdout.
+    """
 
     def __init__(self, name: str):
         self.name = name
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=serve, args=(name, child), daemon=True, name=f"aebench-{name}")
-        self._process.start()
-        child.close()
+        self._process = subprocess.Popen([sys.executable, "-m", "aebench.worker", name], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE)
+        atexit.register(self.close)
         try:
             info = self._receive()
         except WorkerError as exc:
@@ -57,22 +63,26 @@ class WorkerBackend:
 
     def _receive(self) -> Any:
         try:
-            status, value = self._conn.recv()
+            status, value = pickle.load(self._process.stdout)
         except EOFError:
-            self._process.join(timeout=5)
-            raise WorkerError(f"worker process of {self.name} exited (code {self._process.exitcode})") from None
+            code = self._process.wait(timeout=30)
+            raise WorkerError(f"worker process of {self.name} exited (code {code}); its stderr says why") from None
         if status == "error":
             raise WorkerError(value)
         return value
 
     def call(self, method: str, *args: Any) -> Any:
-        self._conn.send((method, args))
+        pickle.dump((method, args), self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._process.stdin.flush()
         return self._receive()
 
     def close(self) -> None:
-        if self._process.is_alive():
-            self._conn.send(("close", ()))
-            self._process.join(timeout=10)
+        if self._process.poll() is None:
+            try:
+                self.call("close")
+            except (OSError, EOFError, WorkerError):
+                pass
+            self._process.wait(timeout=30)
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
@@ -105,28 +115,35 @@ class WorkerBackend:
         return self.call("decode", model.id, z, labels)
 
 
-def serve(name: str, conn: Any) -> None:
+def serve(name: str, inbox: BinaryIO, outbox: BinaryIO) -> None:
     """The worker's loop: load the backend, then answer calls until 'close' or EOF."""
     from .registry import load_backend
+
+    def reply(status: str, value: Any) -> None:
+        pickle.dump((status, value), outbox, protocol=pickle.HIGHEST_PROTOCOL)
+        outbox.flush()
 
     try:
         backend = load_backend(name)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as the reason
-        conn.send(("error", str(exc)))
+        reply("error", str(exc))
         return
-    conn.send(("ok", {"versions": backend.versions(), "device": backend.device()}))
+    reply("ok", {"versions": backend.versions(), "device": backend.device()})
     objects: dict[int, Any] = {}
     while True:
         try:
-            method, args = conn.recv()
+            method, args = pickle.load(inbox)
         except EOFError:
             return
         if method == "close":
+            reply("ok", None)
             return
         try:
-            conn.send(("ok", _dispatch(backend, objects, method, args)))
+            result = _dispatch(backend, objects, method, args)
         except Exception:  # noqa: BLE001 - the parent re-raises it
-            conn.send(("error", traceback.format_exc()))
+            reply("error", traceback.format_exc())
+        else:
+            reply("ok", result)
 
 
 def _dispatch(backend: Any, objects: dict[int, Any], method: str, args: tuple) -> Any:
@@ -139,3 +156,15 @@ def _dispatch(backend: Any, objects: dict[int, Any], method: str, args: tuple) -
     if method == "run":
         return objects[args[0]].run(args[1])
     return getattr(backend, method)(objects[args[0]], *args[1:])
+
+
+def main() -> None:
+    """``python -m aebench.worker NAME``: serve NAME over stdin/stdout. Anything the
+    frameworks print goes to stderr, so the protocol stream stays clean."""
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.argv[1], sys.stdin.buffer, protocol_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Across backends: every backend's gradients against the reference backend's float64
+gradients, and its 50-step Adam trajectory against the reference backend's, for every
+spec, in float64 and float32. The reference is the first available of torch, jax, keras."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from aebench import equivalence as eq
+from aebench.check import REFERENCE_ORDER
+from aebench.registry import available_backends, load_backend
+from aebench.spec import load_spec
+
+
+def reference_name() -> str:
+    available = available_backends()
+    ranked = [n for n in REFERENCE_ORDER if n in available] + sorted(set(available) - set(REFERENCE_ORDER))
+    if not ranked:
+        pytest.skip("no backend is available")
+    return ranked[0]
+
+
+@functools.lru_cache(maxsize=None)
+def case_for(spec_name: str, dtype: str) -> eq.Case:
+    return eq.make_case(load_spec(spec_name).replace(dtype=dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def reference_gradients(spec_name: str):
+    return eq.gradients(load_backend(reference_name()), case_for(spec_name, "float64"))
+
+
+@functools.lru_cache(maxsize=None)
+def reference_trajectory(spec_name: str, dtype: str) -> eq.Trajectory:
+    return eq.trajectory(load_backend(reference_name()), case_for(spec_name, dtype))
+
+
+def failures(comparisons) -> list[str]:
+    return [f"{c.quantity}: {c.error:.2e} > {c.tolerance:g}" for c in comparisons if not c.passed]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradients_agree_with_the_reference_backend(backend, spec_name: str, dtype: str) -> None:
+    case = case_for(spec_name, dtype)
+    got = eq.gradients(backend, case)
+    assert not failures(eq.compare_gradients(eq.Judge(backend.name, dtype), got, reference_gradients(spec_name)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fifty_adam_steps_agree_with_the_reference_backend(backend, spec_name: str, dtype: str) -> None:
+    if backend.name == reference_name():
+        pytest.skip(f"{backend.name} is the reference; every other backend is compared with it")
+    case = case_for(spec_name, dtype)
+    comparisons = eq.compare_trajectories(eq.Judge(backend.name, dtype), eq.trajectory(backend, case),
+                                          reference_trajectory(spec_name, dtype), eq.term_names(case))
+    assert not failures(comparisons)
