@@ -86,3 +86,46 @@ def test_a_plugin_whose_framework_is_missing_is_listed_unavailable(tmp_path: Pat
     assert trained.returncode == 2
     assert trained.stderr.strip() == ("aebench: error: backend 'ghost' is unavailable: ghostframework cannot be "
                                       "imported: No module named 'ghostframework' (pip install ghost)")
+
+
+def test_check_prints_a_table_and_passes() -> None:
+    proc = aebench("check", "vae_toy", "--backends", "torch", "--dtype", "float64")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = proc.stdout.splitlines()[0].split()
+    assert header[:5] == ["spec", "backend", "dtype", "quantity", "max"]
+    assert "loss terms vs oracle" in proc.stdout and "FAIL" not in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith("0 failed, 0 skipped")
+
+
+def test_check_json_lists_every_quantity() -> None:
+    import json
+
+    proc = aebench("check", "ae", "--backends", "torch", "--dtype", "float32", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {r["quantity"] for r in rows} >= {"loss:total", "loss:reconstruction", "encode:code", "decode"}
+    assert all(r["verdict"] == "pass" and r["error"] <= r["tolerance"] for r in rows)
+
+
+def test_check_reports_an_uninstalled_backend_as_skipped(tmp_path: Path) -> None:
+    dist = tmp_path / "ghost_backend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ghost-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[aebench.backends]\nghost = ghost_backend:PLUGIN\n")
+    (tmp_path / "ghost_backend.py").write_text(
+        "from aebench.backend_api import Plugin\n"
+        "def _load():\n    import ghostframework\n"
+        "PLUGIN = Plugin(name='ghost', framework='ghostframework', load=_load)\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = aebench("check", "vae_toy", "--backends", "ghost,torch", "--dtype", "float64", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("*")]
+    assert len(skipped) == 1 and "ghost" in skipped[0] and "skip" in skipped[0]
+    assert "ghostframework cannot be imported" in skipped[0]
+
+
+def test_check_names_an_unknown_backend_in_one_line() -> None:
+    proc = aebench("check", "vae_toy", "--backends", "torhc")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aebench: error: --backends: no backend 'torhc' (did you mean 'torch'?)")

@@ -1,0 +1,170 @@
+"""One test per trap of EQUIVALENCE.md: each fails if the trap comes back.
+
+The first group injects the classic conversion bugs into the PyTorch backend and shows
+that the equivalence check catches them (a check that cannot fail proves nothing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aebench import oracle
+from aebench.check import run_check
+from aebench.registry import available_backends, load_backend
+from aebench.spec import load_spec
+
+
+def needs(name: str):
+    if name not in available_backends():
+        pytest.skip(f"{name} is not available here")
+    return load_backend(name)
+
+
+def check_fails(spec_name: str, backend) -> set[str]:
+    rows = run_check([load_spec(spec_name)], {backend.name: backend}, ["float64"])
+    return {r.quantity for r in rows if r.verdict == "FAIL"}
+
+
+def test_the_untouched_torch_backend_passes() -> None:
+    assert check_fails("vae_conv", needs("torch")) == set()
+
+
+def test_a_dense_kernel_not_transposed_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aebench.backends.torch import weights
+
+    right = weights.to_torch_layout
+    monkeypatch.setattr(weights, "to_torch_layout",  # (in, out) reshaped, not transposed: same shape
+                        lambda a: a.reshape(a.shape[::-1]) if a.ndim == 2 else right(a))
+    failed = check_fails("vae_dense", needs("torch"))
+    assert {"loss:total", "loss:reconstruction", "loss:kl"} <= failed
+
+
+def test_symmetric_same_padding_in_torch_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aebench.backends.torch import model
+
+    monkeypatch.setattr(model, "same_pads", lambda n, k, s: ((k - 1) // 2, (k - 1) // 2))  # torch's padding=1
+    failed = check_fails("vae_conv", needs("torch"))
+    assert "loss:total" in failed and any(q.startswith("grad-fd:encoder.0") for q in failed)
+
+
+def test_channels_first_flatten_in_torch_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aebench.backends.torch import model
+
+    monkeypatch.setattr(model.FlattenNHWC, "forward", lambda self, x: x.flatten(1))
+    assert "loss:total" in check_fails("vae_conv", needs("torch"))
+
+
+def test_torch_conv_kernels_are_oihw_and_transposed_conv_kernels_in_out_h_w() -> None:
+    backend = needs("torch")
+    spec = load_spec("vae_conv")
+    model = backend.build(spec)
+    from aebench.backends.torch.weights import parameter
+
+    assert tuple(parameter(model, "encoder.0.kernel").shape) == (32, 1, 3, 3)      # canonical (3, 3, 1, 32)
+    assert tuple(parameter(model, "decoder.2.kernel").shape) == (64, 64, 3, 3)     # canonical (3, 3, 64, 64)
+    assert tuple(parameter(model, "decoder.4.kernel").shape) == (32, 1, 3, 3)      # canonical (3, 3, 1, 32)
+    assert tuple(parameter(model, "decoder.0.kernel").shape) == (3136, 2)          # canonical (2, 3136)
+
+
+def test_flax_conv_transpose_needs_transpose_kernel_for_the_keras_layout() -> None:
+    needs("jax")
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    x, kernel = rng.random((1, 7, 7, 3)), rng.normal(size=(3, 3, 4, 3))  # (kh, kw, out, in)
+    expected = oracle.conv2d_transpose(x, kernel, np.zeros(4), 2, "same")
+
+    def run(transpose_kernel: bool, k: np.ndarray) -> np.ndarray:
+        layer = nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=transpose_kernel,
+                                 param_dtype=jnp.float32)
+        return np.asarray(layer.apply({"params": {"kernel": jnp.asarray(k, jnp.float32),
+                                                  "bias": jnp.zeros(4, jnp.float32)}}, jnp.asarray(x, jnp.float32)))
+
+    np.testing.assert_allclose(run(True, kernel), expected, rtol=1e-5, atol=1e-5)
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    np.testing.assert_allclose(run(False, flipped), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(run(False, kernel.transpose(0, 1, 3, 2)) - expected).max() > 1e-2  # no flip: wrong
+
+
+SATURATED_LOGITS = np.array([[-30.0, -5.0, 0.3, 5.0, 30.0]])
+TARGETS = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
+
+
+def bce_spec():
+    from dataclasses import replace
+
+    spec = load_spec("vae_dense")
+    return spec.replace(loss=replace(spec.loss, reconstruction=replace(spec.loss.reconstruction, kind="bce")))
+
+
+def test_bce_is_taken_from_logits_not_clipped_probabilities() -> None:
+    expected = oracle.bce_with_logits(SATURATED_LOGITS, TARGETS).sum()  # 30 + 5.0067 + 0.8544 + 5.0067 + 30
+    assert expected == pytest.approx(70.868, abs=1e-3)
+    probs = oracle.sigmoid(SATURATED_LOGITS)
+    clipped = -(TARGETS * np.log(np.clip(probs, 1e-7, 1 - 1e-7))
+                + (1 - TARGETS) * np.log(np.clip(1 - probs, 1e-7, 1 - 1e-7))).sum()
+    assert abs(clipped - expected) > 20  # what Keras' from_logits=False does on its JAX and torch engines
+    for name, run in _backend_bce().items():
+        assert run(SATURATED_LOGITS, TARGETS) == pytest.approx(expected, rel=1e-6), name  # float32 rounding
+
+
+def _backend_bce() -> dict:
+    out = {}
+    spec = bce_spec()
+    if "torch" in available_backends():
+        import torch
+
+        from aebench.backends.torch.losses import reconstruction as torch_bce
+
+        out["torch"] = lambda l, t: float(torch_bce(spec, torch.tensor(l), torch.tensor(t)))
+    if "jax" in available_backends():
+        load_backend("jax")
+        import jax.numpy as jnp
+
+        from aebench.backends.jax.losses import reconstruction as jax_bce
+
+        out["jax"] = lambda l, t: float(jax_bce(spec, jnp.asarray(l, jnp.float32), jnp.asarray(t, jnp.float32)))
+    if "keras" in available_backends() and load_backend("keras").__class__.__module__.endswith("keras.backend"):
+        from keras import ops
+
+        from aebench.backends.keras.losses import reconstruction as keras_bce
+
+        out["keras"] = lambda l, t: float(ops.convert_to_numpy(keras_bce(spec, ops.convert_to_tensor(l),
+                                                                         ops.convert_to_tensor(t))))
+    if not out:
+        pytest.skip("no backend is available in this process")
+    return out
+
+
+def test_tf32_is_off_in_every_framework_loaded_here() -> None:
+    names = available_backends()
+    if "torch" in names:
+        import torch
+
+        load_backend("torch")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    if "jax" in names:
+        import jax
+
+        load_backend("jax")
+        assert jax.config.jax_default_matmul_precision == "highest"
+    if "keras" in names and load_backend("keras").__class__.__module__.endswith("keras.backend"):
+        import tensorflow as tf
+
+        assert not tf.config.experimental.tensor_float_32_execution_enabled()
+
+
+def test_keras_leaky_relu_keeps_a_float64_slope() -> None:
+    backend = needs("keras")
+    if not backend.__class__.__module__.endswith("keras.backend"):
+        pytest.skip("keras runs in a worker process here")
+    from keras import ops
+
+    from aebench.backends.keras.model import activate
+    from aebench.spec import Activation
+
+    x = ops.convert_to_tensor(np.array([-1.0]))
+    assert float(ops.convert_to_numpy(activate(Activation("leaky_relu", 0.3), x))[0]) == -0.3
+    assert float(ops.convert_to_numpy(ops.leaky_relu(x, negative_slope=0.3))[0]) != -0.3  # the trap
