@@ -26,6 +26,33 @@ def loss_term_names(spec: Spec) -> tuple[str, ...]:
     return tuple(name for name in TERM_ORDER if present[name])
 
 
+def term_weights(spec: Spec) -> dict[str, float]:
+    """The weight of each loss term in the total (beta for the KL)."""
+    loss = spec.loss
+    weights = {"reconstruction": loss.reconstruction.weight}
+    for name, cfg, attr in (("kl", loss.kl, "beta"), ("sparsity", loss.sparsity, "weight"),
+                            ("contractive", loss.contractive, "weight")):
+        if cfg is not None:
+            weights[name] = getattr(cfg, attr)
+    return weights
+
+
+def with_total(spec: Spec, terms: dict):
+    """The unweighted terms plus their weighted 'total', in loss_term_names order.
+
+    Only * and + touch the values, so the same code adds up NumPy, torch, JAX or Keras
+    scalars, always in the same order (reconstruction, kl, sparsity, contractive).
+    """
+    weights = term_weights(spec)
+    total = None
+    for name in TERM_ORDER[1:]:
+        if name in weights:
+            part = weights[name] * terms[name]
+            total = part if total is None else total + part
+    terms = {**terms, "total": total}
+    return {name: terms[name] for name in loss_term_names(spec)}
+
+
 @dataclass(frozen=True)
 class Noise:
     """Injected randomness for one batch.

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .backend_api import Batch, Weights, loss_term_names
+from .backend_api import Batch, Weights, with_total
 from .shapes import LayerPlan, ModelPlan, deconv_crop, plan_model, same_pads
 from .spec import (KL, Activation, Contractive, Conv, ConvTranspose, Corruption, Dense, Flatten,
                    Gaussian, Masking, Reconstruction, Reshape, Spec, Sparsity)
@@ -231,20 +231,15 @@ def loss_terms(spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelP
     x = np.asarray(batch.x, dtype=np.float64)
     loss = spec.loss
     terms = {"reconstruction": reconstruction_loss(loss.reconstruction, spec.model.output_activation, fwd.logits, x)}
-    total = loss.reconstruction.weight * terms["reconstruction"]
     if loss.kl is not None:
         terms["kl"] = kl_loss(loss.kl, fwd.mean, fwd.log_var)
-        total += loss.kl.beta * terms["kl"]
     if loss.sparsity is not None:
         terms["sparsity"] = sparsity_loss(loss.sparsity, fwd.code)
-        total += loss.sparsity.weight * terms["sparsity"]
     if loss.contractive is not None:
         weights64 = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
         jac = code_jacobian(plan, weights64, _join_labels(fwd.x_in, batch.labels))
         terms["contractive"] = contractive_loss(loss.contractive, jac)
-        total += loss.contractive.weight * terms["contractive"]
-    terms["total"] = total
-    return {name: terms[name] for name in loss_term_names(spec)}
+    return with_total(spec, terms)
 
 
 def output(spec: Spec, logits: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aebench.backend_api import loss_term_names
+from aebench.backend_api import with_total
 from aebench.spec import Gaussian, Masking, Spec
 
 from .model import Autoencoder, Params
@@ -68,19 +68,13 @@ def loss_terms(model: Autoencoder, spec: Spec, params: Params, x: jax.Array, lab
     else:
         z = model.head(params, "code", h)
     terms["reconstruction"] = reconstruction(spec, model.decode_logits(params, z, labels), x)
-    total = loss.reconstruction.weight * terms["reconstruction"]
-    if loss.kl is not None:
-        total = total + loss.kl.beta * terms["kl"]
     if loss.sparsity is not None:
         rho, rho_hat = loss.sparsity.rho, z.mean(axis=0)
         kl = rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat))
         terms["sparsity"] = kl.sum() if loss.sparsity.units == "sum" else kl.mean()
-        total = total + loss.sparsity.weight * terms["sparsity"]
     if loss.contractive is not None:
         terms["contractive"] = contractive(model, params, x_in, labels, loss.contractive.batch)
-        total = total + loss.contractive.weight * terms["contractive"]
-    terms["total"] = total
-    return {name: terms[name] for name in loss_term_names(spec)}
+    return with_total(spec, terms)
 
 
 def output(spec: Spec, logits: jax.Array) -> jax.Array:

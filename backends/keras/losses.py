@@ -14,7 +14,7 @@ from typing import Optional
 
 from keras import ops
 
-from aebench.backend_api import loss_term_names
+from aebench.backend_api import with_total
 from aebench.spec import Gaussian, Masking, Spec
 
 from .model import Autoencoder, activate, activation_slope
@@ -83,20 +83,14 @@ def loss_terms(model: Autoencoder, spec: Spec, x, labels, eps, corruption) -> di
     else:
         z = model.head("code", h)
     terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)
-    total = loss.reconstruction.weight * terms["reconstruction"]
-    if loss.kl is not None:
-        total = total + loss.kl.beta * terms["kl"]
     if loss.sparsity is not None:
         rho, rho_hat = loss.sparsity.rho, exact_mean(z, axis=0)
         kl = rho * ops.log(rho / rho_hat) + (1 - rho) * ops.log((1 - rho) / (1 - rho_hat))
         terms["sparsity"] = ops.sum(kl) if loss.sparsity.units == "sum" else exact_mean(kl)
-        total = total + loss.sparsity.weight * terms["sparsity"]
     if loss.contractive is not None:
         jac = code_jacobian(model, x_in, labels)
         terms["contractive"] = reduce(ops.square(jac), "sum", loss.contractive.batch)
-        total = total + loss.contractive.weight * terms["contractive"]
-    terms["total"] = total
-    return {name: terms[name] for name in loss_term_names(spec)}
+    return with_total(spec, terms)
 
 
 def output(spec: Spec, logits):

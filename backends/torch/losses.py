@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
-from aebench.backend_api import loss_term_names
+from aebench.backend_api import with_total
 from aebench.spec import Gaussian, Masking, Spec
 
 from .model import Autoencoder
@@ -76,19 +76,13 @@ def loss_terms(model: Autoencoder, spec: Spec, x: Tensor, labels: Optional[Tenso
     else:
         z = model.head("code", h)
     terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)
-    total = loss.reconstruction.weight * terms["reconstruction"]
-    if loss.kl is not None:
-        total = total + loss.kl.beta * terms["kl"]
     if loss.sparsity is not None:
         rho, rho_hat = loss.sparsity.rho, z.mean(dim=0)
         kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
         terms["sparsity"] = kl.sum() if loss.sparsity.units == "sum" else kl.mean()
-        total = total + loss.sparsity.weight * terms["sparsity"]
     if loss.contractive is not None:
         terms["contractive"] = contractive(model, x_in, labels, loss.contractive.batch)
-        total = total + loss.contractive.weight * terms["contractive"]
-    terms["total"] = total
-    return {name: terms[name] for name in loss_term_names(spec)}
+    return with_total(spec, terms)
 
 
 def output(spec: Spec, logits: Tensor) -> Tensor:
