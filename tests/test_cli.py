@@ -129,3 +129,17 @@ def test_check_names_an_unknown_backend_in_one_line() -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aebench: error: --backends: no backend 'torhc' (did you mean 'torch'?)")
+
+
+@pytest.mark.slow
+def test_check_passes_for_every_spec_backend_and_dtype() -> None:
+    """The issue's bar: `aebench check` over every shipped spec, registered backend and dtype."""
+    import json
+
+    proc = aebench("check", "--json")
+    rows = json.loads(proc.stdout)
+    failed = [r for r in rows if r["verdict"] == "FAIL"]
+    assert proc.returncode == 0 and not failed, failed[:5]
+    checked = {(r["spec"], r["backend"], r["dtype"]) for r in rows if r["verdict"] == "pass"}
+    available = {info.name for info in list_backends() if info.available}
+    assert checked == {(s, b, d) for s in list_specs() for b in available for d in ("float64", "float32")}
