@@ -74,6 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = spec.replace(train=dataclasses.replace(spec.train, epochs=args.epochs))
     if args.dtype:
         spec = spec.replace(dtype=args.dtype)
+    if args.data and spec.data.name != "mnist":
+        raise AebenchError(f"--data: {spec.name} trains on {spec.data.name} data, which aebench generates; "
+                           "--data only applies to MNIST specs")
     backend = load_backend(args.backend)
     data = load_dataset(spec, args.data)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{backend.name}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -66,6 +66,11 @@ class Comparison:
         return bool(self.error <= self.tolerance)
 
 
+def failures(comparisons: list[Comparison]) -> list[str]:
+    """'quantity: error > tolerance' for each comparison that failed."""
+    return [f"{c.quantity}: {c.error:.2e} > {c.tolerance:g}" for c in comparisons if not c.passed]
+
+
 class Judge:
     """Makes Comparisons for one backend and dtype, applying its known gaps."""
 

@@ -20,28 +20,24 @@ def case_for(spec_name: str, dtype: str) -> eq.Case:
     return eq.make_case(load_spec(spec_name).replace(dtype=dtype))
 
 
-def failures(comparisons) -> list[str]:
-    return [f"{c.quantity}: {c.error:.2e} > {c.tolerance:g}" for c in comparisons if not c.passed]
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_loss_terms_equal_the_oracle(backend, spec_name: str, dtype: str) -> None:
     case = case_for(spec_name, dtype)
     comparisons = eq.check_loss_terms(backend, case)
     assert [c.quantity for c in comparisons] == [f"loss:{t}" for t in loss_term_names(case.spec)]
-    assert not failures(comparisons)
+    assert not eq.failures(comparisons)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_encode_and_decode_equal_the_oracle(backend, spec_name: str, dtype: str) -> None:
-    assert not failures(eq.check_encode_decode(backend, case_for(spec_name, dtype)))
+    assert not eq.failures(eq.check_encode_decode(backend, case_for(spec_name, dtype)))
 
 
 def test_float64_gradients_equal_finite_differences_of_the_oracle(backend, spec_name: str) -> None:
     case = case_for(spec_name, "float64")
     comparisons = eq.check_gradients_fd(backend, case)
     assert len(comparisons) == len(case.plan.params)
-    assert not failures(comparisons)
+    assert not eq.failures(comparisons)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

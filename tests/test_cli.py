@@ -54,6 +54,7 @@ def test_train_writes_metrics_and_pngs(backend_name: str, tmp_path: Path) -> Non
     (["train", "vae_dnse"], "no such spec file or shipped spec (did you mean 'vae_dense'?)"),
     (["train", "vae_dense", "--data", "/nonexistent/mnist.npz"], "--data: no MNIST file at /nonexistent/mnist.npz"),
     (["train", "vae_dense", "--epochs", "0"], "--epochs: must be a whole number >= 1, got 0"),
+    (["train", "vae_toy", "--data", "/tmp/mnist.npz"], "--data: vae_toy trains on height_weight data"),
 ])
 def test_bad_command_lines_give_one_error_line(args: list[str], message: str) -> None:
     proc = aebench(*args)

@@ -37,15 +37,11 @@ def reference_trajectory(spec_name: str, dtype: str) -> eq.Trajectory:
     return eq.trajectory(load_backend(reference_name()), case_for(spec_name, dtype))
 
 
-def failures(comparisons) -> list[str]:
-    return [f"{c.quantity}: {c.error:.2e} > {c.tolerance:g}" for c in comparisons if not c.passed]
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_gradients_agree_with_the_reference_backend(backend, spec_name: str, dtype: str) -> None:
     case = case_for(spec_name, dtype)
     got = eq.gradients(backend, case)
-    assert not failures(eq.compare_gradients(eq.Judge(backend.name, dtype), got, reference_gradients(spec_name)))
+    assert not eq.failures(eq.compare_gradients(eq.Judge(backend.name, dtype), got, reference_gradients(spec_name)))
 
 
 @pytest.mark.slow
@@ -56,4 +52,4 @@ def test_fifty_adam_steps_agree_with_the_reference_backend(backend, spec_name: s
     case = case_for(spec_name, dtype)
     comparisons = eq.compare_trajectories(eq.Judge(backend.name, dtype), eq.trajectory(backend, case),
                                           reference_trajectory(spec_name, dtype), eq.term_names(case))
-    assert not failures(comparisons)
+    assert not eq.failures(comparisons)
