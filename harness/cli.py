@@ -1,4 +1,4 @@
-"""The ``aebench`` command: list, validate, train, check, fetch-mnist.
+"""The ``aebench`` command: list, validate, train, check, bench, report, fetch-mnist.
 
 Every user error ends as one line on stderr and exit code 2 (1 for a diverged training),
 never a traceback.
@@ -24,6 +24,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -163,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="where to download from (default: the Keras mirror)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
     p.set_defaults(run=cmd_fetch_mnist)
+
+    from .cli_bench import add_commands
+
+    add_commands(sub, positive_int, positive_float)
     return parser
 
 

@@ -1,0 +1,104 @@
+"""The timing protocol (DESIGN.md): first step apart, warm-up, timed blocks, statistics.
+
+Only the harness' clock decides what is timed. A block dispatches ``calls`` calls of the
+runner back to back and syncs the device once, at its end; its step time is the block's
+wall time over its steps. The first call (compilation included) is timed on its own and
+never enters the steady-state figures. The losses are read back only after the last block.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bench_api import StepRunner
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to measure: ``warmup_seconds`` (at least ``min_warmup_calls`` calls) after the
+    first call, then ``blocks`` blocks of at least ``block_seconds`` each (the number of
+    calls per block is fixed from the warm-up's pace), never more than ``max_steps`` steps."""
+
+    warmup_seconds: float = 1.0
+    min_warmup_calls: int = 3
+    blocks: int = 7
+    block_seconds: float = 1.0
+    max_steps: int = 200_000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What one cell measured. Times in seconds; block_step_seconds holds every block's
+    mean step time, the statistics below are computed from it."""
+
+    first_call_seconds: float
+    steps_per_call: int
+    warmup_calls: int
+    calls_per_block: int
+    block_step_seconds: tuple[float, ...]
+    losses: np.ndarray  # total loss of every step taken, first call included
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.calls_per_block * self.steps_per_call
+
+    @property
+    def median_step_seconds(self) -> float:
+        return float(np.median(self.block_step_seconds))
+
+    @property
+    def iqr_step_seconds(self) -> float:
+        q1, q3 = np.percentile(self.block_step_seconds, [25, 75])
+        return float(q3 - q1)
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the block step times (std / mean)."""
+        blocks = np.asarray(self.block_step_seconds)
+        return float(blocks.std(ddof=1) / blocks.mean()) if len(blocks) > 1 else float("nan")
+
+    @property
+    def first_call_overhead_seconds(self) -> float:
+        """Compilation and first-run cost: the first call minus a steady-state call."""
+        return self.first_call_seconds - self.median_step_seconds * self.steps_per_call
+
+
+def timed_calls(runner: StepRunner, calls: int) -> tuple[float, list]:
+    """Dispatch ``calls`` calls back to back, sync once at the end; (seconds, handles)."""
+    handles = []
+    start = time.perf_counter()
+    for _ in range(calls):
+        handles.append(runner.dispatch())
+    runner.wait(handles[-1])
+    return time.perf_counter() - start, handles
+
+
+def measure(runner: StepRunner, protocol: Protocol) -> Timing:
+    """Run the protocol on a freshly prepared runner (its first call compiles)."""
+    first_seconds, handles = timed_calls(runner, 1)
+    warmup_calls, warmup_seconds = 0, 0.0
+    while warmup_calls < protocol.min_warmup_calls or warmup_seconds < protocol.warmup_seconds:
+        seconds, more = timed_calls(runner, 1)
+        warmup_calls, warmup_seconds = warmup_calls + 1, warmup_seconds + seconds
+        handles += more
+    calls = calls_per_block(warmup_seconds / warmup_calls, runner.steps_per_call, protocol,
+                            steps_taken=(1 + warmup_calls) * runner.steps_per_call)
+    blocks = []
+    for _ in range(protocol.blocks):
+        seconds, more = timed_calls(runner, calls)
+        blocks.append(seconds / (calls * runner.steps_per_call))
+        handles += more
+    return Timing(first_seconds, runner.steps_per_call, warmup_calls, calls, tuple(blocks), runner.losses(handles))
+
+
+def calls_per_block(call_seconds: float, steps_per_call: int, protocol: Protocol, steps_taken: int) -> int:
+    """Enough calls for a block to last ``block_seconds``, within the step budget."""
+    wanted = max(1, math.ceil(protocol.block_seconds / max(call_seconds, 1e-9)))
+    budget = (protocol.max_steps - steps_taken) // (protocol.blocks * steps_per_call)
+    if budget < 1:
+        raise ValueError(f"max_steps {protocol.max_steps} leaves no room for {protocol.blocks} blocks")
+    return min(wanted, budget)
