@@ -170,19 +170,27 @@ def benchmark_json_sections(path: Path) -> list[Section]:
     rows = []
     for bench in benchmarks:
         info, stats = bench.get("extra_info", {}), bench["stats"]
-        batch = info.get("batch_size")
         rows.append({"spec": info.get("spec", bench["name"]), "backend": info.get("backend", ""),
-                     "batch": batch, "median ms": stats["median"] * 1e3, "IQR ms": stats["iqr"] * 1e3,
-                     "rounds": stats["rounds"],
-                     "samples/s": batch / stats["median"] if batch else np.nan})
+                     "mode": info.get("mode", ""), "batch": info.get("batch_size"),
+                     "median": stats["median"], "iqr": stats["iqr"], "rounds": stats["rounds"]})
     table = pd.DataFrame(rows)
-    note = (f"pytest-benchmark {path.name}: {machine.get('cpu', {}).get('brand_raw', '')}, "
-            f"frameworks {machine.get('aebench', {})}")
+    frameworks = machine.get("aebench", {})
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(frameworks.get("versions", {}).items()))
+    cpu = machine.get("cpu", {}).get("brand_raw", "?")
+    note = (f"pytest-benchmark {path.name} ({data.get('datetime', '')}): CPU {cpu}, "
+            f"GPU {frameworks.get('gpu', '?')}; {versions}; one synced step per round")
     sections = []
     for spec, group in table.groupby("spec", sort=True):
-        group = group.sort_values("median ms")
-        group = group.assign(**{"x fastest": group["median ms"] / group["median ms"].min()})
-        sections.append(Section(f"pytest-benchmark: {spec}", group.round(4).drop(columns="spec"), [note]))
+        group = group.sort_values("median")
+        best = group["median"].min()
+        shown = pd.DataFrame({
+            "backend": group["backend"], "mode": group["mode"], "batch": group["batch"],
+            "step ms (median)": [f"{m * 1e3:.4g}" for m in group["median"]],
+            "IQR ms": [f"{i * 1e3:.2g}" for i in group["iqr"]],
+            "x fastest": [f"{m / best:.2f}" for m in group["median"]],
+            "samples/s": [f"{b / m:,.0f}" if b else "" for b, m in zip(group["batch"], group["median"])],
+            "rounds": group["rounds"]})
+        sections.append(Section(f"pytest-benchmark: {spec}", shown, [note]))
     return sections
 
 
@@ -212,7 +220,8 @@ def to_html(header: list[str], sections: list[Section]) -> str:
         body += [f'<img src="{html.escape(fig)}" alt="{html.escape(s.title)}">' for fig in s.figures]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto} table.t{border-collapse:collapse}"
              " .t td,.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    head = f"<head><meta charset='utf-8'><title>aebench report</title><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>\n"
 
 
 FIGURES_NOTE = ("Step time: median over timed blocks, each block synced once at its end; compile s = first "

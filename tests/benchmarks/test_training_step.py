@@ -1,0 +1,55 @@
+"""One training step per spec and backend, timed by pytest-benchmark with a device sync.
+
+The step is the bench module's ``compiled`` mode on data already on the device, exactly
+what a campaign cell times; the compilation happens in the warm-up rounds. Run
+``pytest tests/benchmarks --benchmark-json=steps.json`` and ``aebench report steps.json``.
+Backends that must run in a process of their own (Keras on a second engine) are timed by
+``aebench bench`` instead and skipped here with that reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from aebench.bench_api import Precision
+from aebench.bench_data import make_bench_data
+from aebench.data import load_dataset
+from aebench.flops import training_step_flops
+from aebench.registry import plugin_module
+from aebench.shapes import plan_model
+from aebench.spec import load_spec
+
+MODE = "compiled"
+ROUNDS, WARMUP_ROUNDS = 10, 2
+
+
+def test_training_step(benchmark, backend, backend_name: str, spec_name: str) -> None:
+    from aebench.worker import WorkerBackend
+
+    if isinstance(backend, WorkerBackend):
+        pytest.skip(f"{backend_name} runs in a worker process here; time it with 'aebench bench'")
+    bench = importlib.import_module(plugin_module(backend_name) + ".bench")
+    reason = bench.unsupported(backend, MODE)
+    if reason:
+        pytest.skip(f"{backend_name} {MODE}: {reason}")
+    spec = load_spec(spec_name)
+    batch_size = spec.train.batch_size
+    data = make_bench_data(spec, load_dataset(spec), batch_size, max_steps=ROUNDS + WARMUP_ROUNDS + 1)
+    runner = bench.prepare(backend, spec, MODE, data, Precision(tf32=False), steps_per_call=1)
+
+    handles = []
+
+    def one_synced_step():
+        handles.append(runner.dispatch())
+        runner.wait(handles[-1])
+
+    benchmark.extra_info.update(spec=spec_name, backend=backend_name, mode=MODE, batch_size=batch_size,
+                                dtype=spec.dtype, device=backend.device(),
+                                flops_per_step=training_step_flops(plan_model(spec), batch_size))
+    benchmark.pedantic(one_synced_step, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS, iterations=1)
+    losses = runner.losses(handles)  # read back only now, outside the timed rounds
+    assert len(losses) == (ROUNDS + WARMUP_ROUNDS) * runner.steps_per_call
+    assert np.isfinite(losses).all(), f"non-finite loss in {losses}"
