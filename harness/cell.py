@@ -212,7 +212,7 @@ OOM_MARKERS = ("out of memory", "resource_exhausted", "resourceexhausted", "oom"
 def failure_reason(exc: BaseException) -> str:
     """One line: 'out of memory: ...' when it is one, else the exception type and message."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, CellFailed):
+    if isinstance(exc, AebenchError):
         return text
     line = f"{type(exc).__name__}: {text}"[:500]
     if isinstance(exc, MemoryError) or any(m in line.lower() for m in OOM_MARKERS):
