@@ -1,5 +1,6 @@
 """Training in JAX: one jit-compiled step (loss, gradients, update) with the reference Adam
-(aebench.adam; host-side float64 scalars passed in as arguments) or optax.adam (stock)."""
+(aebench.adam; host-side float64 scalars passed in as arguments) or optax.adam (stock).
+make_step is the step itself, shared with the benchmark modes (bench.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,39 @@ def grad_fn(model: Autoencoder, spec: Spec):
     return fn
 
 
+def make_step(model: Autoencoder, spec: Spec):
+    """The training step shared by JaxTrainer and the benchmark modes (bench.py).
+
+    Returns (init, step): ``init(params)`` is the optimizer state, and
+    ``step(params, state, x, labels, eps, corruption, step_size, c2_sqrt) -> (params, state,
+    terms)`` computes the loss terms (loss_term_names order), their gradients and one update
+    with the spec's optimizer: the reference Adam with the given scalars of this step, or
+    optax.adam (stock; the scalars are then ignored and may be None). Pure, so it can be
+    jitted, scanned or run op by op.
+    """
+    gradients = grad_fn(model, spec)
+    opt = spec.optimizer
+    if opt.implementation == "stock":
+        tx = optax.adam(opt.learning_rate, b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
+
+        def stock_step(params, state, x, labels, eps, corruption, step_size=None, c2_sqrt=None):
+            terms, grads = gradients(params, x, labels, eps, corruption)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, terms
+
+        return tx.init, stock_step
+
+    def init(params: Params):
+        return jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)
+
+    def reference_step(params, state, x, labels, eps, corruption, step_size, c2_sqrt):
+        terms, grads = gradients(params, x, labels, eps, corruption)
+        params, m, v = reference_adam(opt, params, grads, *state, step_size, c2_sqrt)
+        return params, (m, v), terms
+
+    return init, reference_step
+
+
 class JaxTrainer:
     """Keeps the training data on the device; each step is one jitted call."""
 
@@ -55,46 +89,33 @@ class JaxTrainer:
         self.labels = None if labels is None else jax.device_put(jnp.asarray(labels, dtype=dtype), device)
         self.params, self.count = params, 0
         self.stock = spec.optimizer.implementation == "stock"
-        gradients = grad_fn(model, spec)
-        opt = spec.optimizer
-        if self.stock:
-            self.tx = optax.adam(opt.learning_rate, b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
-            self.state = self.tx.init(params)
-        else:
-            self.state = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params))
+        init, step = make_step(model, spec)
+        self.state = init(params)
 
         @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def reference_step(params, state, x_all, labels_all, idx, eps, corruption, step_size, c2_sqrt):
+        def indexed_step(params, state, x_all, labels_all, idx, eps, corruption, step_size, c2_sqrt):
             labels = None if labels_all is None else labels_all[idx]
-            terms, grads = gradients(params, x_all[idx], labels, eps, corruption)
-            params, m, v = reference_adam(opt, params, grads, *state, step_size, c2_sqrt)
-            return params, (m, v), terms
+            return step(params, state, x_all[idx], labels, eps, corruption, step_size, c2_sqrt)
 
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def stock_step(params, state, x_all, labels_all, idx, eps, corruption):
-            labels = None if labels_all is None else labels_all[idx]
-            terms, grads = gradients(params, x_all[idx], labels, eps, corruption)
-            updates, state = self.tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state, terms
-
-        self._reference_step, self._stock_step = reference_step, stock_step
+        self._step = indexed_step
 
     def _array(self, a: Optional[np.ndarray]) -> Optional[jax.Array]:
         return None if a is None else jax.device_put(jnp.asarray(a, dtype=self.dtype), self.device)
+
+    def _adam_scalars(self) -> tuple:
+        if self.stock:
+            return None, None
+        self.count += 1
+        s = adam_scalars(self.spec.optimizer, self.count)
+        return jnp.asarray(s.step_size, self.dtype), jnp.asarray(s.bias_correction2_sqrt, self.dtype)
 
     def run(self, steps: Iterable[Step]) -> np.ndarray:
         rows = []
         for step in steps:
             idx = jax.device_put(jnp.asarray(step.indices, dtype=jnp.int32), self.device)
-            args = (self.params, self.state, self.x, self.labels, idx, self._array(step.noise.eps),
-                    self._array(step.noise.corruption))
-            if self.stock:
-                self.params, self.state, terms = self._stock_step(*args)
-            else:
-                self.count += 1
-                s = adam_scalars(self.spec.optimizer, self.count)
-                self.params, self.state, terms = self._reference_step(
-                    *args, jnp.asarray(s.step_size, self.dtype), jnp.asarray(s.bias_correction2_sqrt, self.dtype))
+            self.params, self.state, terms = self._step(
+                self.params, self.state, self.x, self.labels, idx, self._array(step.noise.eps),
+                self._array(step.noise.corruption), *self._adam_scalars())
             self.on_update(self.params)  # the step donated the old buffers
             rows.append(terms)
         if not rows:
