@@ -23,25 +23,37 @@ class ReferenceAdam:
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
-    @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         self.step_count += 1
         s = adam_scalars(self.opt, self.step_count)
+        self.update(grads, s.step_size, s.bias_correction2_sqrt)
+
+    @torch.no_grad()
+    def update(self, grads: list[torch.Tensor], step_size: float | torch.Tensor,
+               bias_correction2_sqrt: float | torch.Tensor) -> None:
+        """One update with the given scalars: Python floats (``step``) or 0-d device tensors
+        (the benchmark modes, which index them on the device with a step counter)."""
         b1, b2 = self.opt.beta1, self.opt.beta2
+        on_device = isinstance(step_size, torch.Tensor)
+        neg_step_size = -step_size
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / s.bias_correction2_sqrt).add_(self.opt.epsilon)
-            p.addcdiv_(m, denom, value=-s.step_size)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(self.opt.epsilon)
+            if on_device:  # addcdiv's value must be a number; (value * m) / denom is its own order
+                p.addcdiv_(m * neg_step_size, denom)
+            else:
+                p.addcdiv_(m, denom, value=neg_step_size)
 
 
 class StockAdam:
     """torch.optim.Adam with the spec's hyperparameters (recorded as 'stock')."""
 
-    def __init__(self, params: list[torch.nn.Parameter], opt: Adam):
+    def __init__(self, params: list[torch.nn.Parameter], opt: Adam, capturable: bool = False):
         self.params = params
         self.inner = torch.optim.Adam(params, lr=opt.learning_rate, betas=(opt.beta1, opt.beta2),
-                                      eps=opt.epsilon, weight_decay=0.0, amsgrad=False)
+                                      eps=opt.epsilon, weight_decay=0.0, amsgrad=False,
+                                      capturable=capturable)
 
     def step(self, grads: list[torch.Tensor]) -> None:
         for p, g in zip(self.params, grads):
@@ -49,8 +61,11 @@ class StockAdam:
         self.inner.step()
 
 
-def make_optimizer(params: list[torch.nn.Parameter], opt: Adam):
-    return (ReferenceAdam if opt.implementation == "reference" else StockAdam)(params, opt)
+def make_optimizer(params: list[torch.nn.Parameter], opt: Adam, capturable: bool = False):
+    """The spec's Adam; ``capturable`` keeps the stock Adam's step count on the device (CUDA graphs)."""
+    if opt.implementation == "reference":
+        return ReferenceAdam(params, opt)
+    return StockAdam(params, opt, capturable=capturable)
 
 
 class TorchTrainer:
