@@ -1,4 +1,4 @@
-"""The ``aebench`` command: list, validate, train, check, bench, report, fetch-mnist.
+"""The ``aebench`` command: list, validate, train, check, bench, report, log, compare, fetch-mnist.
 
 Every user error ends as one line on stderr and exit code 2 (1 for a diverged training),
 never a traceback.
@@ -73,11 +73,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .cli_tracking import tracking_options
     from .data import load_dataset
     from .progress import Progress
     from .registry import load_backend
     from .spec import load_spec
-    from .train import train
+    from .train_tracking import train_tracked
 
     spec = load_spec(args.spec)
     if args.epochs:
@@ -100,8 +101,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress.line(f"epoch {row['epoch']}: {train_text}test total {row['test_total']:.4f} "
                       f"({row['seconds']:.1f} s)")
 
-    train(spec, backend, data, out, progress=progress, on_epoch=report)
+    _, outcome = train_tracked(spec, backend, data, out, tracking_options(args), progress=progress, on_epoch=report)
     progress.line(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    progress.line(outcome.message())
     return 0
 
 
@@ -158,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="a Keras-layout mnist.npz (default: $AEBENCH_MNIST, "
                                                   "~/.keras/datasets/mnist.npz, then the bundled subset)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
+    from .cli_tracking import add_train_arguments
+
+    add_train_arguments(p, positive_int)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("check", help="compare the installed backends with the oracle and with each other")
@@ -177,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_bench import add_commands
 
     add_commands(sub, positive_int, positive_float)
+    from .cli_tracking import add_commands as add_tracking_commands
+
+    add_tracking_commands(sub)
     return parser
 
 

@@ -92,11 +92,13 @@ def evaluate(backend: Backend, model: object, spec: Spec, plan: ModelPlan, x: np
 
 
 def train(spec: Spec, backend: Backend, data: Dataset, out: Path, progress: Optional[Progress] = None,
-          on_epoch: Optional[Callable[[dict], None]] = None) -> list[dict]:
+          on_epoch: Optional[Callable[[dict], None]] = None,
+          on_trained: Optional[Callable[[object], None]] = None) -> list[dict]:
     """Train from the spec's NumPy initialisation for spec.train.epochs; returns the metric rows.
 
-    Row 0 is the untrained model's test loss. Writes metrics.csv, metrics.json, spec.yaml,
-    reconstructions.png and (family vae) samples.png into ``out``.
+    Row 0 is the untrained model's test loss. Writes metrics.csv, metrics.json, spec.yaml and
+    the figures of images.write_figures into ``out``. ``on_epoch`` gets each row as it is
+    written; ``on_trained`` gets the trained model (the backend's handle) after the figures.
     """
     progress = progress or Progress(enabled=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,8 @@ def train(spec: Spec, backend: Backend, data: Dataset, out: Path, progress: Opti
         test_terms = evaluate(backend, model, spec, plan, data.x_test, test_labels)
         _record(log, on_epoch, epoch, time.perf_counter() - start, train_terms, test_terms)
     write_figures(backend, model, spec, plan, data, out)
+    if on_trained:
+        on_trained(model)
     return log.rows
 
 

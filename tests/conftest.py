@@ -47,6 +47,15 @@ def _isolated_mnist_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: py
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_store(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runs that tests make (train, bench) log to a store of their own, never to ./mlflow.db;
+    subprocesses inherit it through MLFLOW_TRACKING_URI."""
+    store = tmp_path_factory.mktemp("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.chdir(store)
+
+
 @pytest.fixture
 def shared_mnist() -> Path:
     """The full MNIST beside the repository (CI and developers' machines), else skip."""
