@@ -218,10 +218,23 @@ class ResultStore:
         return json.loads((self.folder / "cells" / f"{safe_name(key)}.json").read_text())
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where cells are logged: MLflow at ``uri`` (None: tracking.resolve_tracking_uri), or,
+    with ``log`` False, only written as bundles under results/<campaign>/mlflow/."""
+
+    uri: Optional[str] = None
+    log: bool = True
+
+
 def run_campaign(config: CampaignConfig, results_root: Path, executor: Optional[Executor] = None,
-                 retry_failed: bool = False, mnist: Optional[str] = None,
-                 on_cell: Callable[[int, int, dict], None] = lambda i, n, row: None) -> ResultStore:
-    """Run every cell not yet recorded; returns the store. Writes environment.json first."""
+                 retry_failed: bool = False, mnist: Optional[str] = None, tracking: Tracking = Tracking(log=False),
+                 on_cell: Callable[[int, int, dict, str], None] = lambda i, n, row, note: None) -> ResultStore:
+    """Run every cell not yet recorded; returns the store. Writes environment.json first.
+
+    Each row is stored before it is tracked, so an MLflow failure cannot lose a result;
+    ``on_cell`` gets the row and one line on its MLflow run.
+    """
     store = ResultStore(results_root / config.campaign_name())
     store.folder.mkdir(parents=True, exist_ok=True)
     write_environment(store.folder / "environment.json", config)
@@ -234,8 +247,19 @@ def run_campaign(config: CampaignConfig, results_root: Path, executor: Optional[
         except Exception as exc:  # noqa: BLE001 - an executor failure is this cell's result
             row = failed_row(cell, failure_reason(exc))
         store.append(row)
-        on_cell(i, len(todo), row)
+        on_cell(i, len(todo), row, track(row, cell, store, tracking))
     return store
+
+
+def track(row: dict, cell: Cell, store: ResultStore, tracking: Tracking) -> str:
+    """Bundle and log one cell; one line on what became of it (never raises)."""
+    from .bench_tracking import track_cell
+
+    try:
+        outcome = track_cell(row, cell.spec, store.folder, tracking.uri, tracking.log)
+    except Exception as exc:  # noqa: BLE001 - the row is stored; tracking must not stop the campaign
+        return f"MLflow: not recorded ({failure_reason(exc)})"
+    return outcome.message() if tracking.log else f"MLflow bundle: {outcome.bundle_dir}"
 
 
 def write_environment(path: Path, config: CampaignConfig) -> None:

@@ -48,7 +48,7 @@ def campaign_config(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .campaign import plan_cells, run_campaign
+    from .campaign import Tracking, plan_cells, run_campaign
     from .progress import Progress
     from .report import write_report
 
@@ -57,11 +57,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     folder = Path(args.results) / config.campaign_name()
     progress.line(f"campaign {config.campaign_name()}: {len(plan_cells(config))} cells, results in {folder}")
 
-    def on_cell(i: int, n: int, row: dict) -> None:
+    def on_cell(i: int, n: int, row: dict, tracked: str) -> None:
         progress.line(f"[{i}/{n}] {row['key']}: {cell_summary(row)}")
+        progress.line(f"      {tracked}")
 
+    tracking = Tracking(uri=args.tracking_uri, log=not args.no_mlflow)
     store = run_campaign(config, Path(args.results), retry_failed=args.retry_failed, mnist=args.data,
-                         on_cell=on_cell)
+                         tracking=tracking, on_cell=on_cell)
     table = store.table()
     md, page = write_report([store.folder], store.folder)
     failed = table[table["status"] == "failed"]
@@ -109,6 +111,10 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip replaying the first steps on the trainer")
     p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
     p.add_argument("--data", metavar="PATH", help="a Keras-layout mnist.npz (default as for train)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for the cells' runs (default: "
+                                                         "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--no-mlflow", action="store_true", help="write each cell's MLflow bundle only "
+                                                            "(log later with aebench log)")
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("report", help="markdown and HTML report of campaigns and pytest-benchmark JSON files")

@@ -180,7 +180,7 @@ def test_a_cell_that_runs_too_long_is_killed_and_recorded(tmp_path: Path) -> Non
 def test_a_killed_campaign_resumes_with_only_the_missing_cells(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "aebench.cli", "bench", "--specs", "vae_toy", "--backends", cheap_backend(),
                "--modes", "eager", "--batch-sizes", "16,32,64", "--name", "resume", "--results", str(tmp_path),
-               "--warmup-seconds", "0.05", "--blocks", "3", "--block-seconds", "0.05"]
+               "--warmup-seconds", "0.05", "--blocks", "3", "--block-seconds", "0.05", "--no-mlflow"]
     table = tmp_path / "resume" / "cells.csv"
     first = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -232,3 +232,23 @@ def test_report_has_a_table_and_plots_per_spec(tmp_path: Path) -> None:
         assert (tmp_path / "out" / "plots" / figure).stat().st_size > 1000
         assert f"plots/{figure}" in page.read_text()
     assert isinstance(ResultStore(store.folder).record(store.table()["key"][0])["losses"], list)
+
+
+def test_cells_are_logged_to_mlflow_with_their_figures(tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed")
+    from aebench.campaign import Tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = CampaignConfig(specs=("vae_toy",), backends=(cheap_backend(),), modes=("eager",), batch_sizes=(32,),
+                            name="tracked", protocol=SHORT)
+    store = run_campaign(config, tmp_path / "results", tracking=Tracking(uri=uri))
+    row = store.record(store.table()["key"][0])
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("aebench-bench/tracked")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["spec"] == "vae_toy" and run.data.tags["mode"] == "eager"
+    assert run.data.params["batch_size"] == "32" and run.data.params["model.latent.size"] == "2"
+    assert run.data.metrics["time/samples_per_second"] == pytest.approx(row["samples_per_s"])
+    curve = client.get_metric_history(run.info.run_id, "train/total")
+    assert [m.value for m in sorted(curve, key=lambda m: m.step)] == pytest.approx(row["losses"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"cell.json", "environment.json"}
