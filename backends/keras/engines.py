@@ -30,6 +30,12 @@ def _tensorflow(fn, variables):
 
 
 def _jax(fn, variables):
+    return stateless_value_and_grad(fn, variables, [v.value for v in variables])
+
+
+def stateless_value_and_grad(fn: Callable[[], dict], variables: list, values: list) -> tuple[dict, list]:
+    """JAX: ``fn()``'s terms and the gradient of its 'total' with respect to ``values``, which
+    stand in for ``variables`` (keras.StatelessScope), so it traces under jax.jit and lax.scan."""
     import jax
 
     def total(values):
@@ -37,7 +43,7 @@ def _jax(fn, variables):
             terms = fn()
         return terms["total"], terms
 
-    (_, terms), grads = jax.value_and_grad(total, has_aux=True)([v.value for v in variables])
+    (_, terms), grads = jax.value_and_grad(total, has_aux=True)(values)
     return terms, grads
 
 
@@ -51,22 +57,28 @@ def _torch(fn, variables):
 
 def disable_tf32(float64: bool = False) -> None:
     """IEEE float32 matmuls and convolutions on every engine; x64 on JAX for float64 specs."""
+    set_precision(tf32=False, float64=float64)
+
+
+def set_precision(tf32: bool, float64: bool = False) -> None:
+    """TensorFloat-32 matmuls and convolutions on (tf32) or off on the engine (aebench.bench_api.Precision);
+    x64 on JAX for float64 specs."""
     name = engine()
     if name == "tensorflow":
         import tensorflow as tf
 
-        tf.config.experimental.enable_tensor_float_32_execution(False)
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
     elif name == "jax":
         import jax
 
-        jax.config.update("jax_default_matmul_precision", "highest")
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
         if float64:
             jax.config.update("jax_enable_x64", True)
     else:
         import torch
 
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def versions() -> dict[str, str]:

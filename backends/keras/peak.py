@@ -9,12 +9,12 @@ from keras import ops
 
 from aebench.bench_api import Precision
 
-from .engines import engine
+from .engines import engine, set_precision
 
 
 def timed_matmuls(n: int, dtype: str, precision: Precision, repeats: int) -> float:
     """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end."""
-    set_tf32(precision.tf32)
+    set_precision(precision.tf32, float64=dtype == "float64")
     a = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((n, n)).astype(dtype) / n**0.5)
     matmul = compiled_matmul()
     out = matmul(a, a)
@@ -43,19 +43,3 @@ def compiled_matmul():
 def sync(x) -> None:
     """Wait until x is computed: a host copy of one element is a sync on every engine."""
     ops.convert_to_numpy(x[0, 0])
-
-
-def set_tf32(enabled: bool) -> None:
-    name = engine()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_tensor_float_32_execution(enabled)
-    elif name == "jax":
-        import jax
-
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if enabled else "highest")
-    else:
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = enabled

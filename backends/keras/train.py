@@ -31,12 +31,22 @@ class ReferenceAdam:
         s = adam_scalars(self.opt, self.count)
         step_size = ops.convert_to_tensor(s.step_size, dtype=self.dtype)
         c2_sqrt = ops.convert_to_tensor(s.bias_correction2_sqrt, dtype=self.dtype)
-        b1, b2, eps = self.opt.beta1, self.opt.beta2, self.opt.epsilon
         for i, (variable, g) in enumerate(zip(self.variables, grads)):
-            self.m[i] = self.m[i] + (1 - b1) * (g - self.m[i])
-            self.v[i] = self.v[i] * b2 + (1 - b2) * (g * g)
-            denom = ops.sqrt(self.v[i]) / c2_sqrt + eps
-            variable.assign(variable.value + (-step_size) * (self.m[i] / denom))
+            value, self.m[i], self.v[i] = reference_adam_update(self.opt, variable.value, self.m[i], self.v[i], g,
+                                                                step_size, c2_sqrt)
+            variable.assign(value)
+
+
+def reference_adam_update(opt: Adam, value, m, v, g, step_size, c2_sqrt) -> tuple:
+    """One reference Adam update of one array in keras.ops: (new value, new m, new v).
+
+    Pure, so the same arithmetic runs eagerly, in a tf.function, under jax.jit or
+    torch.compile; step_size and c2_sqrt are this step's scalars (aebench.adam)."""
+    b1, b2, eps = opt.beta1, opt.beta2, opt.epsilon
+    m = m + (1 - b1) * (g - m)
+    v = v * b2 + (1 - b2) * (g * g)
+    denom = ops.sqrt(v) / c2_sqrt + eps
+    return value + (-step_size) * (m / denom), m, v
 
 
 class StockAdam:
