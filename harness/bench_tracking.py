@@ -33,8 +33,8 @@ def experiment_name(campaign: str) -> str:
 
 
 def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, files: dict[str, Path]) -> RunRecord:
-    """The MLflow run of one cell's row: params, tags, timing metrics, the per-step loss
-    curve (metric train/total by step) and ``files`` as artifacts."""
+    """The MLflow run of one cell's row: params, tags, timing metrics, the loss curve
+    (metric train/total by step: every warm-up step, then each timed block's last) and ``files`` as artifacts."""
     spec = loaded_spec(cell_spec, row.get("dtype"))
     params = {"backend": row["backend"], "mode": row["mode"], "batch_size": str(row["batch_size"]),
               "precision": row.get("precision", ""), "precision.tf32": str(row.get("precision") == "tf32").lower(),
@@ -55,7 +55,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
                     artifacts=dict(files))
     run.add_metrics({name: float(row[column]) for column, name in TIMING_METRICS.items()
                      if isinstance(row.get(column), (int, float))})
-    for step, loss in enumerate(row.get("losses", []), start=1):
+    for step, loss in zip(row.get("loss_steps", []), row.get("losses", [])):
         run.add_metrics({"train/total": loss}, step=step)
     return run
 

@@ -39,7 +39,6 @@ from .spec import Spec, load_spec
 from .timing import Protocol, Timing, measure
 from .tolerances import TRAJECTORY_LOSS_RTOL
 
-CURVE_STEPS = 2000  # per-step losses kept for the loss-curve plots
 VERIFY_STEPS = 10  # at most this many first steps are replayed on the backend's trainer
 
 
@@ -123,8 +122,8 @@ def _measure_into(row: dict, cell: Cell) -> None:
     row.update(timing_figures(timing, spec, cell.batch_size))
     row.update(memory_figures(device_peak))
     row.update(peak_figures(bench, backend, spec, precision, row["gflops_per_s"]))
-    row["losses"] = timing.losses[:CURVE_STEPS].tolist()
-    check_finite(timing.losses)
+    row["losses"], row["loss_steps"] = timing.losses.tolist(), timing.loss_steps.tolist()
+    check_finite(timing.losses, timing.loss_steps)
     if cell.verify:
         row.update(verify_against_trainer(backend, spec, data, timing.losses))
     row["status"] = "ok"
@@ -161,15 +160,15 @@ def peak_figures(bench, backend, spec: Spec, precision: Precision, achieved_gflo
     return {"device_peak_gflops": peak, "peak_fraction": achieved_gflops / peak if peak else float("nan")}
 
 
-def check_finite(losses: np.ndarray) -> None:
+def check_finite(losses: np.ndarray, steps: np.ndarray) -> None:
     bad = np.flatnonzero(~np.isfinite(losses))
     if len(bad):
-        raise CellFailed(f"non-finite loss ({losses[bad[0]]}) at step {bad[0] + 1}")
+        raise CellFailed(f"non-finite loss ({losses[bad[0]]}) at step {steps[bad[0]]}")
 
 
 def verify_against_trainer(backend, spec: Spec, data: BenchData, timed_losses: np.ndarray) -> dict:
     """Replay the first steps on the backend's trainer (the equivalence-checked step)."""
-    n = min(VERIFY_STEPS, len(timed_losses))
+    n = min(VERIFY_STEPS, len(timed_losses))  # the first losses are of consecutive steps 1..n
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
     reference = backend.trainer(model, data.x, data.labels).run(bench_steps(data, n))[:, 0]

@@ -82,7 +82,7 @@ def campaign_sections(store: ResultStore, out: Path) -> list[Section]:
             ok = group[group["status"] == "ok"]
             if len(ok):
                 section.figures.append(samples_plot(ok, name, out / "plots" / f"{slug}-samples.png", out))
-                curves = {label(r): store.record(r["key"]).get("losses", []) for _, r in ok.iterrows()}
+                curves = {label(r): loss_curve(store.record(r["key"])) for _, r in ok.iterrows()}
                 section.figures.append(loss_plot(curves, name, out / "plots" / f"{slug}-loss.png", out))
                 section.notes.append(curve_agreement(curves))
             sections.append(section)
@@ -128,10 +128,15 @@ def samples_plot(ok: pd.DataFrame, title: str, path: Path, out: Path) -> str:
     return save(fig, path, out)
 
 
-def loss_plot(curves: dict[str, list], title: str, path: Path, out: Path) -> str:
+def loss_curve(record: dict) -> pd.Series:
+    """A cell's total loss by step number (every warm-up step, then each timed block's last)."""
+    return pd.Series(record.get("losses", []), index=record.get("loss_steps", []), dtype=float)
+
+
+def loss_plot(curves: dict[str, pd.Series], title: str, path: Path, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, losses in curves.items():
-        ax.plot(np.arange(1, len(losses) + 1), losses, label=name, linewidth=1)
+    for name, curve in curves.items():
+        ax.plot(curve.index, curve.values, label=name, linewidth=1, marker=".", markersize=3)
     ax.set_xlabel("training step")
     ax.set_ylabel("total loss")
     ax.set_yscale("log")
@@ -140,15 +145,14 @@ def loss_plot(curves: dict[str, list], title: str, path: Path, out: Path) -> str
     return save(fig, path, out)
 
 
-def curve_agreement(curves: dict[str, list]) -> str:
-    """The largest relative spread of the curves over the steps they all reached."""
-    n = min(len(c) for c in curves.values())
-    if n == 0 or len(curves) < 2:
-        return "loss curves: a single cell, nothing to compare"
-    stacked = np.array([c[:n] for c in curves.values()], dtype=float)
-    spread = (stacked.max(0) - stacked.min(0)) / np.abs(stacked).min(0)
-    return (f"loss curves of {len(curves)} cells over their first {n} steps: largest relative spread "
-            f"{spread.max():.2e} (step {int(spread.argmax()) + 1}), at step {n}: {spread[-1]:.2e}")
+def curve_agreement(curves: dict[str, pd.Series]) -> str:
+    """The largest relative spread of the curves over the steps they all recorded."""
+    table = pd.concat(curves.values(), axis=1, join="inner")
+    if len(curves) < 2 or table.empty:
+        return "loss curves: fewer than two cells share a step, nothing to compare"
+    spread = (table.max(axis=1) - table.min(axis=1)) / table.abs().min(axis=1)
+    return (f"loss curves of {len(curves)} cells over the {len(table)} steps they share (up to step "
+            f"{table.index.max()}): largest relative spread {spread.max():.2e} (step {spread.idxmax()})")
 
 
 def save(fig, path: Path, out: Path) -> str:

@@ -71,7 +71,9 @@ def test_every_mode_times_the_checked_training_step(backend_name: str, mode: str
     assert row["gflops_per_s"] == pytest.approx(row["flops_per_step"] / row["median_step_ms"] / 1e6)
     assert 0 < row["peak_fraction"] == pytest.approx(row["gflops_per_s"] / row["device_peak_gflops"])
     assert row["steps_timed"] == row["blocks"] * row["calls_per_block"] * row["steps_per_call"]
-    assert len(row["losses"]) == (1 + row["warmup_calls"]) * row["steps_per_call"] + row["steps_timed"]
+    warmup_steps = (1 + row["warmup_calls"]) * row["steps_per_call"]
+    assert row["loss_steps"][:warmup_steps] == list(range(1, warmup_steps + 1))  # the warm-up, step by step
+    assert row["loss_steps"][-1] == warmup_steps + row["steps_timed"]  # then each block's last step
     assert row["peak_memory_mb"] > 0 and row["versions"] and row["device"]
 
 
@@ -251,5 +253,5 @@ def test_cells_are_logged_to_mlflow_with_their_figures(tmp_path: Path) -> None:
     assert run.data.params["batch_size"] == "32" and run.data.params["model.latent.size"] == "2"
     assert run.data.metrics["time/samples_per_second"] == pytest.approx(row["samples_per_s"])
     curve = client.get_metric_history(run.info.run_id, "train/total")
-    assert [m.value for m in sorted(curve, key=lambda m: m.step)] == pytest.approx(row["losses"])
+    assert sorted((m.step, m.value) for m in curve) == [tuple(p) for p in zip(row["loss_steps"], row["losses"])]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"cell.json", "environment.json"}
