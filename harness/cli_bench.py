@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .errors import AebenchError
+from .errors import AebenchError, SpecError
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -44,7 +44,13 @@ def campaign_config(args: argparse.Namespace):
     bad = [m for m in config.modes if m not in ("eager", "compiled", "fast")]
     if bad:
         raise AebenchError(f"--modes: '{bad[0]}' is not a mode; allowed: eager, compiled, fast")
-    return validate(config, args.campaign or "command line")
+    try:
+        return validate(config, args.campaign or "command line")
+    except SpecError as exc:
+        flag = "--" + exc.field.split("[")[0].replace("_", "-")
+        if args.campaign and getattr(args, flag[2:].replace("-", "_")) is None:
+            raise
+        raise AebenchError(f"{flag}: {exc.message}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
