@@ -125,7 +125,7 @@ def _measure_into(row: dict, cell: Cell) -> None:
     row["losses"], row["loss_steps"] = timing.losses.tolist(), timing.loss_steps.tolist()
     check_finite(timing.losses, timing.loss_steps)
     if cell.verify:
-        row.update(verify_against_trainer(backend, spec, data, timing.losses))
+        row.update(verify_against_trainer(backend, spec, data, timing.losses[:timing.consecutive_steps]))
     row["status"] = "ok"
 
 
@@ -167,8 +167,9 @@ def check_finite(losses: np.ndarray, steps: np.ndarray) -> None:
 
 
 def verify_against_trainer(backend, spec: Spec, data: BenchData, timed_losses: np.ndarray) -> dict:
-    """Replay the first steps on the backend's trainer (the equivalence-checked step)."""
-    n = min(VERIFY_STEPS, len(timed_losses))  # the first losses are of consecutive steps 1..n
+    """Replay the first steps on the backend's trainer (the equivalence-checked step);
+    ``timed_losses`` are the losses of steps 1, 2, 3, ... as the runner took them."""
+    n = min(VERIFY_STEPS, len(timed_losses))
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
     reference = backend.trainer(model, data.x, data.labels).run(bench_steps(data, n))[:, 0]

@@ -47,6 +47,11 @@ class Timing:
     loss_steps: np.ndarray  # 1-based step numbers: every step of the first call and warm-up, then each block's last
 
     @property
+    def consecutive_steps(self) -> int:
+        """How many of the first losses are of steps 1, 2, 3, ... (the first call and warm-up)."""
+        return (1 + self.warmup_calls) * self.steps_per_call
+
+    @property
     def steps_per_block(self) -> int:
         return self.calls_per_block * self.steps_per_call
 
