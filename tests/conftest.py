@@ -56,6 +56,13 @@ def _isolated_mlflow_store(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: py
     monkeypatch.chdir(store)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_peak_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Device peaks measured while the suite loads the machine stay out of the user's cache
+    (~/.cache/aebench), which a real campaign divides by."""
+    os.environ["AEBENCH_CACHE"] = str(tmp_path_factory.mktemp("aebench_cache"))
+
+
 @pytest.fixture
 def shared_mnist() -> Path:
     """The full MNIST beside the repository (CI and developers' machines), else skip."""
