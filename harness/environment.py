@@ -14,30 +14,39 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from . import __version__
-from .spec import Spec
+from aebench import __version__
+from aebench.plugins.backend_api import Backend
+from aebench.plugins.discovery import device_sharing_environment
+from aebench.plugins.registry import plugins
+from aebench.spec.types import Spec
 
-FRAMEWORK_DISTRIBUTIONS = ("numpy", "torch", "jax", "jaxlib", "flax", "optax", "keras", "tensorflow",
-                           "tensorflow-cpu", "mlflow")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                    "TF_NUM_INTEROP_THREADS", "XLA_FLAGS")
+CORE_DISTRIBUTIONS = ("numpy", "pandas", "mlflow")
+"""Versions recorded beside each registered plugin's own ``distributions``."""
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "XLA_FLAGS",
+)
 
 
-def environment_info(backend: Optional[object] = None) -> dict:
+def environment_info(backend: Optional[Backend] = None) -> dict:
     """Everything that can change a result, as a flat-ish JSON-able dict.
 
     Keys: aebench (version), git_commit (``git rev-parse HEAD`` of the checkout aebench runs
     from, ``+dirty`` when tracked files differ; "unknown" outside a checkout), python,
     platform, hostname, cpu (model name), cpu_count (logical), cpu_usable (this process'
     affinity), threads (thread settings from the environment and from frameworks already
-    loaded), versions (installed framework distributions, plus ``backend.versions()``),
+    loaded), device_sharing (the variables that let several processes share a GPU:
+    discovery.device_sharing_environment), versions (installed framework distributions, plus ``backend.versions()``),
     device (``backend.device()``, or "unknown" without a backend), gpu ("none" or the
     nvidia-smi names), driver (the NVIDIA driver version, or "none"), time (UTC, ISO 8601).
     """
@@ -55,6 +64,7 @@ def environment_info(backend: Optional[object] = None) -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": thread_settings(),
+        "device_sharing": device_sharing_environment(),
         "versions": versions,
         "device": backend.device() if backend is not None else "unknown",
         "gpu": gpu,
@@ -66,7 +76,7 @@ def environment_info(backend: Optional[object] = None) -> dict:
 def installed_versions() -> dict[str, str]:
     """Versions of the installed framework distributions (absent ones are left out)."""
     found = {}
-    for name in FRAMEWORK_DISTRIBUTIONS:
+    for name in dict.fromkeys(CORE_DISTRIBUTIONS + tuple(d for p in plugins() for d in p.distributions)):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -106,16 +116,11 @@ def cpu_model() -> str:
 
 
 def thread_settings() -> dict[str, object]:
-    """Thread-count variables that are set, and the thread pools of frameworks already loaded."""
+    """Thread-count variables that are set, and the thread pools of frameworks already loaded
+    (each plugin's bench module reports its own)."""
     threads: dict[str, object] = {k: v for k, v in os.environ.items() if k in THREAD_VARIABLES}
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "get_num_threads"):
-        threads["torch.intra_op"] = torch.get_num_threads()
-        threads["torch.inter_op"] = torch.get_num_interop_threads()
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and hasattr(tf, "config"):
-        threads["tensorflow.intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
-        threads["tensorflow.inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    for plugin in plugins():
+        threads.update(plugin.bench().thread_pools())
     return threads
 
 

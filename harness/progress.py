@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, Optional, TextIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Optional, TextIO, TypeVar
 
 T = TypeVar("T")
 

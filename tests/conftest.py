@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from aebench.registry import list_backends
-from aebench.spec import list_specs
+from aebench.plugins.registry import list_backends
+from aebench.spec.load import list_specs
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
 
 
 def backend_params() -> list:
-    return [pytest.param(info.name, id=info.name,
-                         marks=() if info.available else pytest.mark.skip(reason=f"{info.name}: {info.reason}"))
-            for info in list_backends()]
+    return [
+        pytest.param(
+            info.name,
+            id=info.name,
+            marks=() if info.available else pytest.mark.skip(reason=f"{info.name}: {info.reason}"),
+        )
+        for info in list_backends()
+    ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -34,7 +39,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def backend(backend_name: str):
-    from aebench.registry import load_backend
+    from aebench.plugins.registry import load_backend
 
     return load_backend(backend_name)
 

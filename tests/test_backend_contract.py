@@ -1,23 +1,21 @@
 """Every registered backend on every shipped spec against the NumPy oracle: loss terms,
 encoder and decoder outputs, float64 gradients, weight layouts and the trainer.
-Tolerances: aebench.tolerances; known gaps: each backend's known_gaps.txt."""
+Tolerances: aebench.check.tolerances; known gaps: each backend's known_gaps.txt."""
 
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cases import case_for  # tests/ is on sys.path (pytest prepend import mode)
 
-from aebench import equivalence as eq
-from aebench.adam import NumpyAdam
-from aebench.backend_api import Step, loss_term_names
-from aebench.spec import load_spec
-
-
-@functools.lru_cache(maxsize=None)
-def case_for(spec_name: str, dtype: str) -> eq.Case:
-    return eq.make_case(load_spec(spec_name).replace(dtype=dtype))
+from aebench.check import equivalence as eq
+from aebench.plugins.adam import NumpyAdam
+from aebench.plugins.backend_api import Step, loss_term_names
+from aebench.plugins.bench_api import MODE_NAMES, Precision
+from aebench.plugins.plugin import BACKEND_MODULES
+from aebench.plugins.registry import plugin, plugins
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -90,3 +88,21 @@ def test_the_stock_optimizer_is_the_framework_adam_and_stays_close(backend, spec
     assert runs["stock"][-1, 0] < runs["stock"][0, 0]
     if backend.name == "torch":
         np.testing.assert_array_equal(runs["stock"], runs["reference"])
+
+
+@pytest.mark.parametrize("name", [p.name for p in plugins()])
+def test_every_plugin_reaches_the_same_modules_and_modes(name: str) -> None:
+    """The contract every backend folder keeps (a missing framework does not matter: the
+    bench module imports none), so a new backend is checked with no test edits."""
+    found = plugin(name)
+    bench = found.bench()
+    assert tuple(bench.MODES) == MODE_NAMES, f"{name}: modes {tuple(bench.MODES)}"
+    assert all(callable(getattr(bench, f, None)) for f in ("unsupported", "prepare", "thread_pools"))
+    folder = Path(str(bench.__file__)).parent
+    missing = [m for m in BACKEND_MODULES if not (folder / f"{m}.py").is_file()]
+    assert not missing, f"{name}: {folder} lacks {missing}"
+
+
+def test_the_peak_module_times_a_matmul(backend_name: str) -> None:
+    peak = plugin(backend_name).peak()
+    assert peak.timed_matmuls(64, "float32", Precision(), 2) > 0

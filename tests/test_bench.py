@@ -17,18 +17,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from aebench.bench_api import MODE_NAMES
-from aebench.campaign import CampaignConfig, LocalExecutor, ResultStore, plan_cells, run_campaign
-from aebench.cell import Cell
-from aebench.flops import layer_macs, training_step_flops
-from aebench.registry import available_backends
-from aebench.shapes import plan_model
-from aebench.spec import builtin_specs_dir, load_spec
-from aebench.timing import Protocol, measure
-from aebench.tolerances import TRAJECTORY_LOSS_RTOL
-
 from test_cli import aebench  # tests/ is on sys.path (pytest prepend import mode)
+
+from aebench.bench.campaign import CampaignConfig, LocalExecutor, ResultStore, plan_cells, run_campaign
+from aebench.bench.cell import Cell
+from aebench.bench.flops import layer_macs, training_step_flops
+from aebench.bench.timing import Protocol, measure
+from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
+from aebench.plugins.bench_api import MODE_NAMES
+from aebench.plugins.registry import available_backends
+from aebench.spec.load import builtin_specs_dir, load_spec
+from aebench.spec.shapes import plan_model
 
 SHORT = Protocol(warmup_seconds=0.05, min_warmup_calls=2, blocks=3, block_seconds=0.05, max_steps=5000)
 VAE_DENSE_FLOPS_PER_EXAMPLE = 4_382_720  # hand count, see test_vae_dense_flops_match_a_hand_count
@@ -80,16 +79,16 @@ def test_every_mode_times_the_checked_training_step(backend_name: str, mode: str
 
 HONESTY_PROBE = textwrap.dedent("""
     import importlib, json, sys, time
-    from aebench.bench_api import Precision
-    from aebench.bench_data import make_bench_data
-    from aebench.data import load_dataset
-    from aebench.registry import load_backend, plugin_module
-    from aebench.spec import load_spec
-    from aebench.timing import Protocol, measure
+    from aebench.plugins.bench_api import Precision
+    from aebench.bench.data import make_bench_data
+    from aebench.data.datasets import load_dataset
+    from aebench.plugins.registry import load_backend, plugin
+    from aebench.spec.load import load_spec
+    from aebench.bench.timing import Protocol, measure
 
     name = sys.argv[1]
     backend = load_backend(name)
-    bench = importlib.import_module(plugin_module(name) + ".bench")
+    bench = plugin(name).bench()
     spec = load_spec("vae_dense")
     data = make_bench_data(spec, load_dataset(spec), 256, 100_000)
     runner = bench.prepare(backend, spec, "compiled", data, Precision(), 1)
@@ -120,8 +119,9 @@ HONESTY_PROBE = textwrap.dedent("""
 def test_harness_step_time_is_a_bare_loops(backend_name: str) -> None:
     """measure() reports the step time of a bare loop of the same compiled step in the same
     process: medians of 11 one-second measurements and 11 bare loops, taken in turn."""
-    out = subprocess.run([sys.executable, "-c", HONESTY_PROBE, backend_name], capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-c", HONESTY_PROBE, backend_name], capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     times = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(times["harness"] - times["bare"]) / times["bare"] <= HONESTY_TOLERANCE, times
@@ -145,18 +145,18 @@ class SlowFirstCall:
 
 
 def test_first_call_is_kept_out_of_the_steady_state() -> None:
-    import importlib
 
-    from aebench.bench_api import Precision
-    from aebench.bench_data import make_bench_data
-    from aebench.data import load_dataset
-    from aebench.registry import load_backend, plugin_module
+    from aebench.bench.data import make_bench_data
+    from aebench.data.datasets import load_dataset
+    from aebench.plugins.bench_api import Precision
+    from aebench.plugins.registry import load_backend, plugin
 
     name = cheap_backend()
     spec = load_spec("vae_toy")
-    bench = importlib.import_module(plugin_module(name) + ".bench")
-    runner = bench.prepare(load_backend(name), spec, "eager", make_bench_data(spec, load_dataset(spec), 32, 5000),
-                           Precision(), 1)
+    bench = plugin(name).bench()
+    runner = bench.prepare(
+        load_backend(name), spec, "eager", make_bench_data(spec, load_dataset(spec), 32, 5000), Precision(), 1
+    )
     timing = measure(SlowFirstCall(runner, 1.0), SHORT)
     assert timing.first_call_seconds >= 1.0
     assert max(timing.block_step_seconds) < 0.1  # a 1 s first call in any block would show
@@ -171,8 +171,14 @@ def write_spec(folder: Path, name: str, learning_rate: str) -> str:
 
 def test_failed_cells_are_recorded_and_the_campaign_goes_on(tmp_path: Path) -> None:
     specs = ("vae_toy", write_spec(tmp_path, "nan_lr", ".nan"), write_spec(tmp_path, "huge_lr", "1.0e+30"))
-    config = CampaignConfig(specs=specs, backends=(cheap_backend(),), modes=("eager",), batch_sizes=(32, 10**12),
-                            name="failures", protocol=SHORT)
+    config = CampaignConfig(
+        specs=specs,
+        backends=(cheap_backend(),),
+        modes=("eager",),
+        batch_sizes=(32, 10**12),
+        name="failures",
+        protocol=SHORT,
+    )
     store = run_campaign(config, tmp_path / "results")
     table = store.table().set_index(["spec", "batch_size"])
     assert len(table) == 6
@@ -191,9 +197,31 @@ def test_a_cell_that_runs_too_long_is_killed_and_recorded(tmp_path: Path) -> Non
 
 
 def test_a_killed_campaign_resumes_with_only_the_missing_cells(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "aebench.cli", "bench", "--specs", "vae_toy", "--backends", cheap_backend(),
-               "--modes", "eager", "--batch-sizes", "16,32,64", "--name", "resume", "--results", str(tmp_path),
-               "--warmup-seconds", "0.05", "--blocks", "3", "--block-seconds", "0.05", "--no-mlflow"]
+    command = [
+        sys.executable,
+        "-m",
+        "aebench.cli",
+        "bench",
+        "--specs",
+        "vae_toy",
+        "--backends",
+        cheap_backend(),
+        "--modes",
+        "eager",
+        "--batch-sizes",
+        "16,32,64",
+        "--name",
+        "resume",
+        "--results",
+        str(tmp_path),
+        "--warmup-seconds",
+        "0.05",
+        "--blocks",
+        "3",
+        "--block-seconds",
+        "0.05",
+        "--no-mlflow",
+    ]
     table = tmp_path / "resume" / "cells.csv"
     first = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -209,7 +237,7 @@ def test_a_killed_campaign_resumes_with_only_the_missing_cells(tmp_path: Path) -
     after = pd.read_csv(table)
     assert sorted(after["key"]) == sorted(c.key for c in plan_cells(ResumeConfig(cheap_backend())))
     assert after["key"].is_unique  # nothing measured twice
-    pd.testing.assert_frame_equal(after.iloc[:len(before)], before)  # the first rows are untouched
+    pd.testing.assert_frame_equal(after.iloc[: len(before)], before)  # the first rows are untouched
     assert (tmp_path / "resume" / "report.md").is_file() and (tmp_path / "resume" / "report.html").is_file()
 
 
@@ -217,13 +245,16 @@ def ResumeConfig(backend: str) -> CampaignConfig:
     return CampaignConfig(specs=("vae_toy",), backends=(backend,), modes=("eager",), batch_sizes=(16, 32, 64))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("specs: [vae_toy]\nbackends: [torhc]\n", "backends[0]: no backend 'torhc' (did you mean 'torch'?)"),
-    ("specs: [vae_tyo]\nbackends: [torch]\n", "specs[0]:"),
-    ("specs: [vae_toy]\nbackends: [torch]\nmodes: [jit]\n", "modes[0]: must be one of eager, compiled, fast"),
-    ("specs: [vae_toy]\nbackends: [torch]\nbatch_sizes: [0]\n", "batch_sizes[0]: must be >= 1"),
-    ("specs: [vae_toy]\nbackends: [torch]\nblocks: 3\n", "blocks: unknown key"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("specs: [vae_toy]\nbackends: [torhc]\n", "backends[0]: no backend 'torhc' (did you mean 'torch'?)"),
+        ("specs: [vae_tyo]\nbackends: [torch]\n", "specs[0]:"),
+        ("specs: [vae_toy]\nbackends: [torch]\nmodes: [jit]\n", "modes[0]: must be one of eager, compiled, fast"),
+        ("specs: [vae_toy]\nbackends: [torch]\nbatch_sizes: [0]\n", "batch_sizes[0]: must be >= 1"),
+        ("specs: [vae_toy]\nbackends: [torch]\nblocks: 3\n", "blocks: unknown key"),
+    ],
+)
 def test_campaign_files_are_checked_up_front(text: str, message: str, tmp_path: Path) -> None:
     bad = tmp_path / "campaign.yaml"
     bad.write_text(text)
@@ -233,10 +264,16 @@ def test_campaign_files_are_checked_up_front(text: str, message: str, tmp_path: 
 
 
 def test_report_has_a_table_and_plots_per_spec(tmp_path: Path) -> None:
-    config = CampaignConfig(specs=("vae_toy",), backends=(cheap_backend(),), modes=("eager",), batch_sizes=(32,),
-                            name="report", protocol=SHORT)
+    config = CampaignConfig(
+        specs=("vae_toy",),
+        backends=(cheap_backend(),),
+        modes=("eager",),
+        batch_sizes=(32,),
+        name="report",
+        protocol=SHORT,
+    )
     store = run_campaign(config, tmp_path)
-    from aebench.report import write_report
+    from aebench.bench.report import write_report
 
     md, page = write_report([store.folder], tmp_path / "out")
     text = md.read_text()
@@ -249,12 +286,18 @@ def test_report_has_a_table_and_plots_per_spec(tmp_path: Path) -> None:
 
 def test_cells_are_logged_to_mlflow_with_their_figures(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed")
-    from aebench.campaign import Tracking
+    from aebench.track.bench_run import CellTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = CampaignConfig(specs=("vae_toy",), backends=(cheap_backend(),), modes=("eager",), batch_sizes=(32,),
-                            name="tracked", protocol=SHORT)
-    store = run_campaign(config, tmp_path / "results", tracking=Tracking(uri=uri))
+    config = CampaignConfig(
+        specs=("vae_toy",),
+        backends=(cheap_backend(),),
+        modes=("eager",),
+        batch_sizes=(32,),
+        name="tracked",
+        protocol=SHORT,
+    )
+    store = run_campaign(config, tmp_path / "results", tracker=CellTracker(uri=uri))
     row = store.record(store.table()["key"][0])
     client = mlflow.tracking.MlflowClient(uri)
     experiment = client.get_experiment_by_name("aebench-bench/tracked")

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from aebench.registry import list_backends
-from aebench.spec import list_specs
+from aebench.plugins.registry import list_backends
+from aebench.spec.load import list_specs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def aebench(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aebench.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "aebench.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def test_list_shows_every_spec_and_backend() -> None:
@@ -38,24 +43,45 @@ def test_validate_accepts_every_shipped_spec() -> None:
 
 def test_train_writes_metrics_and_pngs(backend_name: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = aebench("train", str(REPO / "specs" / "vae_dense.yaml"), "--backend", backend_name, "--epochs", "1",
-                   "--out", str(out), env={"KERAS_HOME": str(tmp_path)})
+    proc = aebench(
+        "train",
+        str(REPO / "specs" / "vae_dense.yaml"),
+        "--backend",
+        backend_name,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        env={"KERAS_HOME": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert {"metrics.csv", "metrics.json", "reconstructions.png", "samples.png", "spec.yaml"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert "epoch 1: train total" in proc.stderr
     header, first, second = (out / "metrics.csv").read_text().splitlines()
-    assert header.split(",") == ["epoch", "seconds", "train_total", "train_reconstruction", "train_kl",
-                                 "test_total", "test_reconstruction", "test_kl"]
+    assert header.split(",") == [
+        "epoch",
+        "seconds",
+        "train_total",
+        "train_reconstruction",
+        "train_kl",
+        "test_total",
+        "test_reconstruction",
+        "test_kl",
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "vae_dense", "--backend", "troch"], "no backend 'troch' (did you mean 'torch'?)"),
-    (["train", "vae_dnse"], "no such spec file or shipped spec (did you mean 'vae_dense'?)"),
-    (["train", "vae_dense", "--data", "/nonexistent/mnist.npz"], "--data: no MNIST file at /nonexistent/mnist.npz"),
-    (["train", "vae_dense", "--epochs", "0"], "--epochs: must be a whole number >= 1, got 0"),
-    (["train", "vae_toy", "--data", "/tmp/mnist.npz"], "--data: vae_toy trains on height_weight data"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "vae_dense", "--backend", "troch"], "no backend 'troch' (did you mean 'torch'?)"),
+        (["train", "vae_dnse"], "no such spec file or shipped spec (did you mean 'vae_dense'?)"),
+        (["train", "vae_dense", "--data", "/nonexistent/mnist.npz"], "--data: no MNIST file at /nonexistent/mnist.npz"),
+        (["train", "vae_dense", "--epochs", "0"], "--epochs: must be a whole number >= 1, got 0"),
+        (["train", "vae_toy", "--data", "/tmp/mnist.npz"], "--data: vae_toy trains on height_weight data"),
+    ],
+)
 def test_bad_command_lines_give_one_error_line(args: list[str], message: str) -> None:
     proc = aebench(*args)
     assert proc.returncode == 2
@@ -70,28 +96,34 @@ def test_a_plugin_whose_framework_is_missing_is_listed_unavailable(tmp_path: Pat
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ghost-backend\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[aebench.backends]\nghost = ghost_backend:PLUGIN\n")
-    (tmp_path / "ghost_backend.py").write_text(textwrap.dedent("""
-        from aebench.backend_api import Plugin
+    (tmp_path / "ghost_backend.py").write_text(
+        textwrap.dedent("""
+        from aebench.plugins.plugin import Plugin
 
         def _load():
             import ghostframework  # not installed anywhere
             return ghostframework
 
-        PLUGIN = Plugin(name="ghost", framework="ghostframework", load=_load, install_hint="pip install ghost")
-    """))
+        PLUGIN = Plugin(name="ghost", framework="ghostframework", load=_load, bench=_load, peak=_load,
+                        install_hint="pip install ghost")
+    """)
+    )
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     listed = aebench("list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "ghost" in listed.stdout and "unavailable: ghostframework cannot be imported" in listed.stdout
     trained = aebench("train", "vae_toy", "--backend", "ghost", env=env)
     assert trained.returncode == 2
-    assert trained.stderr.strip() == ("aebench: error: backend 'ghost' is unavailable: ghostframework cannot be "
-                                      "imported: No module named 'ghostframework' (pip install ghost)")
+    assert trained.stderr.strip() == (
+        "aebench: error: backend 'ghost' is unavailable: ghostframework cannot be "
+        "imported: No module named 'ghostframework' (pip install ghost)"
+    )
 
 
 def test_check_prints_a_table_and_passes() -> None:
     proc = aebench("check", "vae_toy", "--backends", "torch", "--dtype", "float64")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "checking [1/1] vae_toy float64 torch" in proc.stderr  # progress, even when not on a terminal
     header = proc.stdout.splitlines()[0].split()
     assert header[:5] == ["spec", "backend", "dtype", "quantity", "max"]
     assert "loss terms vs oracle" in proc.stdout and "FAIL" not in proc.stdout
@@ -114,9 +146,10 @@ def test_check_reports_an_uninstalled_backend_as_skipped(tmp_path: Path) -> None
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ghost-backend\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[aebench.backends]\nghost = ghost_backend:PLUGIN\n")
     (tmp_path / "ghost_backend.py").write_text(
-        "from aebench.backend_api import Plugin\n"
+        "from aebench.plugins.plugin import Plugin\n"
         "def _load():\n    import ghostframework\n"
-        "PLUGIN = Plugin(name='ghost', framework='ghostframework', load=_load)\n")
+        "PLUGIN = Plugin(name='ghost', framework='ghostframework', load=_load, bench=_load, peak=_load)\n"
+    )
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = aebench("check", "vae_toy", "--backends", "ghost,torch", "--dtype", "float64", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,7 +162,9 @@ def test_check_names_an_unknown_backend_in_one_line() -> None:
     proc = aebench("check", "vae_toy", "--backends", "torhc")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aebench: error: --backends: no backend 'torhc' (did you mean 'torch'?)")
+    assert len(lines) == 1 and lines[0].startswith(
+        "aebench: error: --backends: no backend 'torhc' (did you mean 'torch'?)"
+    )
 
 
 @pytest.mark.slow

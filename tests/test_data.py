@@ -9,11 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aebench.cli import main
-from aebench.data import (bundled_mnist_path, fetch_mnist, find_mnist, height_weight, keras_cache_path,
-                          load_dataset, read_mnist_npz)
+from aebench.cli.main import main
+from aebench.data.datasets import (
+    bundled_mnist_path,
+    fetch_mnist,
+    find_mnist,
+    height_weight,
+    keras_cache_path,
+    load_dataset,
+    read_mnist_npz,
+)
 from aebench.errors import DataError
-from aebench.spec import HeightWeight, load_spec
+from aebench.spec.load import load_spec
+from aebench.spec.types import HeightWeight
 
 
 def test_the_bundled_subset_is_small_real_mnist() -> None:
@@ -68,8 +76,13 @@ def test_pickled_npz_is_refused(tmp_path: Path) -> None:
 
 def test_wrong_layout_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.npz"
-    np.savez(path, x_train=np.zeros((2, 28, 28), np.uint8), y_train=np.zeros(2, np.uint8),
-             x_test=np.zeros((2, 32, 32), np.uint8), y_test=np.zeros(2, np.uint8))
+    np.savez(
+        path,
+        x_train=np.zeros((2, 28, 28), np.uint8),
+        y_train=np.zeros(2, np.uint8),
+        x_test=np.zeros((2, 32, 32), np.uint8),
+        y_test=np.zeros(2, np.uint8),
+    )
     with pytest.raises(DataError, match=r"x_test: expected uint8 of shape \(N, 28, 28\)"):
         read_mnist_npz(path)
 
@@ -112,7 +125,8 @@ def test_fetch_command_reports_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = main(["fetch-mnist", "--dest", str(tmp_path / "m.npz"), "--url", f"http://127.0.0.1:{port}/x",
-                 "--timeout", "2"])
+    code = main(
+        ["fetch-mnist", "--dest", str(tmp_path / "m.npz"), "--url", f"http://127.0.0.1:{port}/x", "--timeout", "2"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--data PATH" in err

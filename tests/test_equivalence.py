@@ -7,32 +7,26 @@ from __future__ import annotations
 import functools
 
 import pytest
+from cases import case_for  # tests/ is on sys.path (pytest prepend import mode)
 
-from aebench import equivalence as eq
-from aebench.check import REFERENCE_ORDER
-from aebench.registry import available_backends, load_backend
-from aebench.spec import load_spec
+from aebench.check import equivalence as eq
+from aebench.check.suite import reference_rank
+from aebench.plugins.registry import available_backends, load_backend
 
 
 def reference_name() -> str:
-    available = available_backends()
-    ranked = [n for n in REFERENCE_ORDER if n in available] + sorted(set(available) - set(REFERENCE_ORDER))
+    ranked = sorted(available_backends(), key=reference_rank)
     if not ranked:
         pytest.skip("no backend is available")
     return ranked[0]
 
 
-@functools.lru_cache(maxsize=None)
-def case_for(spec_name: str, dtype: str) -> eq.Case:
-    return eq.make_case(load_spec(spec_name).replace(dtype=dtype))
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_gradients(spec_name: str):
     return eq.gradients(load_backend(reference_name()), case_for(spec_name, "float64"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_trajectory(spec_name: str, dtype: str) -> eq.Trajectory:
     return eq.trajectory(load_backend(reference_name()), case_for(spec_name, dtype))
 
@@ -50,6 +44,10 @@ def test_fifty_adam_steps_agree_with_the_reference_backend(backend, spec_name: s
     if backend.name == reference_name():
         pytest.skip(f"{backend.name} is the reference; every other backend is compared with it")
     case = case_for(spec_name, dtype)
-    comparisons = eq.compare_trajectories(eq.Judge(backend.name, dtype), eq.trajectory(backend, case),
-                                          reference_trajectory(spec_name, dtype), eq.term_names(case))
+    comparisons = eq.compare_trajectories(
+        eq.Judge(backend.name, dtype),
+        eq.trajectory(backend, case),
+        reference_trajectory(spec_name, dtype),
+        eq.term_names(case),
+    )
     assert not eq.failures(comparisons)

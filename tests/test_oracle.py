@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from aebench import oracle
-from aebench.shapes import same_pads
-from aebench.spec import KL, Activation, Contractive, Gaussian, Masking, Reconstruction, SaltAndPepper, Sparsity
+from aebench.check import oracle
+from aebench.spec.shapes import same_pads
+from aebench.spec.types import KL, Activation, Contractive, Gaussian, Masking, Reconstruction, SaltAndPepper, Sparsity
 
 
 def test_kl_of_a_known_gaussian() -> None:
@@ -47,12 +47,19 @@ def test_sparsity_kl_is_zero_when_every_unit_averages_rho() -> None:
 
 
 def _sigmoid_code_plan(n_in: int, n_code: int):
-    from aebench.shapes import LayerPlan, ModelPlan, Param
-    from aebench.spec import Dense
+    from aebench.spec.shapes import LayerPlan, ModelPlan, Param
+    from aebench.spec.types import Dense
 
-    head = LayerPlan("code", Dense("dense", n_code, Activation("sigmoid")), (n_in,), (n_code,),
-                     (Param("code.kernel", (n_in, n_code), "kernel", n_in, n_code),
-                      Param("code.bias", (n_code,), "bias", n_in, n_code)))
+    head = LayerPlan(
+        "code",
+        Dense("dense", n_code, Activation("sigmoid")),
+        (n_in,),
+        (n_code,),
+        (
+            Param("code.kernel", (n_in, n_code), "kernel", n_in, n_code),
+            Param("code.bias", (n_code,), "bias", n_in, n_code),
+        ),
+    )
     return ModelPlan((n_in,), 0, (), (head,), ())
 
 
@@ -73,7 +80,7 @@ def test_contractive_closed_form_matches_a_finite_difference_jacobian() -> None:
     plan = _sigmoid_code_plan(5, 4)
     h = oracle.sigmoid(x @ kernel + bias)
     # Closed form for a sigmoid dense code: sum_j (h_j (1 - h_j))^2 sum_i W_ij^2, per example.
-    closed = ((h * (1 - h)) ** 2 * (kernel ** 2).sum(axis=0)).sum(axis=1).mean()
+    closed = ((h * (1 - h)) ** 2 * (kernel**2).sum(axis=0)).sum(axis=1).mean()
     fd = _finite_difference_jacobian(lambda v: oracle.sigmoid(v @ kernel + bias), x)
     jac = oracle.code_jacobian(plan, weights, x)
     np.testing.assert_allclose(jac, fd, rtol=1e-8, atol=1e-10)
@@ -146,18 +153,18 @@ def test_reconstruction_reductions() -> None:
 def test_corruptions_from_injected_noise() -> None:
     x = np.array([[0.2, 0.5, 0.9, 0.0]])
     normal = np.array([[1.0, -1.0, 1.0, -1.0]])
-    np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, (0.0, 1.0)), x, normal),
-                               [[0.6, 0.1, 1.0, 0.0]])
+    np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, (0.0, 1.0)), x, normal), [[0.6, 0.1, 1.0, 0.0]])
     np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, None), x, normal), [[0.6, 0.1, 1.3, -0.4]])
     uniform = np.array([[0.01, 0.5, 0.96, 0.2]])
     np.testing.assert_array_equal(oracle.corrupt(Masking("masking", 0.3), x, uniform), [[0.0, 0.5, 0.9, 0.0]])
-    np.testing.assert_array_equal(oracle.corrupt(SaltAndPepper("salt_and_pepper", 0.1), x, uniform),
-                                  [[0.0, 0.5, 1.0, 0.0]])
+    np.testing.assert_array_equal(
+        oracle.corrupt(SaltAndPepper("salt_and_pepper", 0.1), x, uniform), [[0.0, 0.5, 1.0, 0.0]]
+    )
 
 
 def test_flatten_walks_height_width_channels() -> None:
-    from aebench.shapes import LayerPlan
-    from aebench.spec import Flatten
+    from aebench.spec.shapes import LayerPlan
+    from aebench.spec.types import Flatten
 
     x = np.arange(12.0).reshape(1, 2, 2, 3)
     _, flat = oracle.apply_layer(LayerPlan("encoder.0", Flatten("flatten"), (2, 2, 3), (12,), ()), {}, x)

@@ -8,15 +8,21 @@ import dataclasses
 import numpy as np
 import pytest
 
-from aebench import oracle
-from aebench.backend_api import Batch, Noise
-from aebench.canonical import init_weights
-from aebench.data import Dataset, load_dataset
-from aebench.oracle import bce_with_logits, reconstruction_loss, sigmoid
-from aebench.quality import (QualitySettings, decoder_log_likelihood, importance_log_weights, nll_from_log_weights,
-                             per_image_psnr, quality_metrics)
-from aebench.shapes import plan_model
-from aebench.spec import load_spec
+from aebench.check import oracle
+from aebench.check.oracle import bce_with_logits, reconstruction_loss, sigmoid
+from aebench.data.datasets import Dataset, load_dataset
+from aebench.plugins.backend_api import Batch, Noise
+from aebench.plugins.canonical import init_weights
+from aebench.spec.load import load_spec
+from aebench.spec.shapes import plan_model
+from aebench.train.quality import (
+    QualitySettings,
+    decoder_log_likelihood,
+    importance_log_weights,
+    nll_from_log_weights,
+    per_image_psnr,
+    quality_metrics,
+)
 
 
 class LinearGaussianVAE:
@@ -84,7 +90,7 @@ class OneDimensionalBernoulliVAE:
     def log_joint(self, x: np.ndarray) -> np.ndarray:
         logits = self.grid[:, None] * self.a + self.c  # log Bernoulli = x * logit - softplus(logit)
         ll = x @ logits.T - np.logaddexp(0.0, logits).sum(axis=1)
-        return ll - 0.5 * self.grid ** 2 - 0.5 * np.log(2 * np.pi)
+        return ll - 0.5 * self.grid**2 - 0.5 * np.log(2 * np.pi)
 
     def exact_nll(self, x: np.ndarray) -> np.ndarray:
         lj = self.log_joint(x)
@@ -96,7 +102,7 @@ class OneDimensionalBernoulliVAE:
         post = np.exp(lj - lj.max(axis=1, keepdims=True))
         post /= post.sum(axis=1, keepdims=True)
         mean0 = post @ self.grid
-        var0 = post @ self.grid ** 2 - mean0 ** 2
+        var0 = post @ self.grid**2 - mean0**2
         mean, log_var = np.zeros((len(x), 40)), np.zeros((len(x), 40))
         mean[:, 0], log_var[:, 0] = mean0, np.log(var0)
         return {"mean": mean, "log_var": log_var}
@@ -123,13 +129,16 @@ def test_bernoulli_likelihood_is_minus_the_bce_of_the_logits() -> None:
 @pytest.mark.parametrize("features", ["sum", "mean"])
 def test_gaussian_likelihood_has_the_spec_reconstruction_term_as_its_quadratic_part(features: str) -> None:
     spec = load_spec("ae")
-    spec = spec.replace(loss=dataclasses.replace(
-        spec.loss, reconstruction=dataclasses.replace(spec.loss.reconstruction, features=features)))
+    spec = spec.replace(
+        loss=dataclasses.replace(
+            spec.loss, reconstruction=dataclasses.replace(spec.loss.reconstruction, features=features)
+        )
+    )
     rng = np.random.default_rng(4)
     x, out = rng.random((3, 784)), rng.random((3, 784))
     variance = 0.5 if features == "sum" else 0.5 * 784
     constant = 0.5 * 784 * np.log(2 * np.pi * variance)
-    terms = [reconstruction_loss(spec.loss.reconstruction, "linear", out[i:i + 1], x[i:i + 1]) for i in range(3)]
+    terms = [reconstruction_loss(spec.loss.reconstruction, "linear", out[i : i + 1], x[i : i + 1]) for i in range(3)]
     np.testing.assert_allclose(-decoder_log_likelihood(spec, x, out) - constant, terms, rtol=1e-12)
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from aebench.cli import main
+from aebench.cli.main import main
 from aebench.errors import SpecError
-from aebench.shapes import plan_model
-from aebench.spec import Gaussian, Masking, SaltAndPepper, builtin_specs_dir, load_spec
+from aebench.spec.load import builtin_specs_dir, load_spec
+from aebench.spec.shapes import plan_model
+from aebench.spec.types import Gaussian, Masking, SaltAndPepper
 
 GOOD = """\
 model:
@@ -44,8 +45,18 @@ def test_every_shipped_spec_loads_and_plans(spec_name: str) -> None:
 
 def test_the_ten_variants_of_the_design_are_shipped() -> None:
     names = {p.stem for p in builtin_specs_dir().glob("*.yaml")}
-    assert {"ae", "denoising_ae", "sparse_ae", "contractive_ae", "vae_dense", "denoising_vae",
-            "vae_conv", "beta_vae", "cvae", "vae_toy"} <= names
+    assert {
+        "ae",
+        "denoising_ae",
+        "sparse_ae",
+        "contractive_ae",
+        "vae_dense",
+        "denoising_vae",
+        "vae_conv",
+        "beta_vae",
+        "cvae",
+        "vae_toy",
+    } <= names
 
 
 def test_beta_vae_is_vae_conv_with_beta_four() -> None:
@@ -83,51 +94,113 @@ def edit(text: str, old: str, new: str) -> str:
 
 # (case id, files to write {name: text}, the file to validate, text the error must contain)
 BAD_SPECS = [
-    ("unknown-key", {"s.yaml": edit(GOOD, "  latent: {size: 2}", "  latnt: {size: 2}")}, "s.yaml",
-     ["model.latnt", "did you mean 'latent'"]),
-    ("misplaced-key", {"s.yaml": GOOD + "epochs: 3\n"}, "s.yaml", ["epochs: unknown key", "did you mean 'train.epochs'"]),
-    ("wrong-type", {"s.yaml": edit(GOOD, "batch_size: 16", "batch_size: sixteen")}, "s.yaml",
-     ["train.batch_size", "must be an integer"]),
-    ("bool-is-not-int", {"s.yaml": edit(GOOD, "batch_size: 16", "batch_size: true")}, "s.yaml",
-     ["train.batch_size", "must be an integer"]),
-    ("negative-std", {"s.yaml": GOOD + "corruption: {kind: gaussian, std: -0.1}\n"}, "s.yaml",
-     ["corruption.std", "must be > 0"]),
-    ("rho-outside-0-1", {"s.yaml": edit(edit(edit(GOOD, "family: vae", "family: ae"),
-                                             "  kl: {beta: 1.0, features: sum, batch: mean}",
-                                             "  sparsity: {rho: 1.5, weight: 0.1, units: sum}"),
-                                        "latent: {size: 2}", "latent: {size: 2, activation: sigmoid}")},
-     "s.yaml", ["loss.sparsity.rho", "(0, 1)"]),
-    ("latent-size-zero", {"s.yaml": edit(GOOD, "latent: {size: 2}", "latent: {size: 0}")}, "s.yaml",
-     ["model.latent.size", "must be >= 1"]),
-    ("kernel-larger-than-input", {"s.yaml": edit(GOOD, "kernel: 3", "kernel: 29")}, "s.yaml",
-     ["model.encoder[0].kernel", "larger than its input 28x28"]),
-    ("decoder-shape-mismatch", {"s.yaml": edit(edit(GOOD, "units: 784", "units: 1568"),
-                                               "shape: [28, 28, 1]", "shape: [28, 28, 2]")}, "s.yaml",
-     ["model.decoder", "outputs shape (28, 28, 2)", "has shape (28, 28, 1)"]),
-    ("reshape-size-mismatch", {"s.yaml": edit(GOOD, "units: 784", "units: 783")}, "s.yaml",
-     ["model.decoder[1].shape", "holds 784 values but its input (783,) holds 783"]),
+    (
+        "unknown-key",
+        {"s.yaml": edit(GOOD, "  latent: {size: 2}", "  latnt: {size: 2}")},
+        "s.yaml",
+        ["model.latnt", "did you mean 'latent'"],
+    ),
+    (
+        "misplaced-key",
+        {"s.yaml": GOOD + "epochs: 3\n"},
+        "s.yaml",
+        ["epochs: unknown key", "did you mean 'train.epochs'"],
+    ),
+    (
+        "wrong-type",
+        {"s.yaml": edit(GOOD, "batch_size: 16", "batch_size: sixteen")},
+        "s.yaml",
+        ["train.batch_size", "must be an integer"],
+    ),
+    (
+        "bool-is-not-int",
+        {"s.yaml": edit(GOOD, "batch_size: 16", "batch_size: true")},
+        "s.yaml",
+        ["train.batch_size", "must be an integer"],
+    ),
+    (
+        "negative-std",
+        {"s.yaml": GOOD + "corruption: {kind: gaussian, std: -0.1}\n"},
+        "s.yaml",
+        ["corruption.std", "must be > 0"],
+    ),
+    (
+        "rho-outside-0-1",
+        {
+            "s.yaml": edit(
+                edit(
+                    edit(GOOD, "family: vae", "family: ae"),
+                    "  kl: {beta: 1.0, features: sum, batch: mean}",
+                    "  sparsity: {rho: 1.5, weight: 0.1, units: sum}",
+                ),
+                "latent: {size: 2}",
+                "latent: {size: 2, activation: sigmoid}",
+            )
+        },
+        "s.yaml",
+        ["loss.sparsity.rho", "(0, 1)"],
+    ),
+    (
+        "latent-size-zero",
+        {"s.yaml": edit(GOOD, "latent: {size: 2}", "latent: {size: 0}")},
+        "s.yaml",
+        ["model.latent.size", "must be >= 1"],
+    ),
+    (
+        "kernel-larger-than-input",
+        {"s.yaml": edit(GOOD, "kernel: 3", "kernel: 29")},
+        "s.yaml",
+        ["model.encoder[0].kernel", "larger than its input 28x28"],
+    ),
+    (
+        "decoder-shape-mismatch",
+        {"s.yaml": edit(edit(GOOD, "units: 784", "units: 1568"), "shape: [28, 28, 1]", "shape: [28, 28, 2]")},
+        "s.yaml",
+        ["model.decoder", "outputs shape (28, 28, 2)", "has shape (28, 28, 1)"],
+    ),
+    (
+        "reshape-size-mismatch",
+        {"s.yaml": edit(GOOD, "units: 784", "units: 783")},
+        "s.yaml",
+        ["model.decoder[1].shape", "holds 784 values but its input (783,) holds 783"],
+    ),
     ("missing-parent", {"s.yaml": "extends: vae_cnv\n"}, "s.yaml", ["extends", "no spec 'vae_cnv'"]),
-    ("circular-parent", {"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"}, "a.yaml",
-     ["b.yaml: extends", "circular inheritance: a -> b -> a"]),
+    (
+        "circular-parent",
+        {"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"},
+        "a.yaml",
+        ["b.yaml: extends", "circular inheritance: a -> b -> a"],
+    ),
     ("yaml-syntax-error", {"s.yaml": "model: {family: vae\nloss: [\n"}, "s.yaml", ["s.yaml:", "YAML syntax error"]),
     ("empty-file", {"s.yaml": ""}, "s.yaml", ["empty spec"]),
     ("duplicate-key", {"s.yaml": GOOD + "dtype: float64\n"}, "s.yaml", ["dtype", "appears twice"]),
-    ("leaky-relu-without-slope", {"s.yaml": edit(GOOD, "activation: relu}", "activation: leaky_relu}")},
-     "s.yaml", ["model.encoder[0].activation", "negative_slope"]),
-    ("bce-needs-sigmoid", {"s.yaml": edit(GOOD, "output_activation: sigmoid", "output_activation: linear")},
-     "s.yaml", ["loss.reconstruction.kind", "sigmoid"]),
-    ("unknown-choice", {"s.yaml": edit(GOOD, "dtype: float32", "dtype: float16")}, "s.yaml",
-     ["dtype", "one of float32, float64"]),
-    ("missing-epsilon", {"s.yaml": edit(GOOD, ", epsilon: 1e-8", "")}, "s.yaml",
-     ["optimizer.epsilon", "is required"]),
-    ("dense-on-images", {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "")}, "s.yaml",
-     ["model.encoder", "flat"]),
+    (
+        "leaky-relu-without-slope",
+        {"s.yaml": edit(GOOD, "activation: relu}", "activation: leaky_relu}")},
+        "s.yaml",
+        ["model.encoder[0].activation", "negative_slope"],
+    ),
+    (
+        "bce-needs-sigmoid",
+        {"s.yaml": edit(GOOD, "output_activation: sigmoid", "output_activation: linear")},
+        "s.yaml",
+        ["loss.reconstruction.kind", "sigmoid"],
+    ),
+    (
+        "unknown-choice",
+        {"s.yaml": edit(GOOD, "dtype: float32", "dtype: float16")},
+        "s.yaml",
+        ["dtype", "one of float32, float64"],
+    ),
+    ("missing-epsilon", {"s.yaml": edit(GOOD, ", epsilon: 1e-8", "")}, "s.yaml", ["optimizer.epsilon", "is required"]),
+    ("dense-on-images", {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "")}, "s.yaml", ["model.encoder", "flat"]),
 ]
 
 
 @pytest.mark.parametrize("files, target, expected", [pytest.param(f, t, e, id=i) for i, f, t, e in BAD_SPECS])
-def test_bad_spec_gives_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                             files: dict, target: str, expected: list[str]) -> None:
+def test_bad_spec_gives_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, files: dict, target: str, expected: list[str]
+) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     path = tmp_path / target

@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from aebench.backends.torch.model import CroppedConvTranspose2d, SameConv2d  # noqa: E402
 from aebench.backends.torch.train import ReferenceAdam, StockAdam  # noqa: E402
-from aebench.oracle import conv2d, conv2d_transpose  # noqa: E402
-from aebench.registry import load_backend  # noqa: E402
-from aebench.shapes import plan_model  # noqa: E402
-from aebench.spec import load_spec  # noqa: E402
+from aebench.check.oracle import conv2d, conv2d_transpose  # noqa: E402
+from aebench.plugins.registry import load_backend  # noqa: E402
+from aebench.spec.load import load_spec  # noqa: E402
+from aebench.spec.shapes import plan_model  # noqa: E402
 
 
 def conv_layers(spec_name: str, kind: type):
@@ -30,7 +30,7 @@ def run_nhwc(module, kernel: np.ndarray, bias: np.ndarray, x: np.ndarray):
 
 
 def test_same_conv_at_stride_2_pads_bottom_right_like_the_oracle() -> None:
-    from aebench.spec import Conv
+    from aebench.spec.types import Conv
 
     plan = conv_layers("vae_conv", Conv)[0]
     module = SameConv2d(plan).double()
@@ -46,7 +46,7 @@ def test_same_conv_at_stride_2_pads_bottom_right_like_the_oracle() -> None:
 
 
 def test_transposed_conv_is_aligned_where_padding_1_output_padding_1_shifts() -> None:
-    from aebench.spec import ConvTranspose
+    from aebench.spec.types import ConvTranspose
 
     plan = conv_layers("vae_conv", ConvTranspose)[0]
     module = CroppedConvTranspose2d(plan).double()
@@ -54,8 +54,13 @@ def test_transposed_conv_is_aligned_where_padding_1_output_padding_1_shifts() ->
     x, kernel, bias = rng.random((2, 7, 7, 64)), rng.normal(size=(3, 3, 64, 64)), rng.normal(size=64)
     ours, nchw = run_nhwc(module, kernel, bias, x)
     with torch.no_grad():
-        shifted = torch.nn.functional.conv_transpose2d(nchw, module.weight, module.bias, stride=2, padding=1,
-                                                       output_padding=1).permute(0, 2, 3, 1).numpy()
+        shifted = (
+            torch.nn.functional.conv_transpose2d(
+                nchw, module.weight, module.bias, stride=2, padding=1, output_padding=1
+            )
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
     expected = np.maximum(conv2d_transpose(x, kernel, bias, 2, "same"), 0)
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
     assert shifted.shape == expected.shape

@@ -12,20 +12,20 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from aebench.bundle import RunRecord, find_bundles, read_bundle, write_bundle
-from aebench.data import Dataset, load_dataset
+from aebench.data.datasets import Dataset, load_dataset
 from aebench.environment import spec_sha256
 from aebench.errors import AebenchError
-from aebench.quality import QualitySettings
-from aebench.spec import load_spec
-from aebench.tracking import BUNDLE_ID_TAG, flatten, log_bundle, record
-from aebench.train_tracking import TrackingOptions, train_tracked
+from aebench.spec.load import load_spec
+from aebench.track.bundle import RunRecord, find_bundles, read_bundle, write_bundle
+from aebench.track.tracking import BUNDLE_ID_TAG, flatten, log_bundle, record
+from aebench.track.train_run import TrackingOptions, train_tracked
+from aebench.train.quality import QualitySettings
 
 SERVER_START_TIMEOUT_S = 240
 FIGURES = {"reconstructions.png", "samples.png", "interpolation.png", "latent_scatter.png", "loss_curves.png"}
@@ -56,11 +56,27 @@ class Server:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -102,8 +118,9 @@ def tiny(spec_name: str, epochs: int = 1, n_train: int = 256, n_test: int = 64):
     spec = load_spec(spec_name)
     spec = spec.replace(train=dataclasses.replace(spec.train, epochs=epochs))
     data = load_dataset(spec)
-    data = Dataset(data.x_train[:n_train], data.y_train[:n_train], data.x_test[:n_test], data.y_test[:n_test],
-                   data.source)
+    data = Dataset(
+        data.x_train[:n_train], data.y_train[:n_train], data.x_test[:n_test], data.y_test[:n_test], data.source
+    )
     return spec, data
 
 
@@ -113,13 +130,17 @@ QUICK = QualitySettings(k=8, nll_examples=16)
 def small_record(tmp_path: Path, backend: str = "torch", loss: float = 1.0) -> RunRecord:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "spec.yaml").write_text(f"name: demo\nbackend: {backend}\n")
-    run = RunRecord(experiment="aebench/demo", run_name=f"demo-{backend}-train",
-                    params={"model.latent.size": "2", "backend": backend},
-                    tags={"spec": "demo", "backend": backend, "mode": "train", "dtype": "float32"},
-                    artifacts={"spec.yaml": tmp_path / "spec.yaml"})
+    run = RunRecord(
+        experiment="aebench/demo",
+        run_name=f"demo-{backend}-train",
+        params={"model.latent.size": "2", "backend": backend},
+        tags={"spec": "demo", "backend": backend, "mode": "train", "dtype": "float32"},
+        artifacts={"spec.yaml": tmp_path / "spec.yaml"},
+    )
     for step in range(3):
-        run.add_metrics({"train/total": loss / (step + 1), "quality/psnr": 10.0 * loss + step}, step=step,
-                        timestamp=1_000 + step)
+        run.add_metrics(
+            {"train/total": loss / (step + 1), "quality/psnr": 10.0 * loss + step}, step=step, timestamp=1_000 + step
+        )
     return run
 
 
@@ -143,10 +164,21 @@ def runs_of_bundle(client, experiment: str, bundle_id: str) -> list:
 
 
 def test_flatten_gives_dotted_keys() -> None:
-    flat = flatten({"model": {"encoder": [{"units": 3, "activation": {"name": "leaky_relu", "negative_slope": 0.3}}],
-                              "shape": [7, 7, 64], "conditioning": None}})
-    assert flat == {"model.encoder.0.units": "3", "model.encoder.0.activation.name": "leaky_relu",
-                    "model.encoder.0.activation.negative_slope": "0.3", "model.shape": "[7, 7, 64]"}
+    flat = flatten(
+        {
+            "model": {
+                "encoder": [{"units": 3, "activation": {"name": "leaky_relu", "negative_slope": 0.3}}],
+                "shape": [7, 7, 64],
+                "conditioning": None,
+            }
+        }
+    )
+    assert flat == {
+        "model.encoder.0.units": "3",
+        "model.encoder.0.activation.name": "leaky_relu",
+        "model.encoder.0.activation.negative_slope": "0.3",
+        "model.shape": "[7, 7, 64]",
+    }
 
 
 def test_a_bundle_reads_back_as_written(tmp_path: Path) -> None:
@@ -208,7 +240,8 @@ def test_a_cut_off_run_is_completed_not_duplicated(tmp_path: Path) -> None:
     assert len(runs_of_bundle(client, "aebench/demo", run.bundle_id)) == 1
     for key in ("train/total", "quality/psnr"):
         assert history(client, cut.info.run_id, key) == sorted(
-            (m.step, m.value, m.timestamp) for m in run.metrics if m.key == key)
+            (m.step, m.value, m.timestamp) for m in run.metrics if m.key == key
+        )
     assert client.get_run(cut.info.run_id).info.status == "FINISHED"
     assert artifact_paths(client, cut.info.run_id) == {"spec.yaml"}
 
@@ -242,27 +275,46 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(backend, server:
     assert run.info.status == "FINISHED" and run.info.run_name == f"vae_conv-{backend.name}-train"
     params, tags = run.data.params, run.data.tags
     assert {k: params[k] for k in ("model.latent.size", "backend", "mode", "dtype", "precision", "train.epochs")} == {
-        "model.latent.size": "2", "backend": backend.name, "mode": "train", "dtype": "float32",
-        "precision": "ieee-fp32", "train.epochs": "1"}
+        "model.latent.size": "2",
+        "backend": backend.name,
+        "mode": "train",
+        "dtype": "float32",
+        "precision": "ieee-fp32",
+        "train.epochs": "1",
+    }
     assert (tags["spec"], tags["backend"], tags["mode"]) == ("vae_conv", backend.name, "train")
     assert tags["spec_sha256"] == spec_sha256(spec) and tags["driver"] and tags["git_commit"] and tags["device"]
     assert any(key.startswith("version.") for key in tags) and tags["framework"]
     for key in ("test/total", "test/reconstruction", "test/kl"):
         assert [step for step, _, _ in history(client, outcome.run_id, key)] == [0, 1], key
-    for key in ("train/total", "train/reconstruction", "train/kl", "time/epoch_seconds", "time/train_seconds",
-                "quality/nll_is", "quality/neg_elbo", "quality/recon_sse", "quality/recon_term"):
+    for key in (
+        "train/total",
+        "train/reconstruction",
+        "train/kl",
+        "time/epoch_seconds",
+        "time/train_seconds",
+        "quality/nll_is",
+        "quality/neg_elbo",
+        "quality/recon_sse",
+        "quality/recon_term",
+    ):
         assert [step for step, _, _ in history(client, outcome.run_id, key)] == [1], key
     assert run.data.metrics["test/total"] == pytest.approx(rows[-1]["test_total"])
     assert artifact_paths(client, outcome.run_id) >= {f"figures/{name}" for name in FIGURES} | {
-        "spec.yaml", "environment.json", "metrics/metrics.csv", "metrics/quality.json"}
-    spec_copy = mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="spec.yaml",
-                                                    tracking_uri=server.uri, dst_path=str(tmp_path / "download"))
+        "spec.yaml",
+        "environment.json",
+        "metrics/metrics.csv",
+        "metrics/quality.json",
+    }
+    spec_copy = mlflow.artifacts.download_artifacts(
+        run_id=outcome.run_id, artifact_path="spec.yaml", tracking_uri=server.uri, dst_path=str(tmp_path / "download")
+    )
     assert Path(spec_copy).read_text() == (tmp_path / "spec.yaml").read_text()
 
 
 def test_a_server_that_dies_mid_run_loses_nothing(tmp_path: Path) -> None:
     mlflow = needs_mlflow()
-    from aebench.registry import available_backends, load_backend
+    from aebench.plugins.registry import available_backends, load_backend
 
     if not available_backends():
         pytest.skip("no backend is available")
@@ -270,17 +322,30 @@ def test_a_server_that_dies_mid_run_loses_nothing(tmp_path: Path) -> None:
     spec, data = tiny("denoising_vae", epochs=2)
 
     with running_server(tmp_path / "server") as server:
+
         def crash_after_first_epoch(row: dict) -> None:
             if row["epoch"] == 1:
                 server.stop()
 
-        rows, outcome = train_tracked(spec, backend, data, tmp_path / "run", TrackingOptions(server.uri, quality=QUICK),
-                                      on_epoch=crash_after_first_epoch)
+        rows, outcome = train_tracked(
+            spec,
+            backend,
+            data,
+            tmp_path / "run",
+            TrackingOptions(server.uri, quality=QUICK),
+            on_epoch=crash_after_first_epoch,
+        )
         assert outcome.status == "kept" and "does not answer" in outcome.reason
         bundle = read_bundle(tmp_path / "run" / "mlflow_bundle")
         keys = {(m.key, m.step) for m in bundle.record.metrics}
-        assert {("train/total", 1), ("train/total", 2), ("test/total", 0), ("test/total", 2), ("quality/psnr", 2),
-                ("quality/nll_is", 2)} <= keys
+        assert {
+            ("train/total", 1),
+            ("train/total", 2),
+            ("test/total", 0),
+            ("test/total", 2),
+            ("quality/psnr", 2),
+            ("quality/nll_is", 2),
+        } <= keys
         assert bundle.record.status == "FINISHED"
         assert {"figures/denoising.png", "figures/interpolation.png", "spec.yaml"} <= set(bundle.record.artifacts)
 
@@ -301,8 +366,9 @@ def test_a_server_that_dies_mid_run_loses_nothing(tmp_path: Path) -> None:
 
 def aebench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "aebench.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "aebench.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 def test_log_and_compare_from_the_command_line(tmp_path: Path) -> None:
@@ -338,8 +404,20 @@ def test_log_and_compare_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_train_without_mlflow_writes_the_bundle_only(tmp_path: Path) -> None:
-    proc = aebench("train", "vae_toy", "--epochs", "1", "--out", "run", "--no-mlflow", "--nll-k", "4",
-                   "--nll-examples", "8", cwd=tmp_path)
+    proc = aebench(
+        "train",
+        "vae_toy",
+        "--epochs",
+        "1",
+        "--out",
+        "run",
+        "--no-mlflow",
+        "--nll-k",
+        "4",
+        "--nll-examples",
+        "8",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "aebench log run/mlflow_bundle" in proc.stderr and not (tmp_path / "mlflow.db").exists()
     run = read_bundle(tmp_path / "run" / "mlflow_bundle").record

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aebench.data import load_dataset
+from aebench.data.datasets import load_dataset
 from aebench.errors import AebenchError
-from aebench.spec import load_spec
-from aebench.train import TrainingDiverged, train
+from aebench.spec.load import load_spec
+from aebench.train.loop import TrainingDiverged, train
 
 
 def one_epoch(spec_name: str):
@@ -37,8 +37,10 @@ def test_one_epoch_lowers_the_test_loss(backend, spec_name: str, tmp_path: Path)
 
 def test_a_diverged_run_keeps_the_epochs_before(backend, tmp_path: Path) -> None:
     spec = one_epoch("vae_toy")
-    spec = spec.replace(train=dataclasses.replace(spec.train, epochs=2),
-                        optimizer=dataclasses.replace(spec.optimizer, learning_rate=1e30))
+    spec = spec.replace(
+        train=dataclasses.replace(spec.train, epochs=2),
+        optimizer=dataclasses.replace(spec.optimizer, learning_rate=1e30),
+    )
     with pytest.raises(TrainingDiverged) as info:
         train(spec, backend, load_dataset(spec), tmp_path)
     assert "loss is" in str(info.value)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aebench import oracle
-from aebench.check import run_check
-from aebench.registry import available_backends, load_backend
-from aebench.spec import load_spec
+from aebench.check import oracle
+from aebench.check.suite import run_check
+from aebench.plugins.registry import available_backends, load_backend
+from aebench.spec.load import load_spec
 
 
 def needs(name: str):
@@ -34,8 +34,11 @@ def test_a_dense_kernel_not_transposed_fails_the_check(monkeypatch: pytest.Monke
     from aebench.backends.torch import weights
 
     right = weights.to_torch_layout
-    monkeypatch.setattr(weights, "to_torch_layout",  # (in, out) reshaped, not transposed: same shape
-                        lambda a: a.reshape(a.shape[::-1]) if a.ndim == 2 else right(a))
+    monkeypatch.setattr(
+        weights,
+        "to_torch_layout",  # (in, out) reshaped, not transposed: same shape
+        lambda a: a.reshape(a.shape[::-1]) if a.ndim == 2 else right(a),
+    )
     failed = check_fails("vae_dense", needs("torch"))
     assert {"loss:total", "loss:reconstruction", "loss:kl"} <= failed
 
@@ -61,10 +64,10 @@ def test_torch_conv_kernels_are_oihw_and_transposed_conv_kernels_in_out_h_w() ->
     model = backend.build(spec)
     from aebench.backends.torch.weights import parameter
 
-    assert tuple(parameter(model, "encoder.0.kernel").shape) == (32, 1, 3, 3)      # canonical (3, 3, 1, 32)
-    assert tuple(parameter(model, "decoder.2.kernel").shape) == (64, 64, 3, 3)     # canonical (3, 3, 64, 64)
-    assert tuple(parameter(model, "decoder.4.kernel").shape) == (32, 1, 3, 3)      # canonical (3, 3, 1, 32)
-    assert tuple(parameter(model, "decoder.0.kernel").shape) == (3136, 2)          # canonical (2, 3136)
+    assert tuple(parameter(model, "encoder.0.kernel").shape) == (32, 1, 3, 3)  # canonical (3, 3, 1, 32)
+    assert tuple(parameter(model, "decoder.2.kernel").shape) == (64, 64, 3, 3)  # canonical (3, 3, 64, 64)
+    assert tuple(parameter(model, "decoder.4.kernel").shape) == (32, 1, 3, 3)  # canonical (3, 3, 1, 32)
+    assert tuple(parameter(model, "decoder.0.kernel").shape) == (3136, 2)  # canonical (2, 3136)
 
 
 def test_flax_conv_transpose_needs_transpose_kernel_for_the_keras_layout() -> None:
@@ -77,10 +80,15 @@ def test_flax_conv_transpose_needs_transpose_kernel_for_the_keras_layout() -> No
     expected = oracle.conv2d_transpose(x, kernel, np.zeros(4), 2, "same")
 
     def run(transpose_kernel: bool, k: np.ndarray) -> np.ndarray:
-        layer = nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=transpose_kernel,
-                                 param_dtype=jnp.float32)
-        return np.asarray(layer.apply({"params": {"kernel": jnp.asarray(k, jnp.float32),
-                                                  "bias": jnp.zeros(4, jnp.float32)}}, jnp.asarray(x, jnp.float32)))
+        layer = nn.ConvTranspose(
+            4, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=transpose_kernel, param_dtype=jnp.float32
+        )
+        return np.asarray(
+            layer.apply(
+                {"params": {"kernel": jnp.asarray(k, jnp.float32), "bias": jnp.zeros(4, jnp.float32)}},
+                jnp.asarray(x, jnp.float32),
+            )
+        )
 
     np.testing.assert_allclose(run(True, kernel), expected, rtol=1e-5, atol=1e-5)
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
@@ -103,8 +111,9 @@ def test_bce_is_taken_from_logits_not_clipped_probabilities() -> None:
     expected = oracle.bce_with_logits(SATURATED_LOGITS, TARGETS).sum()  # 30 + 5.0067 + 0.8544 + 5.0067 + 30
     assert expected == pytest.approx(70.868, abs=1e-3)
     probs = oracle.sigmoid(SATURATED_LOGITS)
-    clipped = -(TARGETS * np.log(np.clip(probs, 1e-7, 1 - 1e-7))
-                + (1 - TARGETS) * np.log(np.clip(1 - probs, 1e-7, 1 - 1e-7))).sum()
+    clipped = -(
+        TARGETS * np.log(np.clip(probs, 1e-7, 1 - 1e-7)) + (1 - TARGETS) * np.log(np.clip(1 - probs, 1e-7, 1 - 1e-7))
+    ).sum()
     assert abs(clipped - expected) > 20  # what Keras' from_logits=False does on its JAX and torch engines
     for name, run in _backend_bce().items():
         assert run(SATURATED_LOGITS, TARGETS) == pytest.approx(expected, rel=1e-6), name  # float32 rounding
@@ -118,21 +127,24 @@ def _backend_bce() -> dict:
 
         from aebench.backends.torch.losses import reconstruction as torch_bce
 
-        out["torch"] = lambda l, t: float(torch_bce(spec, torch.tensor(l), torch.tensor(t)))
+        out["torch"] = lambda logits, t: float(torch_bce(spec, torch.tensor(logits), torch.tensor(t)))
     if "jax" in available_backends():
         load_backend("jax")
         import jax.numpy as jnp
 
         from aebench.backends.jax.losses import reconstruction as jax_bce
 
-        out["jax"] = lambda l, t: float(jax_bce(spec, jnp.asarray(l, jnp.float32), jnp.asarray(t, jnp.float32)))
+        out["jax"] = lambda logits, t: float(
+            jax_bce(spec, jnp.asarray(logits, jnp.float32), jnp.asarray(t, jnp.float32))
+        )
     if "keras" in available_backends() and load_backend("keras").__class__.__module__.endswith("keras.backend"):
         from keras import ops
 
         from aebench.backends.keras.losses import reconstruction as keras_bce
 
-        out["keras"] = lambda l, t: float(ops.convert_to_numpy(keras_bce(spec, ops.convert_to_tensor(l),
-                                                                         ops.convert_to_tensor(t))))
+        out["keras"] = lambda logits, t: float(
+            ops.convert_to_numpy(keras_bce(spec, ops.convert_to_tensor(logits), ops.convert_to_tensor(t)))
+        )
     if not out:
         pytest.skip("no backend is available in this process")
     return out
@@ -163,7 +175,7 @@ def test_keras_leaky_relu_keeps_a_float64_slope() -> None:
     from keras import ops
 
     from aebench.backends.keras.model import activate
-    from aebench.spec import Activation
+    from aebench.spec.types import Activation
 
     x = ops.convert_to_tensor(np.array([-1.0]))
     assert float(ops.convert_to_numpy(activate(Activation("leaky_relu", 0.3), x))[0]) == -0.3

@@ -1,7 +1,12 @@
 """JAX backend (Flax layers, Optax or the reference Adam, jit-compiled steps): the plugin
 entry point. Importing this module does not import jax; ``PLUGIN.load()`` does."""
 
-from aebench.backend_api import Plugin
+from aebench.plugins.plugin import Plugin
+
+
+# JAX preallocates 75% of a GPU per process: a second process (a Keras-on-JAX worker, the
+# next cell) then cannot allocate. Allocating on demand lets processes share the device.
+SHARE_GPU = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
 def _load():
@@ -10,4 +15,26 @@ def _load():
     return JaxBackend()
 
 
-PLUGIN = Plugin(name="jax", framework="jax", load=_load, install_hint="pip install 'aebench[jax]'")
+def _bench():
+    from . import bench
+
+    return bench
+
+
+def _peak():
+    from . import peak
+
+    return peak
+
+
+PLUGIN = Plugin(
+    name="jax",
+    framework="jax",
+    load=_load,
+    bench=_bench,
+    peak=_peak,
+    distributions=("jax", "jaxlib", "flax", "optax"),
+    reference_rank=1,
+    install_hint="pip install 'aebench[jax]'",
+    environment=SHARE_GPU,
+)

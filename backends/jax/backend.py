@@ -1,4 +1,4 @@
-"""The JAX backend (aebench.backend_api.Backend).
+"""The JAX backend (aebench.plugins.backend_api.Backend).
 
 Precision: matmuls and convolutions run at Precision.HIGHEST (no TF32 on GPUs), set both
 per layer and as jax_default_matmul_precision. float64 specs switch on jax_enable_x64 when
@@ -14,13 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aebench.backend_api import Batch, Noise, Weights, loss_term_names
-from aebench.shapes import ModelPlan, plan_model
-from aebench.spec import Spec
+from aebench.plugins.backend_api import Batch, Noise, Weights, loss_term_names
+from aebench.plugins.bench_api import Precision
+from aebench.spec.shapes import ENCODED_NAMES, ModelPlan, plan_model
+from aebench.spec.types import Spec
 
 from . import weights as canonical
 from .losses import loss_terms, output
 from .model import Autoencoder, Params
+from .precision import set_precision
 from .train import JaxTrainer, grad_fn
 
 
@@ -30,7 +32,7 @@ class JaxModel:
     plan: ModelPlan
     net: Autoencoder
     dtype: jnp.dtype
-    params: Optional[Params] = None
+    params: Params = None  # type: ignore[assignment]  # set_weights sets it before any use
     compiled: dict = field(default_factory=dict)
 
 
@@ -38,7 +40,7 @@ class JaxBackend:
     name = "jax"
 
     def __init__(self) -> None:
-        jax.config.update("jax_default_matmul_precision", "highest")
+        set_precision(Precision())
         self._device = jax.devices()[0]
 
     def versions(self) -> dict[str, str]:
@@ -46,8 +48,12 @@ class JaxBackend:
         import jaxlib
         import optax
 
-        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                "optax": optax.__version__}
+        return {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+        }
 
     def device(self) -> str:
         d = self._device
@@ -97,10 +103,9 @@ class JaxBackend:
     def encode(self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         xs, ls, _, _ = self._inputs(model, Batch(x, labels, Noise()))
         h = model.net.hidden(model.params, xs, ls)
-        names = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
+        names = ENCODED_NAMES
         return {names[p.name]: np.asarray(model.net.head(model.params, p.name, h)) for p in model.plan.heads}
 
     def decode(self, model: JaxModel, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
         zs, ls, _, _ = self._inputs(model, Batch(z, labels, Noise()))
         return np.asarray(output(model.spec, model.net.decode_logits(model.params, zs, ls)))
-

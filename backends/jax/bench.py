@@ -1,4 +1,4 @@
-"""The JAX backend's benchmark modes (aebench.bench_api): the training step of train.make_step,
+"""The JAX backend's benchmark modes (aebench.plugins.bench_api): the training step of train.make_step,
 run op by op, jitted one step per call, or jitted as a lax.scan of several steps per call.
 
 Everything the steps read is on the device before the first one: the training data, the
@@ -13,33 +13,29 @@ from typing import Optional
 
 import numpy as np
 
-from aebench.bench_api import MODE_NAMES, BenchData, Precision
-from aebench.errors import AebenchError
-from aebench.spec import Spec
+from aebench.plugins.bench_api import MODE_NAMES, BenchData, Precision, require_mode, require_steps_per_call
+from aebench.spec.types import Spec
 
 MODES = {
     "eager": "JAX op-by-op mode (jax.disable_jit): every jnp op of the step dispatched separately; "
-             "nobody trains this way",
+    "nobody trains this way",
     "compiled": "one jax.jit-compiled training step per call, parameters and optimizer state donated",
     "fast": "jax.jit of a lax.scan over steps_per_call training steps per call, state donated",
 }
 assert tuple(MODES) == MODE_NAMES
 
-MATMUL_PRECISION = {False: "highest", True: "tensorfloat32"}
-
 
 def unsupported(backend, mode: str) -> str:
     """Every mode runs wherever JAX runs."""
-    _check_mode(mode)
+    require_mode(MODES, mode)
     return ""
 
 
 def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int):
     """A runner for ``mode``: model built and loaded, data on the device, precision applied.
     Nothing is compiled here, so the first dispatch includes the compilation."""
-    _check_mode(mode)
-    if mode == "fast" and steps_per_call < 1:
-        raise AebenchError(f"steps_per_call must be at least 1 for mode 'fast', got {steps_per_call}")
+    require_mode(MODES, mode)
+    require_steps_per_call(mode, steps_per_call)
     import jax
 
     model = backend.build(spec)
@@ -52,24 +48,18 @@ def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precisio
     tables = _device_tables(data, device)
     state = (model.params, init(model.params), jax.device_put(np.int32(0), device))
     scanned = steps_per_call if mode == "fast" else 1
-    return JaxStepRunner(_mode_function(mode, _indexed_step(step, tables), scanned), state, tables, scanned,
-                         device)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise AebenchError(f"mode '{mode}' is not a benchmark mode; allowed: {', '.join(MODES)}")
+    return JaxStepRunner(_mode_function(mode, _indexed_step(step, tables), scanned), state, tables, scanned, device)
 
 
 def _apply_precision(net, precision: Precision) -> None:
     """The default matmul precision and each layer's own (model.py sets HIGHEST per layer)."""
-    import jax
+    from .precision import set_precision
 
-    name = MATMUL_PRECISION[precision.tf32]
-    jax.config.update("jax_default_matmul_precision", name)
-    layer_precision = jax.lax.Precision(name)
-    net.modules = {layer: None if module is None else module.clone(precision=layer_precision)
-                   for layer, module in net.modules.items()}
+    layer_precision = set_precision(precision)
+    net.modules = {
+        layer: None if module is None else module.clone(precision=layer_precision)
+        for layer, module in net.modules.items()
+    }
 
 
 def _device_tables(data: BenchData, device) -> dict:
@@ -79,9 +69,15 @@ def _device_tables(data: BenchData, device) -> dict:
     def put(a: Optional[np.ndarray]):
         return None if a is None else jax.device_put(a, device)
 
-    return {"x": put(data.x), "labels": put(data.labels), "order": put(data.order), "eps": put(data.eps),
-            "corruption": put(data.corruption), "step_size": put(data.adam_step_size),
-            "c2_sqrt": put(data.adam_bias_correction2_sqrt)}
+    return {
+        "x": put(data.x),
+        "labels": put(data.labels),
+        "order": put(data.order),
+        "eps": put(data.eps),
+        "corruption": put(data.corruption),
+        "step_size": put(data.adam_step_size),
+        "c2_sqrt": put(data.adam_bias_correction2_sqrt),
+    }
 
 
 def _indexed_step(step, tables: dict):
@@ -98,8 +94,16 @@ def _indexed_step(step, tables: dict):
             return None if t[name] is None else t[name][b]
 
         labels = None if t["labels"] is None else t["labels"][idx]
-        params, opt_state, terms = step(params, opt_state, t["x"][idx], labels, batch("eps"), batch("corruption"),
-                                        t["step_size"][k], t["c2_sqrt"][k])
+        params, opt_state, terms = step(
+            params,
+            opt_state,
+            t["x"][idx],
+            labels,
+            batch("eps"),
+            batch("corruption"),
+            t["step_size"][k],
+            t["c2_sqrt"][k],
+        )
         return (params, opt_state, k + 1), terms[0]
 
     return indexed
@@ -110,6 +114,7 @@ def _mode_function(mode: str, indexed, steps_per_call: int):
     import jax
 
     if mode == "eager":
+
         def op_by_op(state, tables):
             with jax.disable_jit():
                 return indexed(state, tables)
@@ -125,7 +130,7 @@ def _mode_function(mode: str, indexed, steps_per_call: int):
 
 
 class JaxStepRunner:
-    """aebench.bench_api.StepRunner: the state (params, optimizer state, step counter) stays on
+    """aebench.plugins.bench_api.StepRunner: the state (params, optimizer state, step counter) stays on
     the device and is replaced by each dispatch (its old buffers are donated)."""
 
     def __init__(self, run, state, tables: dict, steps_per_call: int, device):
@@ -149,3 +154,8 @@ class JaxStepRunner:
         in a fresh process. None on CPU, where XLA keeps no statistics."""
         stats = self._device.memory_stats()
         return None if stats is None else int(stats["peak_bytes_in_use"])
+
+
+def thread_pools() -> dict[str, int]:
+    """JAX exposes no thread pool sizes (XLA_FLAGS, recorded by the harness, sets them)."""
+    return {}

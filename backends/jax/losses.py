@@ -1,5 +1,5 @@
 """Every loss term in JAX, from injected noise, reduced exactly as the spec says (the same
-formulas as aebench.oracle). The contractive Jacobian is autodiff: vmap(jacrev(code))."""
+formulas as aebench.check.oracle). The contractive Jacobian is autodiff: vmap(jacrev(code))."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aebench.backend_api import with_total
-from aebench.spec import Gaussian, Masking, Spec
+from aebench.plugins.backend_api import with_total
+from aebench.spec.types import Gaussian, Masking, Spec
 
 from .model import Autoencoder, Params
 
@@ -44,18 +44,26 @@ def reconstruction(spec: Spec, logits: jax.Array, x: jax.Array) -> jax.Array:
     return reduce(per_element, cfg.features, cfg.batch)
 
 
-def contractive(model: Autoencoder, params: Params, x_in: jax.Array, labels: Optional[jax.Array],
-                batch: str) -> jax.Array:
+def contractive(
+    model: Autoencoder, params: Params, x_in: jax.Array, labels: Optional[jax.Array], batch: str
+) -> jax.Array:
     def code(xi: jax.Array, li: Optional[jax.Array]) -> jax.Array:
         lab = None if li is None else li[None]
         return model.head(params, "code", model.hidden(params, xi[None], lab))[0]
 
     jac = jax.vmap(jax.jacrev(code), in_axes=(0, None if labels is None else 0))(x_in, labels)
-    return reduce(jac ** 2, "sum", batch)
+    return reduce(jac**2, "sum", batch)
 
 
-def loss_terms(model: Autoencoder, spec: Spec, params: Params, x: jax.Array, labels: Optional[jax.Array],
-               eps: Optional[jax.Array], corruption: Optional[jax.Array]) -> dict[str, jax.Array]:
+def loss_terms(
+    model: Autoencoder,
+    spec: Spec,
+    params: Params,
+    x: jax.Array,
+    labels: Optional[jax.Array],
+    eps: Optional[jax.Array],
+    corruption: Optional[jax.Array],
+) -> dict[str, jax.Array]:
     """Unweighted terms and their weighted 'total'."""
     loss = spec.loss
     x_in = corrupt(spec, x, corruption)
@@ -64,7 +72,7 @@ def loss_terms(model: Autoencoder, spec: Spec, params: Params, x: jax.Array, lab
     if spec.model.family == "vae":
         mean, log_var = model.head(params, "z_mean", h), model.head(params, "z_log_var", h)
         z = mean + jnp.exp(0.5 * log_var) * eps
-        terms["kl"] = reduce(0.5 * (jnp.exp(log_var) + mean ** 2 - 1.0 - log_var), loss.kl.features, loss.kl.batch)
+        terms["kl"] = reduce(0.5 * (jnp.exp(log_var) + mean**2 - 1.0 - log_var), loss.kl.features, loss.kl.batch)
     else:
         z = model.head(params, "code", h)
     terms["reconstruction"] = reconstruction(spec, model.decode_logits(params, z, labels), x)

@@ -10,14 +10,18 @@ the extra row/column at the bottom/right, as TensorFlow does. Images are NHWC th
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aebench.shapes import LayerPlan, ModelPlan
-from aebench.spec import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape
+from aebench.plugins.bench_api import Precision
+from aebench.spec.shapes import LayerPlan, ModelPlan
+from aebench.spec.types import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape
+
+from .precision import layer_precision
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -34,15 +38,26 @@ def activation(act: Activation) -> Callable[[jax.Array], jax.Array]:
 
 def flax_module(plan: LayerPlan, dtype: jnp.dtype) -> Optional[nn.Module]:
     layer = plan.layer
-    common = dict(dtype=dtype, param_dtype=dtype, precision=jax.lax.Precision.HIGHEST)
+    common = dict(dtype=dtype, param_dtype=dtype, precision=layer_precision(Precision()))
     if isinstance(layer, Dense):
         return nn.Dense(layer.units, **common)
     if isinstance(layer, Conv):
-        return nn.Conv(layer.filters, (layer.kernel, layer.kernel), strides=(layer.stride, layer.stride),
-                       padding=layer.padding.upper(), **common)
+        return nn.Conv(
+            layer.filters,
+            (layer.kernel, layer.kernel),
+            strides=(layer.stride, layer.stride),
+            padding=layer.padding.upper(),
+            **common,
+        )
     if isinstance(layer, ConvTranspose):
-        return nn.ConvTranspose(layer.filters, (layer.kernel, layer.kernel), strides=(layer.stride, layer.stride),
-                                padding=layer.padding.upper(), transpose_kernel=True, **common)
+        return nn.ConvTranspose(
+            layer.filters,
+            (layer.kernel, layer.kernel),
+            strides=(layer.stride, layer.stride),
+            padding=layer.padding.upper(),
+            transpose_kernel=True,
+            **common,
+        )
     return None
 
 
@@ -60,7 +75,9 @@ class Autoencoder:
             return x.reshape(x.shape[0], -1)
         if isinstance(plan.layer, Reshape):
             return x.reshape(x.shape[0], *plan.layer.shape)
-        return self.acts[plan.name](self.modules[plan.name].apply({"params": params[plan.name]}, x))
+        module = self.modules[plan.name]
+        assert module is not None, f"{plan.name} has no parameters to apply"
+        return self.acts[plan.name](module.apply({"params": params[plan.name]}, x))
 
     def hidden(self, params: Params, x_in: jax.Array, labels: Optional[jax.Array]) -> jax.Array:
         h = _join(x_in, labels)

@@ -1,4 +1,4 @@
-"""A large matmul in JAX, for the device's measured peak (aebench.peak)."""
+"""A large matmul in JAX, for the device's measured peak (aebench.bench.peak)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import time
 import jax
 import jax.numpy as jnp
 
-from aebench.bench_api import Precision
+from aebench.plugins.bench_api import Precision
+
+from .precision import set_precision
 
 
 def timed_matmuls(n: int, dtype: str, precision: Precision, repeats: int) -> float:
     """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end."""
-    level = jax.lax.Precision.DEFAULT if precision.tf32 else jax.lax.Precision.HIGHEST
+    level = set_precision(precision)
     matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=level))
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype=jnp.dtype(dtype)) / n**0.5
     out = matmul(a, a).block_until_ready()

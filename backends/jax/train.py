@@ -1,33 +1,42 @@
 """Training in JAX: one jit-compiled step (loss, gradients, update) with the reference Adam
-(aebench.adam; host-side float64 scalars passed in as arguments) or optax.adam (stock).
+(aebench.plugins.adam; host-side float64 scalars passed in as arguments) or optax.adam (stock).
 make_step is the step itself, shared with the benchmark modes (bench.py)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aebench.adam import adam_scalars
-from aebench.backend_api import Step, loss_term_names
-from aebench.spec import Adam, Spec
+from aebench.plugins.adam import adam_scalars
+from aebench.plugins.backend_api import Step, loss_term_names
+from aebench.spec.types import Adam, Spec
 
 from .losses import loss_terms
 from .model import Autoencoder, Params
 
 
-def reference_adam(opt: Adam, params: Params, grads: Params, m: Params, v: Params,
-                   step_size: jax.Array, bias_correction2_sqrt: jax.Array) -> tuple[Params, Params, Params]:
+def reference_adam(
+    opt: Adam,
+    params: Params,
+    grads: Params,
+    m: Params,
+    v: Params,
+    step_size: jax.Array,
+    bias_correction2_sqrt: jax.Array,
+) -> tuple[Params, Params, Params]:
     """torch.optim.Adam's arithmetic, op for op (m by lerp, eps outside the square root)."""
     b1, b2, eps = opt.beta1, opt.beta2, opt.epsilon
     m = jax.tree.map(lambda m_, g: m_ + (1 - b1) * (g - m_), m, grads)
     v = jax.tree.map(lambda v_, g: v_ * b2 + (1 - b2) * (g * g), v, grads)
-    params = jax.tree.map(lambda p, m_, v_: p + (-step_size) * (m_ / (jnp.sqrt(v_) / bias_correction2_sqrt + eps)),
-                          params, m, v)
+    params = jax.tree.map(
+        lambda p, m_, v_: p + (-step_size) * (m_ / (jnp.sqrt(v_) / bias_correction2_sqrt + eps)), params, m, v
+    )
     return params, m, v
 
 
@@ -82,8 +91,17 @@ def make_step(model: Autoencoder, spec: Spec):
 class JaxTrainer:
     """Keeps the training data on the device; each step is one jitted call."""
 
-    def __init__(self, model: Autoencoder, spec: Spec, params: Params, x: np.ndarray, labels: Optional[np.ndarray],
-                 device: jax.Device, dtype: jnp.dtype, on_update):
+    def __init__(
+        self,
+        model: Autoencoder,
+        spec: Spec,
+        params: Params,
+        x: np.ndarray,
+        labels: Optional[np.ndarray],
+        device: jax.Device,
+        dtype: jnp.dtype,
+        on_update,
+    ):
         self.spec, self.dtype, self.device, self.on_update = spec, dtype, device, on_update
         self.x = jax.device_put(jnp.asarray(x, dtype=dtype), device)
         self.labels = None if labels is None else jax.device_put(jnp.asarray(labels, dtype=dtype), device)
@@ -114,8 +132,15 @@ class JaxTrainer:
         for step in steps:
             idx = jax.device_put(jnp.asarray(step.indices, dtype=jnp.int32), self.device)
             self.params, self.state, terms = self._step(
-                self.params, self.state, self.x, self.labels, idx, self._array(step.noise.eps),
-                self._array(step.noise.corruption), *self._adam_scalars())
+                self.params,
+                self.state,
+                self.x,
+                self.labels,
+                idx,
+                self._array(step.noise.eps),
+                self._array(step.noise.corruption),
+                *self._adam_scalars(),
+            )
             self.on_update(self.params)  # the step donated the old buffers
             rows.append(terms)
         if not rows:

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aebench.backend_api import Weights
-from aebench.canonical import check_weights
-from aebench.shapes import ModelPlan
+from aebench.plugins.backend_api import Weights
+from aebench.plugins.canonical import check_weights
+from aebench.spec.shapes import ModelPlan
 
 from .model import Params
 
@@ -19,8 +19,9 @@ def to_params(plan: ModelPlan, weights: Weights, dtype: jnp.dtype, device: jax.D
     params: Params = {}
     for p in plan.params:
         layer, _, role = p.name.rpartition(".")
-        params.setdefault(layer, {})[role] = jax.device_put(jnp.asarray(np.asarray(weights[p.name]), dtype=dtype),
-                                                            device)
+        params.setdefault(layer, {})[role] = jax.device_put(
+            jnp.asarray(np.asarray(weights[p.name]), dtype=dtype), device
+        )
     return params
 
 

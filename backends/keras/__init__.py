@@ -11,12 +11,27 @@ from __future__ import annotations
 import os
 import sys
 
-from aebench.backend_api import NeedsOwnProcess, Plugin
+from aebench.plugins.plugin import NeedsOwnProcess, Plugin
 
 ENGINES = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 _FRAMEWORK = {"tensorflow": "keras+tensorflow", "jax": "keras+jax", "torch": "keras+torch"}
-_INSTALL = {"tensorflow": "pip install 'aebench[keras]'", "jax": "pip install 'aebench[keras,jax]'",
-            "torch": "pip install torch==2.13.0 'aebench[keras,torch]'"}
+_DISTRIBUTIONS = {
+    "tensorflow": ("keras", "tensorflow", "tensorflow-cpu"),
+    "jax": ("keras", "jax", "jaxlib"),
+    "torch": ("keras", "torch"),
+}
+# Set before the engine is imported, so that processes can share one GPU: JAX preallocates
+# 75% of it per process, TensorFlow all of it, unless told to allocate on demand.
+_SHARE_GPU = {
+    "tensorflow": {"TF_FORCE_GPU_ALLOW_GROWTH": "true"},
+    "jax": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+    "torch": {},
+}
+_INSTALL = {
+    "tensorflow": "pip install 'aebench[keras]'",
+    "jax": "pip install 'aebench[keras,jax]'",
+    "torch": "pip install torch==2.13.0 'aebench[keras,torch]'",
+}
 
 
 def _loader(engine: str):
@@ -37,12 +52,34 @@ def _loader(engine: str):
     return load
 
 
-def _plugin(name: str) -> Plugin:
+def _bench():
+    from . import bench
+
+    return bench
+
+
+def _peak():
+    from . import peak
+
+    return peak
+
+
+def _plugin(name: str, reference_rank: int) -> Plugin:
     engine = ENGINES[name]
-    return Plugin(name=name, framework=_FRAMEWORK[engine], load=_loader(engine), install_hint=_INSTALL[engine],
-                  requires=("keras", engine))
+    return Plugin(
+        name=name,
+        framework=_FRAMEWORK[engine],
+        load=_loader(engine),
+        bench=_bench,
+        peak=_peak,
+        distributions=_DISTRIBUTIONS[engine],
+        reference_rank=reference_rank,
+        install_hint=_INSTALL[engine],
+        requires=("keras", engine),
+        environment=_SHARE_GPU[engine],
+    )
 
 
-PLUGIN = _plugin("keras")
-PLUGIN_JAX = _plugin("keras-jax")
-PLUGIN_TORCH = _plugin("keras-torch")
+PLUGIN = _plugin("keras", reference_rank=2)
+PLUGIN_JAX = _plugin("keras-jax", reference_rank=3)
+PLUGIN_TORCH = _plugin("keras-torch", reference_rank=4)

@@ -1,4 +1,4 @@
-"""The Keras 3 backend (aebench.backend_api.Backend) on the engine Keras was imported with."""
+"""The Keras 3 backend (aebench.plugins.backend_api.Backend) on the engine Keras was imported with."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Optional
 import numpy as np
 from keras import ops
 
-from aebench.backend_api import Batch, Weights
-from aebench.shapes import plan_model
-from aebench.spec import Spec
+from aebench.plugins.backend_api import Batch, Weights
+from aebench.plugins.bench_api import Precision
+from aebench.spec.shapes import ENCODED_NAMES, plan_model
+from aebench.spec.types import Spec
 
 from . import engines
 from . import weights as canonical
 from .losses import loss_terms, output
 from .model import Autoencoder
+from .precision import set_precision
 from .train import KerasTrainer
 
 _NAMES = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
@@ -23,7 +25,7 @@ _NAMES = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
 class KerasBackend:
     def __init__(self, engine: str):
         self.name = _NAMES[engine]
-        engines.disable_tf32()
+        set_precision(Precision())
 
     def versions(self) -> dict[str, str]:
         return engines.versions()
@@ -32,7 +34,7 @@ class KerasBackend:
         return engines.device_name()
 
     def build(self, spec: Spec) -> Autoencoder:
-        engines.disable_tf32(float64=spec.dtype == "float64")
+        set_precision(Precision(), float64=spec.dtype == "float64")
         model = Autoencoder(plan_model(spec), spec.dtype)
         model.spec = spec
         return model
@@ -48,23 +50,21 @@ class KerasBackend:
 
     def _terms(self, model: Autoencoder, batch: Batch) -> dict:
         t = lambda a: self._tensor(model, a)  # noqa: E731
-        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps),
-                          t(batch.noise.corruption))
+        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption))
 
     def loss_terms(self, model: Autoencoder, batch: Batch) -> dict[str, float]:
         return {k: float(ops.convert_to_numpy(v)) for k, v in self._terms(model, batch).items()}
 
     def gradients(self, model: Autoencoder, batch: Batch) -> tuple[dict[str, float], Weights]:
         terms, grads = engines.value_and_grad(lambda: self._terms(model, batch), model.variables)
-        return ({k: float(ops.convert_to_numpy(v)) for k, v in terms.items()},
-                canonical.as_weights(model, grads))
+        return ({k: float(ops.convert_to_numpy(v)) for k, v in terms.items()}, canonical.as_weights(model, grads))
 
     def trainer(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> KerasTrainer:
         return KerasTrainer(model, model.spec, x, labels)
 
     def encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         h = model.hidden(self._tensor(model, x), self._tensor(model, labels))
-        names = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
+        names = ENCODED_NAMES
         return {names[p.name]: ops.convert_to_numpy(model.head(p.name, h)) for p in model.plan.heads}
 
     def decode(self, model: Autoencoder, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:

@@ -8,7 +8,7 @@ keras.StatelessScope on JAX, torch.autograd.grad on torch.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 
@@ -53,32 +53,6 @@ def _torch(fn, variables):
     terms = fn()
     grads = torch.autograd.grad(terms["total"], [v.value for v in variables])
     return {k: v.detach() for k, v in terms.items()}, list(grads)
-
-
-def disable_tf32(float64: bool = False) -> None:
-    """IEEE float32 matmuls and convolutions on every engine; x64 on JAX for float64 specs."""
-    set_precision(tf32=False, float64=float64)
-
-
-def set_precision(tf32: bool, float64: bool = False) -> None:
-    """TensorFloat-32 matmuls and convolutions on (tf32) or off on the engine (aebench.bench_api.Precision);
-    x64 on JAX for float64 specs."""
-    name = engine()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_tensor_float_32_execution(tf32)
-    elif name == "jax":
-        import jax
-
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
-        if float64:
-            jax.config.update("jax_enable_x64", True)
-    else:
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def versions() -> dict[str, str]:

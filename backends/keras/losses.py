@@ -14,8 +14,8 @@ from typing import Optional
 
 from keras import ops
 
-from aebench.backend_api import with_total
-from aebench.spec import Gaussian, Masking, Spec
+from aebench.plugins.backend_api import with_total
+from aebench.spec.types import Gaussian, Masking, Spec
 
 from .model import Autoencoder, activate, activation_slope
 
@@ -78,8 +78,9 @@ def loss_terms(model: Autoencoder, spec: Spec, x, labels, eps, corruption) -> di
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
         z = mean + ops.exp(0.5 * log_var) * eps
-        terms["kl"] = reduce(0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var),
-                             loss.kl.features, loss.kl.batch)
+        terms["kl"] = reduce(
+            0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var), loss.kl.features, loss.kl.batch
+        )
     else:
         z = model.head("code", h)
     terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)

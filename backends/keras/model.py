@@ -12,8 +12,8 @@ from typing import Optional
 import keras
 from keras import ops
 
-from aebench.shapes import LayerPlan, ModelPlan
-from aebench.spec import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape
+from aebench.spec.shapes import LayerPlan, ModelPlan
+from aebench.spec.types import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape, Spec
 
 
 def activate(act: Activation, x):
@@ -49,11 +49,13 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
     if isinstance(layer, Dense):
         made = keras.layers.Dense(layer.units, dtype=dtype)
     elif isinstance(layer, Conv):
-        made = keras.layers.Conv2D(layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding,
-                                   dtype=dtype)
+        made = keras.layers.Conv2D(
+            layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
+        )
     elif isinstance(layer, ConvTranspose):
-        made = keras.layers.Conv2DTranspose(layer.filters, layer.kernel, strides=layer.stride,
-                                            padding=layer.padding, dtype=dtype)
+        made = keras.layers.Conv2DTranspose(
+            layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
+        )
     elif isinstance(layer, Flatten):
         made = keras.layers.Flatten(dtype=dtype)
     elif isinstance(layer, Reshape):
@@ -66,6 +68,8 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
 
 class Autoencoder:
     """Built Keras layers keyed by canonical name; hidden, head and decode_logits."""
+
+    spec: Spec  # set by KerasBackend.build
 
     def __init__(self, plan: ModelPlan, dtype: str):
         self.plan, self.dtype = plan, dtype

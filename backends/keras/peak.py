@@ -7,14 +7,15 @@ import time
 import numpy as np
 from keras import ops
 
-from aebench.bench_api import Precision
+from aebench.plugins.bench_api import Precision
 
-from .engines import engine, set_precision
+from .engines import engine
+from .precision import set_precision
 
 
 def timed_matmuls(n: int, dtype: str, precision: Precision, repeats: int) -> float:
     """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end."""
-    set_precision(precision.tf32, float64=dtype == "float64")
+    set_precision(precision, float64=dtype == "float64")
     a = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((n, n)).astype(dtype) / n**0.5)
     matmul = compiled_matmul()
     out = matmul(a, a)

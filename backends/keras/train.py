@@ -3,15 +3,17 @@ keras.optimizers.Adam (stock: its epsilon is 'epsilon hat', EQUIVALENCE.md)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from functools import partial
+from typing import Optional
 
 import keras
 import numpy as np
 from keras import ops
 
-from aebench.adam import adam_scalars
-from aebench.backend_api import Step, loss_term_names
-from aebench.spec import Adam, Spec
+from aebench.plugins.adam import adam_scalars
+from aebench.plugins.backend_api import Step, loss_term_names
+from aebench.spec.types import Adam, Spec
 
 from .engines import value_and_grad
 from .losses import loss_terms
@@ -32,8 +34,9 @@ class ReferenceAdam:
         step_size = ops.convert_to_tensor(s.step_size, dtype=self.dtype)
         c2_sqrt = ops.convert_to_tensor(s.bias_correction2_sqrt, dtype=self.dtype)
         for i, (variable, g) in enumerate(zip(self.variables, grads)):
-            value, self.m[i], self.v[i] = reference_adam_update(self.opt, variable.value, self.m[i], self.v[i], g,
-                                                                step_size, c2_sqrt)
+            value, self.m[i], self.v[i] = reference_adam_update(
+                self.opt, variable.value, self.m[i], self.v[i], g, step_size, c2_sqrt
+            )
             variable.assign(value)
 
 
@@ -41,7 +44,7 @@ def reference_adam_update(opt: Adam, value, m, v, g, step_size, c2_sqrt) -> tupl
     """One reference Adam update of one array in keras.ops: (new value, new m, new v).
 
     Pure, so the same arithmetic runs eagerly, in a tf.function, under jax.jit or
-    torch.compile; step_size and c2_sqrt are this step's scalars (aebench.adam)."""
+    torch.compile; step_size and c2_sqrt are this step's scalars (aebench.plugins.adam)."""
     b1, b2, eps = opt.beta1, opt.beta2, opt.epsilon
     m = m + (1 - b1) * (g - m)
     v = v * b2 + (1 - b2) * (g * g)
@@ -52,8 +55,9 @@ def reference_adam_update(opt: Adam, value, m, v, g, step_size, c2_sqrt) -> tupl
 class StockAdam:
     def __init__(self, variables: list, opt: Adam, dtype: str):
         self.variables = variables
-        self.inner = keras.optimizers.Adam(learning_rate=opt.learning_rate, beta_1=opt.beta1, beta_2=opt.beta2,
-                                           epsilon=opt.epsilon)
+        self.inner = keras.optimizers.Adam(
+            learning_rate=opt.learning_rate, beta_1=opt.beta1, beta_2=opt.beta2, epsilon=opt.epsilon
+        )
         self.inner.build(variables)
 
     def step(self, grads: list) -> None:
@@ -82,7 +86,8 @@ class KerasTrainer:
             labels = None if self.labels is None else ops.take(self.labels, idx, axis=0)
             eps, corruption = self._tensor(step.noise.eps), self._tensor(step.noise.corruption)
             terms, grads = value_and_grad(
-                lambda: loss_terms(self.model, self.spec, x, labels, eps, corruption), self.model.variables)
+                partial(loss_terms, self.model, self.spec, x, labels, eps, corruption), self.model.variables
+            )
             self.optimizer.step(grads)
             rows.append([ops.convert_to_numpy(terms[n]) for n in self.names])
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.names))

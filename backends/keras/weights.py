@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from aebench.backend_api import Weights
-from aebench.canonical import check_weights
+from aebench.plugins.backend_api import Weights
+from aebench.plugins.canonical import check_weights
 
 from .model import Autoencoder
 

@@ -1,7 +1,7 @@
 """PyTorch backend: the plugin entry point. Importing this module does not import torch;
 ``PLUGIN.load()`` does, so a missing torch makes the backend unavailable, not a crash."""
 
-from aebench.backend_api import Plugin
+from aebench.plugins.plugin import Plugin
 
 
 def _load():
@@ -10,5 +10,25 @@ def _load():
     return TorchBackend()
 
 
-PLUGIN = Plugin(name="torch", framework="torch", load=_load,
-                install_hint="pip install torch==2.13.0 'aebench[torch]'")
+def _bench():
+    from . import bench
+
+    return bench
+
+
+def _peak():
+    from . import peak
+
+    return peak
+
+
+PLUGIN = Plugin(
+    name="torch",
+    framework="torch",
+    load=_load,
+    bench=_bench,
+    peak=_peak,
+    distributions=("torch",),
+    reference_rank=0,
+    install_hint="pip install torch==2.13.0 'aebench[torch]'",
+)

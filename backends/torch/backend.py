@@ -1,4 +1,4 @@
-"""The PyTorch backend (aebench.backend_api.Backend).
+"""The PyTorch backend (aebench.plugins.backend_api.Backend).
 
 Precision: TF32 is switched off for matmuls and cuDNN convolutions, so float32 means IEEE
 float32 on Ampere/Hopper GPUs too (torch leaves TF32 on for cuDNN convolutions by default).
@@ -11,28 +11,25 @@ from typing import Optional
 import numpy as np
 import torch
 
-from aebench.backend_api import Batch, Weights, loss_term_names
-from aebench.shapes import plan_model
-from aebench.spec import Spec
+from aebench.plugins.backend_api import Batch, Weights, loss_term_names
+from aebench.plugins.bench_api import Precision
+from aebench.spec.shapes import ENCODED_NAMES, plan_model
+from aebench.spec.types import Spec
 
 from . import weights as canonical
 from .losses import loss_terms, output
 from .model import Autoencoder
+from .precision import set_precision
 from .train import TorchTrainer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def disable_tf32() -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
 
 
 class TorchBackend:
     name = "torch"
 
     def __init__(self) -> None:
-        disable_tf32()
+        set_precision(Precision())
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def versions(self) -> dict[str, str]:
@@ -61,8 +58,7 @@ class TorchBackend:
 
     def _terms(self, model: Autoencoder, batch: Batch) -> dict[str, torch.Tensor]:
         t = lambda a: self._tensor(model, a)  # noqa: E731
-        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps),
-                          t(batch.noise.corruption))
+        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption))
 
     def loss_terms(self, model: Autoencoder, batch: Batch) -> dict[str, float]:
         with torch.no_grad():
@@ -82,7 +78,7 @@ class TorchBackend:
     @torch.no_grad()
     def encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         h = model.hidden(self._tensor(model, x), self._tensor(model, labels))
-        names = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
+        names = ENCODED_NAMES
         return {names[name]: model.head(name, h).cpu().numpy() for name in model.heads}
 
     @torch.no_grad()

@@ -11,24 +11,19 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from aebench.bench_api import BenchData, Precision
 from aebench.errors import AebenchError
-from aebench.spec import Spec
+from aebench.plugins.bench_api import BenchData, Precision
+from aebench.spec.types import Spec
 
 from .losses import loss_terms
 from .model import Autoencoder
+from .precision import set_precision
 from .train import ReferenceAdam, make_optimizer
 
-Tensor = torch.Tensor
 StepIndex = Union[int, Tensor]  # a Python int (eager) or a (1,) int64 device counter
 CUDA_GRAPH_WARMUP_STEPS = 3  # torch.cuda.graphs docs: a few eager iterations on a side stream first
-
-
-def apply_precision(precision: Precision) -> None:
-    """TF32 on or off for matmuls and cuDNN convolutions alike."""
-    torch.backends.cuda.matmul.allow_tf32 = precision.tf32
-    torch.backends.cudnn.allow_tf32 = precision.tf32
 
 
 def pick(array: Optional[Tensor], index: StepIndex) -> Optional[Tensor]:
@@ -104,8 +99,10 @@ class Runner:
         """The index of the next step, after checking the data has its Adam scalars."""
         k = self.steps_taken
         if k + self.steps_per_call > self.step.data.max_steps:
-            raise AebenchError(f"the bench data holds {self.step.data.max_steps} steps; this call would "
-                               f"take steps {k + 1} to {k + self.steps_per_call} (make it with a larger max_steps)")
+            raise AebenchError(
+                f"the bench data holds {self.step.data.max_steps} steps; this call would "
+                f"take steps {k + 1} to {k + self.steps_per_call} (make it with a larger max_steps)"
+            )
         self.steps_taken += self.steps_per_call
         return k
 
@@ -213,19 +210,21 @@ class CudaGraphRunner(Runner):
 
     def losses(self, handles: list) -> np.ndarray:
         log = self.loss_log.to(torch.float64).cpu().numpy()
-        return np.concatenate([log[h:h + self.steps_per_call] for h in handles] or [np.zeros(0)])
+        return np.concatenate([log[h : h + self.steps_per_call] for h in handles] or [np.zeros(0)])
 
 
-def make_runner(backend, spec: Spec, mode: str, data: BenchData, precision: Precision,
-                steps_per_call: int) -> Runner:
+def make_runner(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int) -> Runner:
     """bench.prepare's work, once torch may be imported."""
-    apply_precision(precision)
+    set_precision(precision)
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
     first = next(model.parameters())
     step = TrainingStep(model, spec, DeviceData(data, first.device, first.dtype), capturable=mode == "fast")
-    runner = {"eager": lambda: EagerRunner(step), "compiled": lambda: CompiledRunner(step),
-              "fast": lambda: CudaGraphRunner(step, steps_per_call)}[mode]()
+    runner = {
+        "eager": lambda: EagerRunner(step),
+        "compiled": lambda: CompiledRunner(step),
+        "fast": lambda: CudaGraphRunner(step, steps_per_call),
+    }[mode]()
     if runner.on_cuda:
         torch.cuda.synchronize(runner.device)
         torch.cuda.reset_peak_memory_stats(runner.device)

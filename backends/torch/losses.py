@@ -1,6 +1,6 @@
 """Every loss term in torch, from injected noise, reduced exactly as the spec says.
 
-Same formulas as the oracle (aebench.oracle); the contractive Jacobian is autodiff
+Same formulas as the oracle (aebench.check.oracle); the contractive Jacobian is autodiff
 (vmap of jacrev over the code), so the closed form is a check, not an assumption.
 """
 
@@ -10,14 +10,13 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.func import jacrev, vmap
 
-from aebench.backend_api import with_total
-from aebench.spec import Gaussian, Masking, Spec
+from aebench.plugins.backend_api import with_total
+from aebench.spec.types import Gaussian, Masking, Spec
 
 from .model import Autoencoder
-
-Tensor = torch.Tensor
 
 
 def corrupt(spec: Spec, x: Tensor, noise: Optional[Tensor]) -> Tensor:
@@ -59,11 +58,17 @@ def contractive(model: Autoencoder, x_in: Tensor, labels: Optional[Tensor], batc
         return model.head("code", model.hidden(row, lab))[0]
 
     jac = vmap(jacrev(code), in_dims=(0, None if labels is None else 0))(x_in, labels)
-    return reduce(jac ** 2, "sum", batch)
+    return reduce(jac**2, "sum", batch)
 
 
-def loss_terms(model: Autoencoder, spec: Spec, x: Tensor, labels: Optional[Tensor],
-               eps: Optional[Tensor], corruption: Optional[Tensor]) -> dict[str, Tensor]:
+def loss_terms(
+    model: Autoencoder,
+    spec: Spec,
+    x: Tensor,
+    labels: Optional[Tensor],
+    eps: Optional[Tensor],
+    corruption: Optional[Tensor],
+) -> dict[str, Tensor]:
     """Unweighted terms and their weighted 'total', as 0-d tensors."""
     loss = spec.loss
     x_in = corrupt(spec, x, corruption)
@@ -72,7 +77,7 @@ def loss_terms(model: Autoencoder, spec: Spec, x: Tensor, labels: Optional[Tenso
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
         z = mean + torch.exp(0.5 * log_var) * eps
-        terms["kl"] = reduce(0.5 * (torch.exp(log_var) + mean ** 2 - 1.0 - log_var), loss.kl.features, loss.kl.batch)
+        terms["kl"] = reduce(0.5 * (torch.exp(log_var) + mean**2 - 1.0 - log_var), loss.kl.features, loss.kl.batch)
     else:
         z = model.head("code", h)
     terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)
@@ -87,4 +92,3 @@ def loss_terms(model: Autoencoder, spec: Spec, x: Tensor, labels: Optional[Tenso
 
 def output(spec: Spec, logits: Tensor) -> Tensor:
     return torch.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
-

@@ -9,14 +9,15 @@ sides); transposed convolutions run unpadded and are cropped to Keras' output le
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aebench.shapes import LayerPlan, ModelPlan, deconv_crop, same_pads
-from aebench.spec import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape, Spec
+from aebench.spec.shapes import LayerPlan, ModelPlan, deconv_crop, same_pads
+from aebench.spec.types import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape, Spec
 
 
 def activation(act: Activation) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -71,7 +72,7 @@ class CroppedConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (r0, nr), (c0, nc) = self.rows, self.cols
-        return self.act(super().forward(x)[:, :, r0:r0 + nr, c0:c0 + nc])
+        return self.act(super().forward(x)[:, :, r0 : r0 + nr, c0 : c0 + nc])
 
 
 class FlattenNHWC(nn.Module):

@@ -1,4 +1,4 @@
-"""A large matmul in torch, for the device's measured peak (aebench.peak)."""
+"""A large matmul in torch, for the device's measured peak (aebench.bench.peak)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import time
 
 import torch
 
-from aebench.bench_api import Precision
+from aebench.plugins.bench_api import Precision
+
+from .precision import set_precision
 
 
 def timed_matmuls(n: int, dtype: str, precision: Precision, repeats: int) -> float:
     """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end."""
-    torch.backends.cuda.matmul.allow_tf32 = precision.tf32
+    set_precision(precision)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device) / n**0.5
     out = a @ a

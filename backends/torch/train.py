@@ -1,15 +1,16 @@
-"""Training in torch: the reference Adam (aebench.adam) or torch.optim.Adam, data on the device."""
+"""Training in torch: the reference Adam (aebench.plugins.adam) or torch.optim.Adam, data on the device."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import numpy as np
 import torch
 
-from aebench.adam import adam_scalars
-from aebench.backend_api import Step, loss_term_names
-from aebench.spec import Adam, Spec
+from aebench.plugins.adam import adam_scalars
+from aebench.plugins.backend_api import Step, loss_term_names
+from aebench.spec.types import Adam, Spec
 
 from .losses import loss_terms
 from .model import Autoencoder
@@ -29,8 +30,9 @@ class ReferenceAdam:
         self.update(grads, s.step_size, s.bias_correction2_sqrt)
 
     @torch.no_grad()
-    def update(self, grads: list[torch.Tensor], step_size: float | torch.Tensor,
-               bias_correction2_sqrt: float | torch.Tensor) -> None:
+    def update(
+        self, grads: list[torch.Tensor], step_size: float | torch.Tensor, bias_correction2_sqrt: float | torch.Tensor
+    ) -> None:
         """One update with the given scalars: Python floats (``step``) or 0-d device tensors
         (the benchmark modes, which index them on the device with a step counter)."""
         b1, b2 = self.opt.beta1, self.opt.beta2
@@ -51,9 +53,15 @@ class StockAdam:
 
     def __init__(self, params: list[torch.nn.Parameter], opt: Adam, capturable: bool = False):
         self.params = params
-        self.inner = torch.optim.Adam(params, lr=opt.learning_rate, betas=(opt.beta1, opt.beta2),
-                                      eps=opt.epsilon, weight_decay=0.0, amsgrad=False,
-                                      capturable=capturable)
+        self.inner = torch.optim.Adam(
+            params,
+            lr=opt.learning_rate,
+            betas=(opt.beta1, opt.beta2),
+            eps=opt.epsilon,
+            weight_decay=0.0,
+            amsgrad=False,
+            capturable=capturable,
+        )
 
     def step(self, grads: list[torch.Tensor]) -> None:
         for p, g in zip(self.params, grads):
@@ -71,8 +79,15 @@ def make_optimizer(params: list[torch.nn.Parameter], opt: Adam, capturable: bool
 class TorchTrainer:
     """Keeps the training data on the model's device; one step = loss, grads, update."""
 
-    def __init__(self, model: Autoencoder, spec: Spec, x: np.ndarray, labels: Optional[np.ndarray],
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        model: Autoencoder,
+        spec: Spec,
+        x: np.ndarray,
+        labels: Optional[np.ndarray],
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         self.model, self.spec, self.device, self.dtype = model, spec, device, dtype
         self.x = torch.as_tensor(x, dtype=dtype, device=device)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=dtype, device=device)
@@ -88,8 +103,14 @@ class TorchTrainer:
         for step in steps:
             idx = torch.as_tensor(step.indices, device=self.device)
             labels = None if self.labels is None else self.labels[idx]
-            terms = loss_terms(self.model, self.spec, self.x[idx], labels,
-                               self._tensor(step.noise.eps), self._tensor(step.noise.corruption))
+            terms = loss_terms(
+                self.model,
+                self.spec,
+                self.x[idx],
+                labels,
+                self._tensor(step.noise.eps),
+                self._tensor(step.noise.corruption),
+            )
             grads = torch.autograd.grad(terms["total"], self.params)
             self.optimizer.step(grads)
             rows.append(torch.stack([terms[n].detach() for n in self.names]))

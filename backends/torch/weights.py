@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aebench.backend_api import Weights
-from aebench.canonical import check_weights
+from aebench.plugins.backend_api import Weights
+from aebench.plugins.canonical import check_weights
 
 from .model import Autoencoder
 
@@ -45,16 +45,20 @@ def set_weights(model: Autoencoder, weights: Weights) -> None:
     check_weights(model.plan, weights)
     for p in model.plan.params:
         target = parameter(model, p.name)
-        target.copy_(torch.as_tensor(np.ascontiguousarray(to_torch_layout(np.asarray(weights[p.name]))),
-                                     dtype=target.dtype))
+        target.copy_(
+            torch.as_tensor(np.ascontiguousarray(to_torch_layout(np.asarray(weights[p.name]))), dtype=target.dtype)
+        )
 
 
 def get_weights(model: Autoencoder) -> Weights:
-    return {p.name: to_canonical_layout(parameter(model, p.name).detach().cpu().numpy()).copy()
-            for p in model.plan.params}
+    return {
+        p.name: to_canonical_layout(parameter(model, p.name).detach().cpu().numpy()).copy() for p in model.plan.params
+    }
 
 
 def gradients(model: Autoencoder) -> Weights:
     """The .grad of every parameter, in the canonical layout."""
-    return {p.name: to_canonical_layout(parameter(model, p.name).grad.detach().cpu().numpy()).copy()
-            for p in model.plan.params}
+    return {
+        p.name: to_canonical_layout(parameter(model, p.name).grad.detach().cpu().numpy()).copy()
+        for p in model.plan.params
+    }

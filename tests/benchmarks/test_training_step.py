@@ -9,29 +9,27 @@ Backends that must run in a process of their own (Keras on a second engine) are 
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
-from aebench.bench_api import Precision
-from aebench.bench_data import make_bench_data
-from aebench.data import load_dataset
-from aebench.flops import training_step_flops
-from aebench.registry import plugin_module
-from aebench.shapes import plan_model
-from aebench.spec import load_spec
+from aebench.bench.data import make_bench_data
+from aebench.bench.flops import training_step_flops
+from aebench.data.datasets import load_dataset
+from aebench.plugins.bench_api import Precision
+from aebench.plugins.registry import plugin
+from aebench.spec.load import load_spec
+from aebench.spec.shapes import plan_model
 
 MODE = "compiled"
 ROUNDS, WARMUP_ROUNDS = 10, 2
 
 
 def test_training_step(benchmark, backend, backend_name: str, spec_name: str) -> None:
-    from aebench.worker import WorkerBackend
+    from aebench.plugins.remote import WorkerBackend
 
     if isinstance(backend, WorkerBackend):
         pytest.skip(f"{backend_name} runs in a worker process here; time it with 'aebench bench'")
-    bench = importlib.import_module(plugin_module(backend_name) + ".bench")
+    bench = plugin(backend_name).bench()
     reason = bench.unsupported(backend, MODE)
     if reason:
         pytest.skip(f"{backend_name} {MODE}: {reason}")
@@ -46,9 +44,15 @@ def test_training_step(benchmark, backend, backend_name: str, spec_name: str) ->
         handles.append(runner.dispatch())
         runner.wait(handles[-1])
 
-    benchmark.extra_info.update(spec=spec_name, backend=backend_name, mode=MODE, batch_size=batch_size,
-                                dtype=spec.dtype, device=backend.device(),
-                                flops_per_step=training_step_flops(plan_model(spec), batch_size))
+    benchmark.extra_info.update(
+        spec=spec_name,
+        backend=backend_name,
+        mode=MODE,
+        batch_size=batch_size,
+        dtype=spec.dtype,
+        device=backend.device(),
+        flops_per_step=training_step_flops(plan_model(spec), batch_size),
+    )
     benchmark.pedantic(one_synced_step, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS, iterations=1)
     losses = runner.losses(handles)  # read back only now, outside the timed rounds
     assert len(losses) == (ROUNDS + WARMUP_ROUNDS) * runner.steps_per_call

@@ -1,0 +1,63 @@
+"""The inputs of one benchmark cell, drawn in NumPy so that every framework gets the same.
+
+The batch order is successive shuffled epochs joined and cut into full batches, so every
+batch has the same size (nothing is dropped or padded) and a batch may be larger than the
+data set (tabular specs). At most ``MAX_POOL_BATCHES`` batches of order and noise are kept;
+step k uses batch k mod n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from aebench.data.datasets import Dataset, one_hot
+from aebench.data.noise import TRAIN_STREAM, draw_noise, stream
+from aebench.plugins.adam import adam_scalars
+from aebench.plugins.bench_api import BenchData
+from aebench.plugins.canonical import init_weights
+from aebench.spec.shapes import plan_model
+from aebench.spec.types import Spec
+
+MAX_POOL_BATCHES = 64
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def batch_order(n_examples: int, batch_size: int, n_batches: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_batches, batch_size) int32 indices: shuffled epochs, joined, cut into batches."""
+    needed = n_batches * batch_size
+    epochs = math.ceil(needed / n_examples)
+    joined = np.concatenate([rng.permutation(n_examples) for _ in range(epochs)])
+    return joined[:needed].reshape(n_batches, batch_size).astype(np.int32)
+
+
+def pool_size(n_examples: int, batch_size: int) -> int:
+    """Batches kept on the device: one epoch's worth, at least 1, at most MAX_POOL_BATCHES."""
+    return max(1, min(MAX_POOL_BATCHES, n_examples // batch_size))
+
+
+def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) -> BenchData:
+    """Everything a cell of ``spec`` at ``batch_size`` needs for up to ``max_steps`` steps."""
+    plan = plan_model(spec)
+    dtype = DTYPES[spec.dtype]
+    n = pool_size(len(data.x_train), batch_size)
+    order = batch_order(len(data.x_train), batch_size, n, stream(spec.train.seed, TRAIN_STREAM, 0))
+    noise = draw_noise(spec, plan, n * batch_size, stream(spec.train.seed, TRAIN_STREAM, 0, 1))
+
+    def pooled(a):
+        return None if a is None else a.reshape(n, batch_size, *a.shape[1:]).astype(dtype)
+
+    classes = spec.model.conditioning.num_classes if spec.model.conditional else 0
+    labels = one_hot(data.y_train, classes) if classes else None
+    scalars = [adam_scalars(spec.optimizer, k) for k in range(1, max_steps + 1)]
+    return BenchData(
+        x=data.x_train.astype(dtype),
+        labels=None if labels is None else labels.astype(dtype),
+        order=order,
+        eps=pooled(noise.eps),
+        corruption=pooled(noise.corruption),
+        weights={k: v.astype(dtype) for k, v in init_weights(plan, spec.init.kernel, spec.train.seed).items()},
+        adam_step_size=np.array([s.step_size for s in scalars], dtype=dtype),
+        adam_bias_correction2_sqrt=np.array([s.bias_correction2_sqrt for s in scalars], dtype=dtype),
+    )

@@ -1,0 +1,44 @@
+"""FLOPs of one training step, counted from the spec's shapes (not measured, not guessed).
+
+Convention (the one MFU figures use): the multiply-adds of every Dense, Conv and
+ConvTranspose layer, two FLOPs each. A training step is the forward pass, the gradients of
+every kernel (as many multiply-adds as the forward) and the gradients of every layer's
+input, except the first encoder layer's, whose input is data. Bias adds, activations, loss
+terms, the optimizer update and the contractive penalty's Jacobian are not counted, so the
+achieved GFLOP/s of elementwise-heavy specs is a lower bound of the work done.
+"""
+
+from __future__ import annotations
+
+import math
+
+from aebench.spec.shapes import LayerPlan, ModelPlan
+from aebench.spec.types import Conv, ConvTranspose, Dense
+
+
+def layer_macs(layer: LayerPlan) -> int:
+    """Multiply-adds of one example through the layer's forward pass (0 for reshapes)."""
+    spec = layer.layer
+    if isinstance(spec, Dense):
+        return layer.in_shape[0] * spec.units
+    if isinstance(spec, Conv):
+        return math.prod(layer.out_shape) * spec.kernel * spec.kernel * layer.in_shape[2]
+    if isinstance(spec, ConvTranspose):
+        return math.prod(layer.in_shape) * spec.kernel * spec.kernel * spec.filters
+    return 0
+
+
+def data_input_layers(plan: ModelPlan) -> tuple[LayerPlan, ...]:
+    """The layers that read the data itself (their input needs no gradient): the first
+    encoder layer with weights, or every latent head when the encoder has none."""
+    for layer in plan.encoder:
+        if layer.params:
+            return (layer,)
+    return plan.heads
+
+
+def training_step_flops(plan: ModelPlan, batch_size: int) -> int:
+    """Forward + kernel gradients + input gradients (but not of the data)."""
+    macs = sum(layer_macs(layer) for layer in plan.layers)
+    data_macs = sum(layer_macs(layer) for layer in data_input_layers(plan))
+    return 2 * batch_size * (3 * macs - data_macs)

@@ -1,0 +1,261 @@
+"""The comparisons behind the equivalence suite and ``aebench check``.
+
+One canonical case per spec (weights, a batch of real data, injected noise) goes to every
+backend; what comes back is compared with the NumPy oracle (loss terms, encode/decode),
+with finite differences of the oracle (float64 gradients), with a reference backend's
+float64 gradients (float32 gradients) and with a reference backend's 50-step Adam
+trajectory. Tolerances live in tolerances.py; a backend's known gaps (gaps.py) replace a
+tolerance with a stated one and the comparison says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from aebench.check import oracle
+from aebench.check.gaps import gap_for
+from aebench.check.tolerances import (
+    FD_SAMPLES_PER_ARRAY,
+    FD_STEP,
+    FD_TOL,
+    GRAD_TOL,
+    LOSS_FLOOR_OF_TOTAL,
+    LOSS_RTOL,
+    TRAJECTORY_BATCH,
+    TRAJECTORY_LOSS_RTOL,
+    TRAJECTORY_STEPS,
+    TRAJECTORY_WEIGHT_TOL,
+)
+from aebench.data.datasets import load_dataset, one_hot
+from aebench.data.noise import CHECK_STREAM, draw_noise, stream
+from aebench.plugins.backend_api import Backend, Batch, Noise, Step, Weights, loss_term_names
+from aebench.plugins.canonical import init_weights
+from aebench.spec.shapes import ModelPlan, plan_model
+from aebench.spec.types import Spec
+
+CHECK_BATCH = 8
+BIAS_SD = 0.1  # biases of the check weights are drawn too, so bias layouts are exercised
+
+
+@dataclass(frozen=True)
+class Case:
+    """One spec's canonical weights and batch (real data, injected noise), in float64."""
+
+    spec: Spec
+    plan: ModelPlan
+    weights: Weights
+    batch: Batch
+    train_x: np.ndarray  # TRAJECTORY_STEPS * TRAJECTORY_BATCH examples for the trajectory
+    train_labels: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Per-step loss terms (steps, terms) and the final canonical weights of a training run."""
+
+    losses: np.ndarray
+    weights: Weights
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One checked quantity: its largest relative error, the tolerance it must meet and,
+    when a known gap set that tolerance, the gap's reason."""
+
+    quantity: str
+    error: float
+    tolerance: float
+    gap: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.error <= self.tolerance)
+
+
+def failures(comparisons: list[Comparison]) -> list[str]:
+    """'quantity: error > tolerance' for each comparison that failed."""
+    return [f"{c.quantity}: {c.error:.2e} > {c.tolerance:g}" for c in comparisons if not c.passed]
+
+
+class Judge:
+    """Makes Comparisons for one backend and dtype, applying its known gaps."""
+
+    def __init__(self, backend: str, dtype: str):
+        self.backend, self.dtype = backend, dtype
+
+    def __call__(self, quantity: str, error: float, tolerance: float) -> Comparison:
+        gap = gap_for(self.backend, self.dtype, quantity)
+        if gap is None:
+            return Comparison(quantity, error, tolerance)
+        return Comparison(quantity, error, gap.tolerance, gap.reason)
+
+
+def make_case(
+    spec: Spec, seed: int = 0, mnist_path: Optional[str | Path] = None, batch_size: int = CHECK_BATCH
+) -> Case:
+    """Weights from the spec's initialiser plus random biases; the first training examples."""
+    plan = plan_model(spec)
+    rng = stream(seed, CHECK_STREAM)
+    weights = init_weights(plan, spec.init.kernel, seed)
+    weights = {k: rng.normal(0.0, BIAS_SD, v.shape) if k.endswith(".bias") else v for k, v in weights.items()}
+    data = load_dataset(spec, mnist_path)
+    labels = None
+    if spec.model.conditional:
+        labels = one_hot(data.y_train[: TRAJECTORY_STEPS * TRAJECTORY_BATCH], spec.model.conditioning.num_classes)
+    x = data.x_train[: TRAJECTORY_STEPS * TRAJECTORY_BATCH]
+    batch = Batch(
+        x[:batch_size], None if labels is None else labels[:batch_size], draw_noise(spec, plan, batch_size, rng)
+    )
+    return Case(spec, plan, weights, batch, x, labels)
+
+
+def relative_error(got: np.ndarray | float, ref: np.ndarray | float, floor: float) -> float:
+    """max |got - ref| / max(|ref|, floor), elementwise, as a float (inf on NaN or shape mismatch)."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return float("inf")
+    err = np.abs(got - ref) / np.maximum(np.abs(ref), floor)
+    return float(np.nan_to_num(err, nan=np.inf).max()) if err.size else 0.0
+
+
+def scaled_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| / max |ref|: the error of an array on the scale of its largest entry."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return float("inf")
+    if not ref.size:
+        return 0.0
+    return float(np.nan_to_num(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300), nan=np.inf))
+
+
+# ---------------------------------------------------------------- against the oracle
+
+
+def compare_loss_terms(judge: Judge, got: dict[str, float], ref: dict[str, float]) -> list[Comparison]:
+    """Each term of ``got`` against the oracle's ``ref`` (same names expected)."""
+    if list(got) != list(ref):
+        return [judge(f"loss terms {list(got)} vs oracle {list(ref)}", float("inf"), 0.0)]
+    floor = LOSS_FLOOR_OF_TOTAL * abs(ref["total"])
+    return [judge(f"loss:{name}", relative_error(got[name], ref[name], floor), LOSS_RTOL[judge.dtype]) for name in ref]
+
+
+def check_loss_terms(backend: Backend, case: Case) -> list[Comparison]:
+    model = built(backend, case)
+    ref = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan)
+    return compare_loss_terms(Judge(backend.name, case.spec.dtype), backend.loss_terms(model, case.batch), ref)
+
+
+def check_encode_decode(backend: Backend, case: Case) -> list[Comparison]:
+    """encode (no corruption) and decode of the posterior sample against the oracle."""
+    judge, model = Judge(backend.name, case.spec.dtype), built(backend, case)
+    clean = Batch(case.batch.x, case.batch.labels, Noise(eps=case.batch.noise.eps))
+    fwd = oracle.forward(case.spec.replace(corruption=None), case.weights, clean, case.plan)
+    expected = {"mean": fwd.mean, "log_var": fwd.log_var} if fwd.mean is not None else {"code": fwd.code}
+    encoded = backend.encode(model, case.batch.x, case.batch.labels)
+    tol = LOSS_RTOL[case.spec.dtype]
+    out = [judge(f"encode:{k}", scaled_error(encoded.get(k, np.array(np.nan)), v), tol) for k, v in expected.items()]
+    decoded = backend.decode(model, fwd.z, case.batch.labels)
+    out.append(judge("decode", scaled_error(decoded, oracle.output(case.spec, fwd.logits)), tol))
+    return out
+
+
+def oracle_total(case: Case, weights: Weights) -> float:
+    return oracle.loss_terms(case.spec, weights, case.batch, case.plan)["total"]
+
+
+def fd_entry(case: Case, name: str, index: int, step: float = FD_STEP) -> float:
+    """Central finite difference of the oracle's total along one weight entry."""
+    values = []
+    for sign in (1.0, -1.0):
+        moved = dict(case.weights)
+        moved[name] = case.weights[name].copy()
+        moved[name].flat[index] += sign * step
+        values.append(oracle_total(case, moved))
+    return (values[0] - values[1]) / (2 * step)
+
+
+def check_gradients_fd(backend: Backend, case: Case, seed: int = 0) -> list[Comparison]:
+    """Per weight array: the largest-gradient entry and random ones against finite differences."""
+    judge = Judge(backend.name, case.spec.dtype)
+    _, grads = backend.gradients(built(backend, case), case.batch)
+    rng = np.random.default_rng(seed)
+    out = []
+    for param in case.plan.params:
+        if param.name not in grads or np.shape(grads[param.name]) != param.shape:
+            out.append(judge(f"grad-fd:{param.name}", float("inf"), FD_TOL))
+            continue
+        flat = np.asarray(grads[param.name], dtype=np.float64).ravel()
+        scale = float(np.abs(flat).max()) or 1.0
+        picks = {int(np.argmax(np.abs(flat)))}
+        picks.update(int(i) for i in rng.choice(flat.size, min(FD_SAMPLES_PER_ARRAY - 1, flat.size), replace=False))
+        worst = max(abs(fd_entry(case, param.name, i) - flat[i]) / scale for i in sorted(picks))
+        out.append(judge(f"grad-fd:{param.name}", worst, FD_TOL))
+    return out
+
+
+# ---------------------------------------------------------------- across backends
+
+
+def gradients(backend: Backend, case: Case) -> Weights:
+    return backend.gradients(built(backend, case), case.batch)[1]
+
+
+def compare_gradients(judge: Judge, got: Weights, ref: Weights) -> list[Comparison]:
+    """Every gradient array against a reference backend's float64 gradients."""
+    return [
+        judge(f"grad:{name}", scaled_error(got.get(name, np.array(np.nan)), ref[name]), GRAD_TOL[judge.dtype])
+        for name in ref
+    ]
+
+
+def trajectory_steps(case: Case) -> list[Step]:
+    """TRAJECTORY_STEPS batches of TRAJECTORY_BATCH consecutive examples (wrapping around a
+    small data set), noise drawn per step."""
+    rng = stream(1, CHECK_STREAM)
+    n = len(case.train_x)
+    return [
+        Step(
+            np.arange(i * TRAJECTORY_BATCH, (i + 1) * TRAJECTORY_BATCH) % n,
+            draw_noise(case.spec, case.plan, TRAJECTORY_BATCH, rng),
+        )
+        for i in range(TRAJECTORY_STEPS)
+    ]
+
+
+def trajectory(backend: Backend, case: Case) -> Trajectory:
+    """Train from the case's weights with the spec's optimizer on the same batches."""
+    model = built(backend, case)
+    losses = backend.trainer(model, case.train_x, case.train_labels).run(trajectory_steps(case))
+    return Trajectory(losses, backend.get_weights(model))
+
+
+def compare_trajectories(judge: Judge, got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> list[Comparison]:
+    """Per-step losses (each term) and final weights against a reference backend's run."""
+    loss_tol, weight_tol = TRAJECTORY_LOSS_RTOL[judge.dtype], TRAJECTORY_WEIGHT_TOL[judge.dtype]
+    if got.losses.shape != ref.losses.shape:
+        out = [judge("trajectory:loss", float("inf"), loss_tol)]
+    else:
+        floor = LOSS_FLOOR_OF_TOTAL * np.abs(ref.losses[:, 0]).max()
+        out = [
+            judge(f"trajectory:loss:{name}", relative_error(got.losses[:, i], ref.losses[:, i], floor), loss_tol)
+            for i, name in enumerate(names)
+        ]
+    out += [
+        judge(f"trajectory:{name}", scaled_error(got.weights.get(name, np.array(np.nan)), w), weight_tol)
+        for name, w in ref.weights.items()
+    ]
+    return out
+
+
+def built(backend: Backend, case: Case) -> object:
+    model = backend.build(case.spec)
+    backend.set_weights(model, case.weights)
+    return model
+
+
+def term_names(case: Case) -> tuple[str, ...]:
+    return loss_term_names(case.spec)

@@ -1,0 +1,143 @@
+"""``aebench bench`` (run a campaign) and ``aebench report`` (tables and plots of results)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from aebench.bench.campaign import CampaignConfig, load_campaign, plan_cells, run_campaign, validate, with_overrides
+from aebench.bench.report import write_report
+from aebench.errors import AebenchError, SpecError
+from aebench.plugins.registry import available_backends
+from aebench.progress import Progress
+from aebench.spec.load import list_specs
+from aebench.track.bench_run import CellTracker
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list, got {text!r}")
+    return items
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    sizes = []
+    for item in comma_list(text):
+        if not item.isdigit() or int(item) < 1:
+            raise argparse.ArgumentTypeError(f"must be whole numbers >= 1, got {item!r}")
+        sizes.append(int(item))
+    return tuple(sizes)
+
+
+def campaign_config(args: argparse.Namespace):
+    """The campaign YAML (if any) with the flags given on the command line on top."""
+    if args.campaign:
+        config = load_campaign(Path(args.campaign))
+    else:
+        config = CampaignConfig(specs=tuple(list_specs()), backends=tuple(available_backends()))
+    config = with_overrides(
+        config,
+        specs=args.specs,
+        backends=args.backends,
+        modes=args.modes,
+        batch_sizes=args.batch_sizes,
+        name=args.name,
+        dtype=args.dtype,
+        tf32=args.tf32 or None,
+        steps_per_call=args.steps_per_call,
+        timeout_s=args.timeout,
+        verify=False if args.no_verify else None,
+    )
+    protocol = {k: getattr(args, k) for k in ("warmup_seconds", "blocks", "block_seconds") if getattr(args, k)}
+    config = dataclasses.replace(config, protocol=dataclasses.replace(config.protocol, **protocol))
+    bad = [m for m in config.modes if m not in ("eager", "compiled", "fast")]
+    if bad:
+        raise AebenchError(f"--modes: '{bad[0]}' is not a mode; allowed: eager, compiled, fast")
+    try:
+        return validate(config, args.campaign or "command line")
+    except SpecError as exc:
+        flag = "--" + exc.field.split("[")[0].replace("_", "-")
+        if args.campaign and getattr(args, flag[2:].replace("-", "_")) is None:
+            raise
+        raise AebenchError(f"{flag}: {exc.message}") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    config = campaign_config(args)
+    progress = Progress()
+    folder = Path(args.results) / config.campaign_name()
+    progress.line(f"campaign {config.campaign_name()}: {len(plan_cells(config))} cells, results in {folder}")
+
+    def on_cell(i: int, n: int, row: dict, tracked: str) -> None:
+        progress.line(f"[{i}/{n}] {row['key']}: {cell_summary(row)}")
+        progress.line(f"      {tracked}")
+
+    tracker = CellTracker(uri=args.tracking_uri, log=not args.no_mlflow)
+    store = run_campaign(
+        config, Path(args.results), retry_failed=args.retry_failed, mnist=args.data, tracker=tracker, on_cell=on_cell
+    )
+    table = store.table()
+    md, page = write_report([store.folder], store.folder)
+    failed = table[table["status"] == "failed"]
+    progress.line(f"{len(table)} cells recorded in {store.table_path} ({len(failed)} failed); report: {md}, {page}")
+    return 1 if len(failed) else 0
+
+
+def cell_summary(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status'].upper()}: {row['reason']}"
+    return (
+        f"{row['median_step_ms']:.3f} ms/step (IQR {row['iqr_step_ms']:.3f}), {row['samples_per_s']:,.0f} "
+        f"samples/s, compile {row['compile_s']:.2f} s, {100 * row['peak_fraction']:.1f}% of peak"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    sources = [Path(s) for s in args.results]
+    out = Path(args.out) if args.out else (sources[0] if sources[0].is_dir() else sources[0].parent)
+    md, page = write_report(sources, out)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
+def add_commands(sub, positive_int, positive_float) -> None:
+    """Adds bench and report to the aebench subcommands."""
+    p = sub.add_parser(
+        "bench", help="time training steps: specs x backends x modes x batch sizes, one fresh process per cell"
+    )
+    p.add_argument("--campaign", metavar="YAML", help="a campaign file (flags given here override it)")
+    p.add_argument("--specs", type=comma_list, metavar="A,B", help="specs (default: every shipped spec)")
+    p.add_argument("--backends", type=comma_list, metavar="A,B", help="backends (default: every available one)")
+    p.add_argument("--modes", type=comma_list, metavar="A,B", help="eager, compiled, fast (default: all three)")
+    p.add_argument("--batch-sizes", type=batch_sizes, metavar="N,M", help="default: each spec's train.batch_size")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="override every spec's dtype")
+    p.add_argument("--tf32", action="store_true", help="allow TensorFloat-32 in every framework (default: off)")
+    p.add_argument(
+        "--name",
+        help="campaign name (default: derived from what is measured, so the same command resumes the same campaign)",
+    )
+    p.add_argument("--results", default="results", metavar="DIR", help="where campaigns go (default results/)")
+    p.add_argument("--steps-per-call", type=positive_int, help="steps per dispatch of the fast modes (default 10)")
+    p.add_argument("--timeout", type=positive_float, metavar="S", help="seconds before a cell is killed (default 1800)")
+    p.add_argument("--warmup-seconds", type=positive_float, metavar="S", help="warm-up after the first call (1)")
+    p.add_argument("--blocks", type=positive_int, help="timed blocks per cell (default 7)")
+    p.add_argument("--block-seconds", type=positive_float, metavar="S", help="least duration of a block (1)")
+    p.add_argument("--no-verify", action="store_true", help="skip replaying the first steps on the trainer")
+    p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
+    p.add_argument("--data", metavar="PATH", help="a Keras-layout mnist.npz (default as for train)")
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI for the cells' runs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+    p.add_argument(
+        "--no-mlflow", action="store_true", help="write each cell's MLflow bundle only (log later with aebench log)"
+    )
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("report", help="markdown and HTML report of campaigns and pytest-benchmark JSON files")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="campaign folders or --benchmark-json files")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: the first campaign folder)")
+    p.set_defaults(run=cmd_report)

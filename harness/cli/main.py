@@ -1,0 +1,200 @@
+"""The ``aebench`` command: list, validate, train, check, bench, report, log, compare, fetch-mnist.
+
+Every user error ends as one line on stderr and exit code 2 (1 for a diverged training),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+from aebench.check.suite import choose_backends, format_table, load_specs, run_check, summarize, to_json
+from aebench.cli.bench import add_commands
+from aebench.cli.tracking import add_commands as add_tracking_commands
+from aebench.cli.tracking import add_train_arguments, tracking_options
+from aebench.data.datasets import MNIST_URL, fetch_mnist, load_dataset
+from aebench.errors import AebenchError
+from aebench.plugins.registry import list_backends, load_backend
+from aebench.progress import Progress
+from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
+from aebench.spec.shapes import plan_model
+from aebench.track.train_run import train_tracked
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(f"specs ({builtin_specs_dir()}):")
+    for name in list_specs():
+        spec = load_spec(name)
+        print(f"  {name:26s} {spec.description}")
+    print("backends:")
+    for info in list_backends():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        state += f", {info.note}" if info.note else ""
+        print(f"  {info.name:26s} {state}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for name in args.specs:
+        try:
+            spec = load_spec(name)
+        except AebenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        plan = plan_model(spec)
+        weights = sum(math.prod(p.shape) for p in plan.params)
+        print(
+            f"ok: {name}: {spec.name}, family {spec.model.family}, {len(plan.params)} weight arrays, "
+            f"{weights:,} weights"
+        )
+    return 2 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    if args.epochs:
+        spec = spec.replace(train=dataclasses.replace(spec.train, epochs=args.epochs))
+    if args.dtype:
+        spec = spec.replace(dtype=args.dtype)
+    if args.data and spec.data.name != "mnist":
+        raise AebenchError(
+            f"--data: {spec.name} trains on {spec.data.name} data, which aebench generates; "
+            "--data only applies to MNIST specs"
+        )
+    backend = load_backend(args.backend)
+    data = load_dataset(spec, args.data)
+    out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{backend.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    progress = Progress()
+    progress.line(
+        f"training {spec.name} on {backend.name} ({backend.device()}, {spec.dtype}) for "
+        f"{spec.train.epochs} epoch(s); data: {data.source}; output: {out}"
+    )
+
+    def report(row: dict) -> None:
+        train_total = row.get("train_total")
+        train_text = "" if train_total is None else f"train total {train_total:.4f}, "
+        progress.line(f"epoch {row['epoch']}: {train_text}test total {row['test_total']:.4f} ({row['seconds']:.1f} s)")
+
+    _, outcome = train_tracked(spec, backend, data, out, tracking_options(args), progress=progress, on_epoch=report)
+    progress.line(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    progress.line(outcome.message())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    specs = load_specs(args.specs)
+    backends, skipped = choose_backends(args.backends.split(",") if args.backends else None)
+    dtypes = [args.dtype] if args.dtype else ["float64", "float32"]
+    progress = Progress()
+    rows = skipped + run_check(specs, backends, dtypes, progress=lambda s: progress.line(f"checking {s}"))
+    if args.json:
+        print(to_json(rows))
+    else:
+        print(format_table(rows if args.verbose else summarize(rows)))
+        failed = sum(r.verdict == "FAIL" for r in rows)
+        print(f"{len(rows) - failed - len(skipped)} passed, {failed} failed, {len(skipped)} skipped")
+    return 1 if any(r.verdict == "FAIL" for r in rows) else 0
+
+
+def cmd_fetch_mnist(args: argparse.Namespace) -> int:
+    path = fetch_mnist(Path(args.dest) if args.dest else None, url=args.url or MNIST_URL, timeout=args.timeout)
+    print(f"MNIST saved to {path}")
+    return 0
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one error line (no usage block) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="aebench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+
+    p = sub.add_parser("list", help="list the shipped specs and the registered backends")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("validate", help="check spec files; one line per problem, exit 2 on any")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or names of shipped specs")
+    p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("train", help="train a spec on one backend; writes metrics and PNGs")
+    p.add_argument("spec", metavar="SPEC", help="a spec file or the name of a shipped spec")
+    p.add_argument("--backend", default="torch", help="backend name (see 'aebench list'; default torch)")
+    p.add_argument("--epochs", type=positive_int, help="override train.epochs")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="override dtype")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="a Keras-layout mnist.npz (default: $AEBENCH_MNIST, ~/.keras/datasets/mnist.npz, then the bundled subset)",
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
+
+    add_train_arguments(p, positive_int)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("check", help="compare the installed backends with the oracle and with each other")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or shipped names (default: all shipped)")
+    p.add_argument("--backends", metavar="A,B", help="comma-separated backend names (default: all registered)")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="one dtype (default: both)")
+    p.add_argument("--json", action="store_true", help="every compared quantity as JSON")
+    p.add_argument("--verbose", action="store_true", help="every compared quantity, not one row per kind")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("fetch-mnist", help="download MNIST into the Keras cache (needs a network)")
+    p.add_argument("--dest", metavar="PATH", help="where to save (default ~/.keras/datasets/mnist.npz)")
+    p.add_argument("--url", help="where to download from (default: the Keras mirror)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
+    p.set_defaults(run=cmd_fetch_mnist)
+
+    add_commands(sub, positive_int, positive_float)
+
+    add_tracking_commands(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except AebenchError as exc:
+        print(f"aebench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``aebench log`` (bundles to MLflow), ``aebench compare`` (runs side by side) and the
+tracking flags of ``aebench train``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aebench.track.bundle import find_bundles
+from aebench.track.compare import compare
+from aebench.track.tracking import log_bundle
+from aebench.track.train_run import TrackingOptions
+from aebench.train.quality import QualitySettings
+
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
+
+
+def nll_examples(text: str):
+    """--nll-examples: a whole number >= 1, or 'all'."""
+    if text == "all":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'all', got {text!r}")
+    return int(text)
+
+
+def add_train_arguments(p: argparse.ArgumentParser, positive_int) -> None:
+    """The tracking flags of ``aebench train``."""
+    p.add_argument("--tracking-uri", metavar="URI", help=URI_HELP)
+    p.add_argument("--no-mlflow", action="store_true", help="write the run bundle only (log it later with aebench log)")
+    p.add_argument(
+        "--nll-k", type=positive_int, metavar="K", help="importance samples per example for the VAE NLL (default 200)"
+    )
+    p.add_argument(
+        "--nll-examples",
+        type=nll_examples,
+        metavar="N",
+        help="first N test examples the VAE NLL and ELBO are scored on, or 'all' (default 200)",
+    )
+
+
+def tracking_options(args: argparse.Namespace):
+    """TrackingOptions from the train flags (quality.QualitySettings' defaults where not given)."""
+    import dataclasses
+
+    quality = QualitySettings()
+    if args.nll_k:
+        quality = dataclasses.replace(quality, k=args.nll_k)
+    if args.nll_examples:
+        quality = dataclasses.replace(quality, nll_examples=None if args.nll_examples == "all" else args.nll_examples)
+    return TrackingOptions(tracking_uri=args.tracking_uri, log=not args.no_mlflow, quality=quality)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    bundles = [bundle for path in args.bundles for bundle in find_bundles(Path(path))]
+    kept = 0
+    for bundle in bundles:
+        outcome = log_bundle(bundle, args.tracking_uri)
+        kept += not outcome.logged
+        print(f"{bundle}: {outcome.message()}")
+    return 1 if kept else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    print(compare(args.tracking_uri, args.experiment, args.metrics or (), args.csv, args.markdown))
+    for label, path in (("CSV", args.csv), ("markdown", args.markdown)):
+        if path:
+            print(f"{label} saved to {path}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Adds log and compare to the aebench subcommands."""
+    p = sub.add_parser("log", help="log run bundles (folders written by train or bench) to MLflow; safe to repeat")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folders, or folders holding bundles")
+    p.add_argument("--tracking-uri", metavar="URI", help=URI_HELP)
+    p.set_defaults(run=cmd_log)
+
+    p = sub.add_parser("compare", help="MLflow runs as one table: spec x metric, backends side by side")
+    p.add_argument("--experiment", metavar="NAME", help="one experiment (default: every experiment named aebench*)")
+    p.add_argument("--tracking-uri", metavar="URI", help=URI_HELP)
+    p.add_argument(
+        "--metrics",
+        type=lambda t: tuple(m for m in t.split(",") if m),
+        metavar="PREFIX,...",
+        help="only metrics starting with these, e.g. quality/,test/total (default: all)",
+    )
+    p.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
+    p.add_argument("--markdown", metavar="PATH", help="also save the table as markdown")
+    p.set_defaults(run=cmd_compare)

@@ -1,0 +1,137 @@
+"""The contract every backend implements, and the data that crosses it.
+
+Everything crossing the contract is NumPy in the canonical layout (shapes.py): weights,
+gradients, batches and the injected noise. Randomness is never drawn inside a framework:
+the reparameterisation noise and the corruption noise are inputs, so every backend sees
+the same numbers and can be compared with the NumPy oracle term by term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from aebench.spec.types import Spec
+
+Weights = dict[str, np.ndarray]
+TERM_ORDER = ("total", "reconstruction", "kl", "sparsity", "contractive")
+
+
+def loss_term_names(spec: Spec) -> tuple[str, ...]:
+    """The loss terms a spec has, in a fixed order; 'total' first."""
+    present = {
+        "total": True,
+        "reconstruction": True,
+        "kl": spec.loss.kl is not None,
+        "sparsity": spec.loss.sparsity is not None,
+        "contractive": spec.loss.contractive is not None,
+    }
+    return tuple(name for name in TERM_ORDER if present[name])
+
+
+def term_weights(spec: Spec) -> dict[str, float]:
+    """The weight of each loss term in the total (beta for the KL)."""
+    loss = spec.loss
+    weights = {"reconstruction": loss.reconstruction.weight}
+    for name, cfg, attr in (
+        ("kl", loss.kl, "beta"),
+        ("sparsity", loss.sparsity, "weight"),
+        ("contractive", loss.contractive, "weight"),
+    ):
+        if cfg is not None:
+            weights[name] = getattr(cfg, attr)
+    return weights
+
+
+def with_total(spec: Spec, terms: dict):
+    """The unweighted terms plus their weighted 'total', in loss_term_names order.
+
+    Only * and + touch the values, so the same code adds up NumPy, torch, JAX or Keras
+    scalars, always in the same order (reconstruction, kl, sparsity, contractive).
+    """
+    weights = term_weights(spec)
+    total = None
+    for name in TERM_ORDER[1:]:
+        if name in weights:
+            part = weights[name] * terms[name]
+            total = part if total is None else total + part
+    terms = {**terms, "total": total}
+    return {name: terms[name] for name in loss_term_names(spec)}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Injected randomness for one batch.
+
+    eps: (B, latent) standard normal, for z = mean + exp(log_var / 2) * eps (family vae).
+    corruption: (B, *data_shape): standard normal for gaussian corruption, uniform [0, 1)
+    for masking and salt-and-pepper.
+    """
+
+    eps: Optional[np.ndarray] = None
+    corruption: Optional[np.ndarray] = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Clean examples x (also the reconstruction target), one-hot labels for conditional
+    specs, and the noise for this batch."""
+
+    x: np.ndarray
+    labels: Optional[np.ndarray]
+    noise: Noise
+
+
+@dataclass(frozen=True)
+class Step:
+    """One training step: which training examples (indices into the data given to the
+    trainer) and the noise to use."""
+
+    indices: np.ndarray
+    noise: Noise
+
+
+class Trainer(Protocol):
+    def run(self, steps: Iterable[Step]) -> np.ndarray:
+        """Take the steps in order; returns the loss terms before each update,
+        shape (n_steps, len(loss_term_names(spec))), float64."""
+
+
+class Backend(Protocol):
+    """One framework's implementation of every spec."""
+
+    name: str
+
+    def versions(self) -> dict[str, str]:
+        """Framework package versions, e.g. {'torch': '2.13.0'}."""
+
+    def device(self) -> str:
+        """Where the arrays live, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
+
+    def build(self, spec: Spec) -> object:
+        """A model for the spec in the spec's dtype, weights unset (call set_weights)."""
+
+    def set_weights(self, model: object, weights: Weights) -> None:
+        """Load canonical weights (names and shapes of shapes.plan_model)."""
+
+    def get_weights(self, model: object) -> Weights:
+        """The model's weights in the canonical layout, as NumPy arrays."""
+
+    def loss_terms(self, model: object, batch: Batch) -> dict[str, float]:
+        """Every loss term of the spec for the batch (no update)."""
+
+    def gradients(self, model: object, batch: Batch) -> tuple[dict[str, float], Weights]:
+        """The loss terms and the gradient of the total with respect to every canonical weight."""
+
+    def trainer(self, model: object, x: np.ndarray, labels: Optional[np.ndarray]) -> Trainer:
+        """A trainer that keeps x (and one-hot labels) on the device and updates the model in
+        place with the spec's optimizer."""
+
+    def encode(self, model: object, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        """{'mean', 'log_var'} for family vae, {'code'} for family ae (no corruption)."""
+
+    def decode(self, model: object, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
+        """Decoder output with the output activation applied (sigmoid for images)."""

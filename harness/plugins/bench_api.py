@@ -1,0 +1,119 @@
+"""The contract between the timing harness and a backend's benchmark modes.
+
+A backend that can be benchmarked has a ``bench`` module (``backends/<name>/bench.py``, the
+same name in every backend folder) that imports its framework only inside its functions
+(so the harness can read its modes without it), with:
+
+- ``MODES: dict[str, str]``: the modes of MODE_NAMES, name -> what the mode does in this
+  framework (recorded in the results): ``eager`` (op by op, no compilation), ``compiled``
+  (one compiled training step per call: torch.compile, jax.jit,
+  tf.function(jit_compile=True)) and ``fast`` (the framework's fastest known practice:
+  several steps per dispatch with lax.scan or a compiled loop, CUDA graphs for torch).
+- ``unsupported(backend, mode) -> str``: why the mode cannot run on the loaded backend's
+  device ("" if it can), e.g. CUDA graphs on a CPU.
+- ``prepare(backend, spec, mode, data, precision, steps_per_call) -> StepRunner``: builds the
+  model in the spec's dtype (``backend`` is the loaded Backend), loads ``data.weights``, puts
+  every array of ``data`` on the device once, applies ``precision`` and returns a runner.
+  ``steps_per_call`` is how many steps a multi-step mode (``fast`` by lax.scan or a compiled
+  loop) takes per dispatch; one-step modes ignore it and report 1. No training step may run
+  before the harness asks for one, so the first dispatch includes the compilation.
+- The spec's optimizer is used as declared: ``reference`` (aebench's Adam, scalars from
+  ``data``) or ``stock`` (the framework's own Adam).
+
+Everything is on the device before the first step: the training images, the batch order and
+the noise of every batch (drawn in NumPy, identical for every framework). Step ``k`` uses
+``order[k % n]``, ``eps[k % n]`` and ``corruption[k % n]`` with ``n = len(data.order)``, and the
+reference Adam's scalars of step ``k + 1`` (``data.adam_step_size[k]``,
+``data.adam_bias_correction2_sqrt[k]``), so every framework does the same work on the same
+numbers and their loss curves can be overlaid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from aebench.errors import AebenchError
+from aebench.plugins.backend_api import Weights
+
+MODE_NAMES = ("eager", "compiled", "fast")
+
+
+def require_mode(modes: dict[str, str], mode: str) -> None:
+    """AebenchError naming the allowed modes unless ``mode`` is one of ``modes``."""
+    if mode not in modes:
+        raise AebenchError(f"mode '{mode}' is not a benchmark mode; allowed: {', '.join(modes)}")
+
+
+def require_steps_per_call(mode: str, steps_per_call: int) -> None:
+    """AebenchError unless a multi-step mode takes at least one step per call."""
+    if mode == "fast" and steps_per_call < 1:
+        raise AebenchError(f"steps_per_call must be at least 1 for mode 'fast', got {steps_per_call}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision policy, applied alike in every framework and recorded.
+
+    tf32=False: float32 matmuls and convolutions in IEEE float32 (torch allow_tf32 off,
+    jax matmul precision 'highest', TF enable_tensor_float_32_execution(False)).
+    tf32=True: TensorFloat-32 allowed everywhere (torch allow_tf32 on, jax precision
+    'tensorfloat32' / default, TF32 execution on). Only Ampere and later GPUs have TF32.
+    """
+
+    tf32: bool = False
+
+    def describe(self) -> str:
+        return "tf32" if self.tf32 else "ieee-fp32"
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """What one benchmark cell trains on, all NumPy, copied to the device by ``prepare``.
+
+    x: (N, *data_shape) training examples in the spec's dtype; labels: (N, classes) one-hot
+    or None; order: (n, B) int32 batch indices; eps: (n, B, latent) or None; corruption:
+    (n, B, *data_shape) or None; weights: the canonical initial weights; adam_step_size and
+    adam_bias_correction2_sqrt: (max_steps,) the reference Adam's scalars per step.
+    """
+
+    x: np.ndarray
+    labels: Optional[np.ndarray]
+    order: np.ndarray
+    eps: Optional[np.ndarray]
+    corruption: Optional[np.ndarray]
+    weights: Weights
+    adam_step_size: np.ndarray
+    adam_bias_correction2_sqrt: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.order.shape[1])
+
+    @property
+    def max_steps(self) -> int:
+        return len(self.adam_step_size)
+
+
+class StepRunner(Protocol):
+    """Training steps of one (spec, backend, mode), dispatched by the harness."""
+
+    steps_per_call: int
+    """How many training steps one ``dispatch`` takes (1, or K for a scanned loop)."""
+
+    def dispatch(self) -> object:
+        """Launch the next ``steps_per_call`` steps without waiting for them; returns a handle
+        on their total losses (device values, not yet read)."""
+
+    def wait(self, handle: object) -> None:
+        """Block until the steps of ``handle`` and everything launched before it have
+        finished on the device (torch.cuda.synchronize, jax.block_until_ready, TF sync)."""
+
+    def losses(self, handles: list) -> np.ndarray:
+        """The total loss of every step of ``handles``, in order, as float64 on the host."""
+
+    def peak_memory_bytes(self) -> Optional[int]:
+        """Peak device memory since the runner was prepared; None where the framework cannot
+        tell (then the harness reports the process' peak resident memory on CPU)."""

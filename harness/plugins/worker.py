@@ -1,0 +1,69 @@
+"""The worker process of a backend that cannot load in its caller's process (the serving side).
+
+``python -m aebench.plugins.worker NAME`` loads backend NAME and answers the pickled calls
+of aebench.plugins.remote.WorkerBackend on stdin/stdout until told to close.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from typing import Any, BinaryIO
+
+from aebench.plugins.registry import load_backend
+
+
+def serve(name: str, inbox: BinaryIO, outbox: BinaryIO) -> None:
+    """The worker's loop: load the backend, then answer calls until 'close' or EOF."""
+
+    def reply(status: str, value: Any) -> None:
+        pickle.dump((status, value), outbox, protocol=pickle.HIGHEST_PROTOCOL)
+        outbox.flush()
+
+    try:
+        backend = load_backend(name)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as the reason
+        reply("error", str(exc))
+        return
+    reply("ok", {"versions": backend.versions(), "device": backend.device()})
+    objects: dict[int, Any] = {}
+    while True:
+        try:
+            method, args = pickle.load(inbox)
+        except EOFError:
+            return
+        if method == "close":
+            reply("ok", None)
+            return
+        try:
+            result = _dispatch(backend, objects, method, args)
+        except Exception:  # noqa: BLE001 - the parent re-raises it
+            reply("error", traceback.format_exc())
+        else:
+            reply("ok", result)
+
+
+def _dispatch(backend: Any, objects: dict[int, Any], method: str, args: tuple) -> Any:
+    if method == "build":
+        objects[len(objects)] = backend.build(args[0])
+        return len(objects) - 1
+    if method == "trainer":
+        objects[len(objects)] = backend.trainer(objects[args[0]], *args[1:])
+        return len(objects) - 1
+    if method == "run":
+        return objects[args[0]].run(args[1])
+    return getattr(backend, method)(objects[args[0]], *args[1:])
+
+
+def main() -> None:
+    """``python -m aebench.plugins.worker NAME``: serve NAME over stdin/stdout. Anything the
+    frameworks print goes to stderr, so the protocol stream stays clean."""
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.argv[1], sys.stdin.buffer, protocol_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Loading specs: shipped names or paths, ``extends`` merging, validation of the whole.
+
+A spec file is YAML. ``extends: NAME`` takes another spec (``NAME.yaml`` beside the file,
+or a path) and overrides the fields given: mappings merge key by key, lists and scalars
+are replaced whole, and a mapping whose ``kind`` or ``type`` changes is replaced whole.
+After merging, the result must be a complete spec (see aebench.spec.types) whose shapes
+fit together (aebench.spec.shapes).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+from aebench.errors import SpecError
+from aebench.spec.schema import Parser, did_you_mean
+from aebench.spec.shapes import plan_model
+from aebench.spec.types import LINEAR, Dense, Gaussian, Mnist, Spec
+from aebench.spec.yamlio import read_mapping
+
+
+def builtin_specs_dir() -> Path:
+    """The specs shipped with aebench (the repository's specs/ folder)."""
+    return Path(str(importlib.resources.files("aebench.specs")))
+
+
+def list_specs() -> list[str]:
+    """Names of the shipped specs, sorted."""
+    return sorted(p.stem for p in builtin_specs_dir().glob("*.yaml"))
+
+
+def spec_path(name_or_path: str | Path) -> Path:
+    """A spec file path for a path or the name of a shipped spec."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = builtin_specs_dir() / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    raise SpecError(
+        str(name_or_path),
+        "",
+        "no such spec file or shipped spec"
+        f"{did_you_mean(str(name_or_path), list_specs())}; shipped: {', '.join(list_specs())}",
+    )
+
+
+def load_spec(name_or_path: str | Path) -> Spec:
+    """Read, merge (``extends``) and validate a spec; raises SpecError on any problem."""
+    path = spec_path(name_or_path)
+    merged = _merged(path, chain=())
+    merged.setdefault("name", path.stem)
+    parser = Parser(str(path))
+    spec = parser.parse_dataclass(Spec, merged, "")
+    _check_consistency(parser, spec)
+    plan_model(spec, file=str(path))
+    return spec
+
+
+def _merged(path: Path, chain: tuple[Path, ...]) -> dict:
+    data = read_mapping(path)
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise SpecError(
+            str(path), "extends", f"must name a spec (a file beside this one, without .yaml); got {parent!r}"
+        )
+    parent_path = _parent_path(path, parent)
+    resolved = path.resolve()
+    if parent_path.resolve() in chain + (resolved,):
+        cycle = " -> ".join(p.stem for p in chain + (resolved, parent_path.resolve()))
+        raise SpecError(str(path), "extends", f"circular inheritance: {cycle}")
+    base = _merged(parent_path, chain + (resolved,))
+    base.pop("name", None)
+    base.pop("description", None)
+    return _deep_merge(base, data)
+
+
+def _parent_path(path: Path, parent: str) -> Path:
+    candidate = Path(parent)
+    if not candidate.suffix:
+        candidate = candidate.with_suffix(".yaml")
+    if not candidate.is_absolute():
+        candidate = path.parent / candidate
+    if not candidate.exists():
+        siblings = [p.stem for p in path.parent.glob("*.yaml")]
+        raise SpecError(str(path), "extends", f"no spec '{parent}' at {candidate}{did_you_mean(parent, siblings)}")
+    return candidate
+
+
+_TAGS = ("type", "kind", "name")
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """Merge mappings key by key; a mapping that names another tag (kind, type) replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _retagged(out[key], value):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _retagged(base: dict, override: dict) -> bool:
+    return any(tag in override and override[tag] != base.get(tag) for tag in _TAGS)
+
+
+def _check_consistency(p: Parser, spec: Spec) -> None:
+    """Rules that tie fields together (shapes are checked by shapes.plan_model)."""
+    model, loss = spec.model, spec.loss
+    if model.family == "vae":
+        if loss.kl is None:
+            p.fail("loss.kl", "is required for family vae (the ELBO's KL term; beta 0 switches it off)")
+        if model.latent.activation != LINEAR:
+            p.fail("model.latent.activation", "must be linear for family vae (the heads give mean and log-variance)")
+    else:
+        if loss.kl is not None:
+            p.fail("loss.kl", "only allowed for family vae")
+    if loss.reconstruction.kind == "bce" and model.output_activation != "sigmoid":
+        p.fail("loss.reconstruction.kind", "bce needs output_activation sigmoid (it is computed from the logits)")
+    if loss.sparsity is not None:
+        if model.family != "ae" or model.latent.activation.name != "sigmoid":
+            p.fail(
+                "loss.sparsity",
+                "needs family ae with a sigmoid code (model.latent.activation: sigmoid), "
+                "so that rho_hat lies in (0, 1)",
+            )
+    if loss.contractive is not None:
+        if model.family != "ae":
+            p.fail("loss.contractive", "only allowed for family ae (the Jacobian of the deterministic code)")
+        for i, layer in enumerate(model.encoder):
+            if not isinstance(layer, Dense):
+                p.fail(f"model.encoder[{i}].type", "loss.contractive needs an encoder of dense layers only")
+    if isinstance(spec.corruption, Gaussian) and spec.corruption.clip is not None:
+        low, high = spec.corruption.clip
+        if not low < high:
+            p.fail("corruption.clip", f"must be [low, high] with low < high; got [{low:g}, {high:g}]")
+    if model.conditional and not isinstance(spec.data, Mnist):
+        p.fail("model.conditioning", f"needs labelled data (mnist); {spec.data.name} has no labels")

@@ -1,0 +1,303 @@
+"""The autoencoder spec: a typed, validated, framework-neutral description of one variant.
+
+These frozen dataclasses are what a spec file says once ``extends`` is merged
+(aebench.spec.load). Nothing has a hidden default that differs between frameworks: Adam's
+epsilon, loss reductions and the leaky-relu slope are always written out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from aebench.spec.schema import Parser, at_least, greater_than, in_interval, rule
+
+ActivationName = Literal["linear", "relu", "leaky_relu", "sigmoid", "tanh"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation: a name, or ``{name: leaky_relu, negative_slope: 0.3}``.
+
+    leaky_relu must state its slope: Keras defaults to 0.3, PyTorch to 0.01.
+    """
+
+    name: ActivationName
+    negative_slope: Optional[float] = None
+
+    @classmethod
+    def from_yaml(cls, parser: Parser, value: Any, path: str) -> Activation:
+        if isinstance(value, str):
+            value = {"name": value}
+        act = parser.parse_dataclass(cls, value, path)
+        if act.name == "leaky_relu" and act.negative_slope is None:
+            parser.fail(
+                path,
+                "leaky_relu needs an explicit slope (Keras' default is 0.3, PyTorch's 0.01): "
+                "write {name: leaky_relu, negative_slope: 0.3}",
+            )
+        if act.name != "leaky_relu" and act.negative_slope is not None:
+            parser.fail(f"{path}.negative_slope", f"only allowed with leaky_relu, not {act.name}")
+        if act.negative_slope is not None and act.negative_slope < 0:
+            parser.fail(f"{path}.negative_slope", f"must be >= 0, got {act.negative_slope!r}")
+        return act
+
+    def to_yaml(self) -> Any:
+        return self.name if self.negative_slope is None else dataclasses.asdict(self)
+
+
+LINEAR = Activation("linear")
+Padding = Literal["same", "valid"]
+
+
+@dataclass(frozen=True)
+class Dense:
+    type: Literal["dense"]
+    units: int = field(metadata=rule(at_least(1)))
+    activation: Activation = LINEAR
+
+
+@dataclass(frozen=True)
+class _Convolution:
+    type: str
+    filters: int = field(metadata=rule(at_least(1)))
+    kernel: int = field(metadata=rule(at_least(1)))
+    stride: int = field(metadata=rule(at_least(1)))
+    padding: Padding
+    activation: Activation = LINEAR
+
+
+@dataclass(frozen=True)
+class Conv(_Convolution):
+    """2-D convolution on NHWC images; 'same' pads as TensorFlow does (extra at bottom/right)."""
+
+    type: Literal["conv"]
+
+
+@dataclass(frozen=True)
+class ConvTranspose(_Convolution):
+    """2-D transposed convolution; kernel layout (kh, kw, out, in) as in Keras."""
+
+    type: Literal["conv_transpose"]
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Flattens NHWC features in (H, W, C) order, as Keras does."""
+
+    type: Literal["flatten"]
+
+
+def positive_sizes(sizes: tuple[int, ...]) -> Optional[str]:
+    return None if sizes and min(sizes) >= 1 else f"must be a non-empty list of sizes >= 1, got {list(sizes)}"
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """Reshapes flat features to (H, W, C)."""
+
+    type: Literal["reshape"]
+    shape: tuple[int, ...] = field(metadata=rule(positive_sizes))
+
+
+Layer = Union[Dense, Conv, ConvTranspose, Flatten, Reshape]
+
+
+@dataclass(frozen=True)
+class Latent:
+    """The code (family ae: a Dense layer of ``size`` units with ``activation``) or the
+    Gaussian posterior (family vae: two linear Dense heads, mean and log-variance)."""
+
+    size: int = field(metadata=rule(at_least(1)))
+    activation: Activation = LINEAR
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Joins the one-hot label to the encoder input ``[x, onehot]`` and to z ``[z, onehot]``."""
+
+    labels: bool
+    num_classes: int = field(default=10, metadata=rule(at_least(2)))
+
+
+@dataclass(frozen=True)
+class Model:
+    family: Literal["ae", "vae"]
+    encoder: tuple[Layer, ...]
+    latent: Latent
+    decoder: tuple[Layer, ...]
+    output_activation: Literal["sigmoid", "linear"]
+    conditioning: Optional[Conditioning] = None
+
+    @property
+    def conditional(self) -> bool:
+        return self.conditioning is not None and self.conditioning.labels
+
+
+FeatureReduction = Literal["sum", "mean"]
+BatchReduction = Literal["mean", "sum"]
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """mse compares x with sigmoid(logits) (or the linear output); bce uses the logits form."""
+
+    kind: Literal["mse", "bce"]
+    weight: float = field(metadata=rule(at_least(0)))
+    features: FeatureReduction
+    batch: BatchReduction
+
+
+@dataclass(frozen=True)
+class KL:
+    """KL(q(z|x) || N(0, I)) = 0.5 * sum(exp(lv) + mu^2 - 1 - lv), weighted by beta."""
+
+    beta: float = field(metadata=rule(at_least(0)))
+    features: FeatureReduction
+    batch: BatchReduction
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """weight * reduce_j KL(rho || rho_hat_j), rho_hat = batch mean of the (sigmoid) code."""
+
+    rho: float = field(metadata=rule(in_interval(0, 1, closed_low=False, closed_high=False)))
+    weight: float = field(metadata=rule(at_least(0)))
+    units: FeatureReduction
+
+
+@dataclass(frozen=True)
+class Contractive:
+    """weight * ||J_f(x)||_F^2, the squared Frobenius norm of the code's Jacobian."""
+
+    weight: float = field(metadata=rule(at_least(0)))
+    batch: BatchReduction
+
+
+@dataclass(frozen=True)
+class Loss:
+    reconstruction: Reconstruction
+    kl: Optional[KL] = None
+    sparsity: Optional[Sparsity] = None
+    contractive: Optional[Contractive] = None
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """x + std * n with n ~ N(0, 1), then clipped to ``clip`` when given."""
+
+    kind: Literal["gaussian"]
+    std: float = field(metadata=rule(greater_than(0)))
+    clip: Optional[tuple[float, float]] = None
+
+
+@dataclass(frozen=True)
+class Masking:
+    """Each input value is set to 0 with probability ``fraction`` (u < fraction)."""
+
+    kind: Literal["masking"]
+    fraction: float = field(metadata=rule(in_interval(0, 1, closed_low=False, closed_high=False)))
+
+
+@dataclass(frozen=True)
+class SaltAndPepper:
+    """With probability fraction/2 a value becomes 0 (u < f/2), with fraction/2 it becomes 1."""
+
+    kind: Literal["salt_and_pepper"]
+    fraction: float = field(metadata=rule(in_interval(0, 1, closed_low=False, closed_high=True)))
+
+
+Corruption = Union[Gaussian, Masking, SaltAndPepper]
+
+
+@dataclass(frozen=True)
+class Mnist:
+    """MNIST scaled to [0, 1]; flat (784,) or images (28, 28, 1)."""
+
+    name: Literal["mnist"]
+    flatten: bool = True
+
+
+@dataclass(frozen=True)
+class HeightWeight:
+    """The (height, weight) table of seed 000, generated deterministically and standardised."""
+
+    name: Literal["height_weight"]
+    n_train: int = field(default=1024, metadata=rule(at_least(2)))
+    n_test: int = field(default=256, metadata=rule(at_least(1)))
+    seed: int = field(default=0, metadata=rule(at_least(0)))
+
+
+DataSpec = Union[Mnist, HeightWeight]
+
+
+@dataclass(frozen=True)
+class Init:
+    """How training from scratch draws its start, in NumPy, the same for every backend."""
+
+    kernel: Literal["glorot_uniform", "glorot_normal", "he_normal", "lecun_normal"]
+    bias: Literal["zeros"]
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with every hyperparameter explicit.
+
+    implementation 'reference' is the shared Adam (EQUIVALENCE.md: bias corrections on the
+    host in float64, eps outside the square root), identical in every backend; 'stock' is
+    the framework's own optimizer with these hyperparameters, recorded as such.
+    """
+
+    name: Literal["adam"]
+    learning_rate: float = field(metadata=rule(greater_than(0)))
+    beta1: float = field(metadata=rule(in_interval(0, 1, closed_low=True, closed_high=False)))
+    beta2: float = field(metadata=rule(in_interval(0, 1, closed_low=True, closed_high=False)))
+    epsilon: float = field(metadata=rule(greater_than(0)))
+    implementation: Literal["reference", "stock"] = "reference"
+
+
+@dataclass(frozen=True)
+class Train:
+    batch_size: int = field(metadata=rule(at_least(1)))
+    epochs: int = field(metadata=rule(at_least(1)))
+    seed: int = field(metadata=rule(at_least(0)))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One autoencoder variant, fully resolved (``extends`` already applied)."""
+
+    name: str
+    model: Model
+    loss: Loss
+    data: DataSpec
+    init: Init
+    optimizer: Adam
+    train: Train
+    dtype: Literal["float32", "float64"]
+    corruption: Optional[Corruption] = None
+    description: str = ""
+    extends: Optional[str] = None
+
+    def replace(self, **changes: Any) -> Spec:
+        """A copy with top-level fields replaced (nested: use dataclasses.replace)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The resolved spec as plain YAML-able data (what a file without extends would say)."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Activation):
+        return value.to_yaml()
+    if dataclasses.is_dataclass(value):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,329 @@
+"""MLflow tracking, bundle first: every run is written as files, then logged if MLflow answers.
+
+The one entry point for any run (a ``train`` run, a benchmark cell) is ``record``. A run is
+always written as a bundle folder first (bundle.py), then logged with MlflowClient if mlflow
+imports and the tracking URI answers; otherwise the bundle is kept and ``aebench log BUNDLE``
+logs it later. Logging is idempotent: the bundle id is the run tag ``aebench.bundle_id``
+and the bundle's content digest the tag ``aebench.bundle_digest`` (set last), so logging a
+bundle again skips a run that is complete, completes one that was cut off (missing params,
+metric points, artifacts, final status) and never makes a second run.
+
+Grouping: one experiment per spec (``aebench/<spec>`` for train runs; benchmark campaigns
+pass their own), and the tags ``spec``, ``backend``, ``framework``, ``mode``, ``dtype``,
+``precision`` on every run, which the MLflow UI filters and groups by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional
+
+from aebench.environment import spec_sha256
+from aebench.spec.types import Spec
+from aebench.track.bundle import Bundle, RunRecord, note_logged, now_ms, read_bundle, write_bundle
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+BUNDLE_ID_TAG = "aebench.bundle_id"
+BUNDLE_DIGEST_TAG = "aebench.bundle_digest"
+HEALTH_TIMEOUT_S = 3.0
+# MLflow's REST client retries 7 times with exponential backoff (minutes) before giving up;
+# a server that is down should cost seconds. Used only where the user has not set them.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000  # per log_batch call (MLflow's limits)
+
+
+@dataclass(frozen=True)
+class LogOutcome:
+    """What became of one bundle.
+
+    status: ``logged`` (a new MLflow run), ``completed`` (an earlier, cut-off run of this
+    bundle brought up to date), ``skipped`` (already logged with this exact content) or
+    ``kept`` (not logged: ``reason`` says why; the bundle holds the whole run).
+    """
+
+    status: str
+    bundle_dir: Path
+    tracking_uri: str
+    run_id: Optional[str] = None
+    experiment_id: Optional[str] = None
+    reason: str = ""
+
+    @property
+    def logged(self) -> bool:
+        return self.status != "kept"
+
+    def message(self) -> str:
+        """One line for the user."""
+        if self.status == "kept":
+            return (
+                f"MLflow logging skipped ({self.reason}); the run is kept in {self.bundle_dir}; "
+                f"log it later with: aebench log {self.bundle_dir}"
+            )
+        verb = {
+            "logged": "logged",
+            "completed": "completed the earlier, partly logged",
+            "skipped": "already logged as",
+        }[self.status]
+        return f"{verb} MLflow run {self.run_id} (experiment {self.experiment_id}) at {redact(self.tracking_uri)}"
+
+
+def resolve_tracking_uri(explicit: Optional[str] = None) -> str:
+    """``explicit`` (--tracking-uri), else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+    return explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+
+
+def record(run: RunRecord, bundle_dir: Path, tracking_uri: Optional[str] = None, log: bool = True) -> LogOutcome:
+    """Write ``run`` as a bundle in ``bundle_dir``, then log it to MLflow.
+
+    The bundle is written whatever happens next (bundle.write_bundle), so no result depends
+    on MLflow. Then, with ``log`` true, it is logged to ``resolve_tracking_uri(tracking_uri)``
+    (log_bundle: idempotent, never raises for an MLflow that is missing, unreachable or
+    failing: the outcome is ``kept`` with the reason). Call it again with the same record
+    (same bundle_id) after adding metrics or artifacts, and the same MLflow run is completed.
+    Raises AebenchError only for a record that cannot be written (a missing artifact file).
+
+    A benchmark cell, for example::
+
+        env = environment_info(backend)
+        run = RunRecord(experiment=f"aebench-bench/{campaign}", run_name=f"{spec.name}-{backend.name}-{mode}",
+                        params={**spec_params(spec), "backend": backend.name, "mode": mode,
+                                "precision": precision.describe(), "batch_size": str(batch)},
+                        tags=run_tags(spec, backend.name, framework, mode, precision.describe(), env),
+                        artifacts={"cell.json": cell_dir / "cell.json"})
+        run.add_metrics({"time/step_median_s": median, "time/samples_per_second": rate})
+        outcome = record(run, cell_dir / "mlflow_bundle", tracking_uri)
+        if not outcome.logged:
+            print(outcome.message())
+    """
+    write_bundle(run, bundle_dir)
+    if not log:
+        return LogOutcome(
+            "kept", Path(bundle_dir), resolve_tracking_uri(tracking_uri), reason="MLflow logging switched off"
+        )
+    return log_bundle(bundle_dir, tracking_uri)
+
+
+def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None) -> LogOutcome:
+    """Log the bundle in ``bundle_dir`` to MLflow; safe to repeat (see the module docstring).
+
+    Raises AebenchError for a folder that is not a readable bundle; every MLflow problem
+    becomes a ``kept`` outcome with the reason. A bundle whose process died mid-run (status
+    RUNNING) becomes a RUNNING MLflow run with everything measured until then.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    bundle = read_bundle(Path(bundle_dir))
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return _kept(bundle, uri, "MLflow is not installed; pip install 'aebench[tracking]'")
+    silent = server_silence(uri)
+    if silent:
+        return _kept(bundle, uri, silent)
+    with _bounded_http_retries():
+        try:
+            outcome = _log(bundle, uri)
+        except Exception as exc:  # noqa: BLE001 - any MLflow failure keeps the bundle for later
+            return _kept(bundle, uri, f"MLflow at {redact(uri)} failed: {_one_line(exc)}")
+    note_logged(
+        bundle.path,
+        {
+            "tracking_uri": redact(uri),
+            "run_id": outcome.run_id,
+            "experiment_id": outcome.experiment_id,
+            "digest": bundle.digest,
+            "time": now_ms(),
+        },
+    )
+    return outcome
+
+
+def server_silence(uri: str) -> str:
+    """Why an http(s) tracking server does not answer its /health endpoint ("" if it answers
+    or the URI is not a server)."""
+    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
+        return ""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S):  # noqa: S310
+            return ""
+    except urllib.error.HTTPError:
+        return ""  # it answered; MLflow itself will say what is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        return f"the MLflow server at {redact(uri)} does not answer ({getattr(exc, 'reason', exc)})"
+
+
+def redact(uri: str) -> str:
+    """The URI without a password, for messages and logged.json."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# ---------------------------------------------------------------- params and tags
+
+
+def flatten(value: object, prefix: str = "") -> dict[str, str]:
+    """Nested mappings and lists as dotted keys: {'model': {'encoder': [{'units': 3}]}} ->
+    {'model.encoder.0.units': '3'}; a list of plain values stays one value ('[7, 7, 64]');
+    None values are left out."""
+    items: Iterable[tuple[object, object]]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    elif isinstance(value, (list, tuple)):
+        return {prefix: "[" + ", ".join(map(str, value)) + "]"}
+    else:
+        return {} if value is None else {prefix: str(value)}
+    flat: dict[str, str] = {}
+    for key, item in items:
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def spec_params(spec: Spec) -> dict[str, str]:
+    """The resolved spec flattened to MLflow params (model.latent.size, loss.kl.beta, ...)."""
+    return flatten(spec.to_dict())
+
+
+def run_tags(spec: Spec, backend: str, framework: str, mode: str, precision: str, environment: dict) -> dict[str, str]:
+    """The tags every aebench run carries: what to filter and group by in the UI (spec,
+    backend, framework, mode, dtype, precision) and where it ran (environment_info)."""
+    tags = {
+        "spec": spec.name,
+        "backend": backend,
+        "framework": framework,
+        "mode": mode,
+        "dtype": spec.dtype,
+        "precision": precision,
+        "spec_sha256": spec_sha256(spec),
+        "device": str(environment.get("device", "unknown")),
+        "gpu": str(environment.get("gpu", "none")),
+        "driver": str(environment.get("driver", "none")),
+        "cpu": str(environment.get("cpu", "")),
+        "hostname": str(environment.get("hostname", "")),
+        "python": str(environment.get("python", "")),
+        "aebench_version": str(environment.get("aebench", "")),
+        "git_commit": str(environment.get("git_commit", "unknown")),
+    }
+    tags.update({f"version.{name}": str(v) for name, v in environment.get("versions", {}).items()})
+    commit = tags["git_commit"].split("+")[0]
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit  # shown as "Git commit" in the UI
+    return tags
+
+
+# ---------------------------------------------------------------- logging
+
+
+def _log(bundle: Bundle, uri: str) -> LogOutcome:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    rec = bundle.record
+    quiet_mlflow_store_logs()
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, rec.experiment)
+    run = _find_run(client, experiment_id, rec.bundle_id)
+    if run is not None and run.data.tags.get(BUNDLE_DIGEST_TAG) == bundle.digest:
+        return LogOutcome("skipped", bundle.path, uri, run.info.run_id, experiment_id)
+    if run is None:
+        run = client.create_run(
+            experiment_id, start_time=rec.start_time, run_name=rec.run_name, tags={BUNDLE_ID_TAG: rec.bundle_id}
+        )
+        status = "logged"
+    else:
+        status = "completed"
+    run_id = run.info.run_id
+    known_params = run.data.params
+    params = [Param(k, v) for k, v in rec.params.items() if known_params.get(k) != v]
+    tags = [RunTag(k, v) for k, v in rec.tags.items()]
+    logged_points = _logged_points(client, run_id, {m.key for m in rec.metrics} & set(run.data.metrics))
+    metrics = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for m in rec.metrics
+        if (m.key, m.step, m.timestamp) not in logged_points
+    ]
+    for start in range(0, len(params), MAX_PARAMS):
+        client.log_batch(run_id, params=params[start : start + MAX_PARAMS])
+    for start in range(0, len(tags), MAX_TAGS):
+        client.log_batch(run_id, tags=tags[start : start + MAX_TAGS])
+    for start in range(0, len(metrics), MAX_METRICS):
+        client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS])
+    for artifact_path, source in sorted(rec.artifacts.items()):
+        folder = str(PurePosixPath(artifact_path).parent)
+        client.log_artifact(run_id, str(source), artifact_path=None if folder == "." else folder)
+    if rec.status != "RUNNING":
+        client.set_terminated(run_id, rec.status, end_time=rec.end_time)
+    client.set_tag(run_id, BUNDLE_DIGEST_TAG, bundle.digest)
+    return LogOutcome(status, bundle.path, uri, run_id, experiment_id)
+
+
+def quiet_mlflow_store_logs() -> None:
+    """MLflow announces at INFO level each time it creates or migrates a SQLite store's tables."""
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created meanwhile by another process
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise RuntimeError(
+            f"experiment '{name}' is deleted in MLflow; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+            "or remove it for good (mlflow gc)"
+        )
+    return experiment.experiment_id
+
+
+def _find_run(client: Any, experiment_id: str, bundle_id: str) -> Optional[Any]:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{BUNDLE_ID_TAG}` = '{bundle_id}'", max_results=1)
+    return runs[0] if runs else None
+
+
+def _logged_points(client: Any, run_id: str, keys: set[str]) -> set[tuple[str, int, int]]:
+    """(key, step, timestamp) of every point already logged for ``keys``."""
+    return {(key, m.step, m.timestamp) for key in keys for m in client.get_metric_history(run_id, key)}
+
+
+def _kept(bundle: Bundle, uri: str, reason: str) -> LogOutcome:
+    return LogOutcome("kept", bundle.path, uri, reason=reason)
+
+
+@contextlib.contextmanager
+def _bounded_http_retries() -> Iterator[None]:
+    added = {k: v for k, v in HTTP_LIMITS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"

@@ -1,0 +1,171 @@
+"""A ``train`` run as an MLflow run: the record, per-epoch metrics, quality, figures, bundle.
+
+The record is written to ``<out>/mlflow_bundle`` before the first epoch and rewritten after
+every epoch (status RUNNING), so a process that dies keeps a bundle that ``aebench log`` can
+log. At the end the test-split quality (quality.py), the loss curves and every figure are
+added, and the run is logged with tracking.record (or kept as a bundle where MLflow is
+missing or does not answer). A diverged or interrupted training is logged as FAILED or
+KILLED with everything measured before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from aebench.data.datasets import Dataset
+from aebench.environment import environment_info
+from aebench.plugins.backend_api import Backend, loss_term_names
+from aebench.plugins.bench_api import Precision
+from aebench.plugins.registry import framework_of
+from aebench.progress import Progress
+from aebench.spec.shapes import plan_model
+from aebench.spec.types import Spec
+from aebench.track.bundle import RunRecord, now_ms, write_bundle
+from aebench.track.tracking import LogOutcome, record, run_tags, spec_params
+from aebench.train.images import write_loss_curves
+from aebench.train.loop import train
+from aebench.train.quality import QualitySettings, quality_metrics
+
+BUNDLE_DIR = "mlflow_bundle"
+TRAIN_MODE = "train"
+
+
+@dataclass(frozen=True)
+class TrackingOptions:
+    """tracking_uri: None for tracking.resolve_tracking_uri's default; log: False writes the
+    bundle only; quality: how the test split is scored."""
+
+    tracking_uri: Optional[str] = None
+    log: bool = True
+    quality: QualitySettings = QualitySettings()
+
+
+def experiment_name(spec: Spec) -> str:
+    """One MLflow experiment per spec for train runs."""
+    return f"aebench/{spec.name}"
+
+
+def train_tracked(
+    spec: Spec,
+    backend: Backend,
+    data: Dataset,
+    out: Path,
+    options: TrackingOptions = TrackingOptions(),
+    progress: Optional[Progress] = None,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+) -> tuple[list[dict], LogOutcome]:
+    """train.train plus tracking: returns the metric rows and what became of the MLflow run.
+
+    Besides train's files, ``out`` gets environment.json, quality.json, loss_curves.png and
+    the bundle folder mlflow_bundle/. Exceptions of train (a diverged loss, Ctrl-C) are
+    re-raised after the run is recorded as FAILED or KILLED.
+    """
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    environment = environment_info(backend)
+    (out / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
+    run = new_train_record(spec, backend, data, environment)
+    run.artifacts["environment.json"] = out / "environment.json"
+    bundle_dir = out / BUNDLE_DIR
+    write_bundle(run, bundle_dir)
+    rows: list[dict] = []
+    quality: dict[str, float] = {}
+
+    def epoch_done(row: dict) -> None:
+        rows.append(row)
+        run.add_metrics(epoch_metrics(row), step=row["epoch"])
+        write_bundle(run, bundle_dir)
+        if on_epoch:
+            on_epoch(row)
+
+    def trained(model: object) -> None:
+        settings = options.quality
+        if spec.model.family == "vae":
+            n = settings.examples(len(data.x_test))
+            run.params.update({"quality.nll_k": str(settings.k), "quality.nll_examples": str(n)})
+            progress.line(
+                f"scoring the test split (importance-sampled NLL with k={settings.k} on the first {n} test examples)"
+            )
+        quality.update(quality_metrics(backend, model, spec, plan_model(spec), data, settings))
+
+    try:
+        train(spec, backend, data, out, progress=progress, on_epoch=epoch_done, on_trained=trained)
+    except KeyboardInterrupt:
+        _finish(run, out, rows, spec, quality, "KILLED", bundle_dir, options)
+        raise
+    except Exception:
+        _finish(run, out, rows, spec, quality, "FAILED", bundle_dir, options)
+        raise
+    return rows, _finish(run, out, rows, spec, quality, "FINISHED", bundle_dir, options)
+
+
+def new_train_record(spec: Spec, backend: Backend, data: Dataset, environment: dict) -> RunRecord:
+    """The RUNNING record of a train run: params (the flattened resolved spec, backend, mode,
+    precision, data sizes) and tags (tracking.run_tags, the data source)."""
+    precision = Precision(tf32=False).describe()
+    params = {
+        **spec_params(spec),
+        "backend": backend.name,
+        "mode": TRAIN_MODE,
+        "precision": precision,
+        "precision.tf32": "false",
+        "dataset.n_train": str(len(data.x_train)),
+        "dataset.n_test": str(len(data.x_test)),
+    }
+    tags = run_tags(spec, backend.name, framework_of(backend.name), TRAIN_MODE, precision, environment)
+    tags["dataset"] = data.source
+    tags["mlflow.note.content"] = (
+        f"aebench train {spec.name} on {backend.name} ({tags['framework']}), "
+        f"{spec.dtype}, {spec.train.epochs} epoch(s). {spec.description}"
+    )
+    return RunRecord(
+        experiment=experiment_name(spec),
+        run_name=f"{spec.name}-{backend.name}-{TRAIN_MODE}",
+        params=params,
+        tags=tags,
+        status="RUNNING",
+    )
+
+
+def epoch_metrics(row: dict) -> dict[str, float]:
+    """train's metric row as MLflow metrics: train_total -> train/total, seconds -> time/epoch_seconds."""
+    metrics = {}
+    for column, value in row.items():
+        split, _, term = column.partition("_")
+        if split in ("train", "test") and term:
+            metrics[f"{split}/{term}"] = value
+    if row["epoch"] > 0:
+        metrics["time/epoch_seconds"] = row["seconds"]
+    return metrics
+
+
+def _finish(
+    run: RunRecord,
+    out: Path,
+    rows: list[dict],
+    spec: Spec,
+    quality: dict[str, float],
+    status: str,
+    bundle_dir: Path,
+    options: TrackingOptions,
+) -> LogOutcome:
+    last_epoch = rows[-1]["epoch"] if rows else 0
+    if quality:
+        (out / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+        run.add_metrics({f"quality/{k}": v for k, v in quality.items()}, step=last_epoch)
+        run.artifacts["metrics/quality.json"] = out / "quality.json"
+    if rows:
+        run.add_metrics({"time/train_seconds": sum(r["seconds"] for r in rows)}, step=last_epoch)
+        write_loss_curves(rows, loss_term_names(spec), out / "loss_curves.png", f"{spec.name}: loss per epoch")
+    for name in ("spec.yaml", "metrics.csv", "metrics.json"):
+        if (out / name).is_file():
+            run.artifacts[name if name == "spec.yaml" else f"metrics/{name}"] = out / name
+    for figure in sorted(out.glob("*.png")):
+        run.artifacts[f"figures/{figure.name}"] = figure
+    run.status, run.end_time = status, now_ms()
+    return record(run, bundle_dir, options.tracking_uri, log=options.log)

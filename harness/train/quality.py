@@ -1,0 +1,197 @@
+"""Quality of a trained model on the test split, the same computation for every backend.
+
+Everything is computed in NumPy float64 from the backend's ``encode`` and ``decode`` (the
+contract of backend_api), with noise drawn from fixed NumPy streams, so every framework is
+scored on the same numbers. The metrics (all per test example, means over the examples):
+
+- ``recon_sse``: squared error summed over the features between clean x and the decoded
+  posterior mean (family vae) or code (family ae) of the encoder's input (corrupted for
+  denoising specs); ``recon_mse`` is the same per feature.
+- ``recon_term``: the spec's own (unweighted) reconstruction term on the test split, as
+  training evaluates it (train.evaluate: sampled z, the TEST noise stream).
+- ``psnr`` (specs with corruption): mean per-image PSNR of the restored images against the
+  clean ones, data range 1 (MNIST in [0, 1]); ``psnr_corrupted`` is the corrupted input's
+  PSNR, the baseline the denoiser has to beat.
+- ``neg_elbo`` (family vae): E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), the expectation
+  estimated with the same k samples as the NLL, the KL in closed form, beta = 1.
+- ``nll_is`` (family vae): -log p(x) estimated by importance sampling with the encoder as
+  proposal, -log (1/k) sum_i w_i, w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), k = 200 by
+  default, on the first ``nll_examples`` test examples (200 by default: on a CPU the conv
+  decoder takes about a second per example at k = 200; pass None for the whole split).
+  Per example it is never above the mean of -log w over the same samples (Jensen), a
+  Monte Carlo estimate of the negative ELBO.
+
+Decoder likelihoods, in nats:
+- BCE specs: Bernoulli, log p(x|z) = sum_d x_d log p_d + (1 - x_d) log(1 - p_d), p = decoded
+  probabilities clipped to [eps, 1 - eps] of their dtype (a float32 sigmoid saturates to
+  exactly 1 beyond logit 16.6). MNIST here is not binarised, so for grey pixels this is the
+  cross-entropy the spec trains with, not a normalised density: compare these numbers
+  between frameworks, not with binarised-MNIST results in papers.
+- MSE specs: Gaussian with the fixed variance whose negative log-density has the spec's
+  (unweighted) reconstruction term as its quadratic part: sigma^2 = 1/2 for ``features: sum``,
+  D/2 for ``features: mean``; the normalising constant (D/2) log(2 pi sigma^2) is included.
+
+The encoder sees clean x for the ELBO and the NLL (a property of the generative model), and
+the corrupted input for the reconstruction error and the PSNR (the denoiser at work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from aebench.check.oracle import corrupt
+from aebench.data.datasets import Dataset, one_hot
+from aebench.data.noise import TEST_STREAM, draw_noise, stream
+from aebench.plugins.backend_api import Backend
+from aebench.spec.shapes import ModelPlan
+from aebench.spec.types import Spec
+from aebench.train.evaluate import evaluate
+
+RECONSTRUCTION_STREAM_KEY = 100  # stream(seed, TEST_STREAM, 100): corruption of the scored inputs
+IMPORTANCE_STREAM_KEY = 101  # stream(seed, TEST_STREAM, 101): the importance samples
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """k: importance samples per example; nll_examples: score the NLL and ELBO on the first
+    this many test examples (None: all); decode_rows: rows per decode call (memory bound)."""
+
+    k: int = 200
+    nll_examples: Optional[int] = 200
+    decode_rows: int = 2000
+
+    def examples(self, n_test: int) -> int:
+        """How many test examples the NLL and ELBO are computed on."""
+        return n_test if self.nll_examples is None else min(self.nll_examples, n_test)
+
+
+def quality_metrics(
+    backend: Backend,
+    model: object,
+    spec: Spec,
+    plan: ModelPlan,
+    data: Dataset,
+    settings: QualitySettings = QualitySettings(),
+) -> dict[str, float]:
+    """Every quality metric that applies to the spec (see the module docstring), by name."""
+    labels = _labels(spec, data.y_test)
+    metrics = reconstruction_error(backend, model, spec, plan, data.x_test, labels, settings.decode_rows)
+    metrics["recon_term"] = evaluate(backend, model, spec, plan, data.x_test, labels)["reconstruction"]
+    if spec.model.family == "vae":
+        n = settings.examples(len(data.x_test))
+        sub_labels = None if labels is None else labels[:n]
+        log_w, recon_nll, kl = importance_log_weights(
+            backend, model, spec, data.x_test[:n], sub_labels, settings.k, settings.decode_rows
+        )
+        metrics["neg_elbo"] = float(np.mean(recon_nll.mean(axis=1) + kl))
+        metrics["nll_is"] = float(np.mean(nll_from_log_weights(log_w)))
+    return metrics
+
+
+def reconstruction_error(
+    backend: Backend,
+    model: object,
+    spec: Spec,
+    plan: ModelPlan,
+    x: np.ndarray,
+    labels: Optional[np.ndarray],
+    rows: int = 2000,
+) -> dict[str, float]:
+    """recon_sse and recon_mse; psnr and psnr_corrupted for specs with corruption."""
+    rng = stream(spec.train.seed, TEST_STREAM, RECONSTRUCTION_STREAM_KEY)
+    sse, psnr, psnr_in = [], [], []
+    for start in range(0, len(x), rows):
+        xb = x[start : start + rows]
+        lb = None if labels is None else labels[start : start + rows]
+        x_in = corrupt(spec.corruption, xb, draw_noise(spec, plan, len(xb), rng).corruption)
+        encoded = backend.encode(model, x_in, lb)
+        restored = np.asarray(backend.decode(model, encoded.get("mean", encoded.get("code")), lb), np.float64)
+        sse.append(per_example_sse(xb, restored))
+        if spec.corruption is not None:
+            psnr.append(per_image_psnr(xb, restored))
+            psnr_in.append(per_image_psnr(xb, x_in))
+    sse_all = np.concatenate(sse)
+    features = int(np.prod(x.shape[1:]))
+    metrics = {"recon_sse": float(sse_all.mean()), "recon_mse": float(sse_all.mean() / features)}
+    if spec.corruption is not None:
+        metrics["psnr"] = float(np.concatenate(psnr).mean())
+        metrics["psnr_corrupted"] = float(np.concatenate(psnr_in).mean())
+    return metrics
+
+
+def per_example_sse(clean: np.ndarray, restored: np.ndarray) -> np.ndarray:
+    diff = (np.asarray(restored, np.float64) - np.asarray(clean, np.float64)).reshape(len(clean), -1)
+    return (diff**2).sum(axis=1)
+
+
+def per_image_psnr(clean: np.ndarray, restored: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """10 log10(range^2 / MSE) per image; a perfect image is capped at MSE = 1e-10 (100 dB)."""
+    mse = per_example_sse(clean, restored) / np.prod(clean.shape[1:])
+    return 10.0 * np.log10(data_range**2 / np.maximum(mse, 1e-10))
+
+
+def importance_log_weights(
+    backend: Backend, model: object, spec: Spec, x: np.ndarray, labels: Optional[np.ndarray], k: int, rows: int = 2000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log w, -log p(x|z), KL) for each example: log w and -log p(x|z) of shape (n, k), one
+    column per sample z_i ~ q(z|x); KL(q(z|x) || N(0, I)) of shape (n,), in closed form."""
+    rng = stream(spec.train.seed, TEST_STREAM, IMPORTANCE_STREAM_KEY)
+    per_call = max(1, rows // k)
+    parts = []
+    for start in range(0, len(x), per_call):
+        xb = x[start : start + per_call]
+        lb = None if labels is None else labels[start : start + per_call]
+        parts.append(_batch_log_weights(backend, model, spec, xb, lb, k, rng))
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))  # type: ignore[return-value]
+
+
+def _batch_log_weights(
+    backend: Backend,
+    model: object,
+    spec: Spec,
+    x: np.ndarray,
+    labels: Optional[np.ndarray],
+    k: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    encoded = backend.encode(model, x, labels)
+    mean, log_var = (np.asarray(encoded[key], np.float64) for key in ("mean", "log_var"))
+    n, latent = mean.shape
+    eps = rng.standard_normal((n, k, latent))
+    z = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
+    repeated = None if labels is None else np.repeat(labels, k, axis=0)
+    decoded = backend.decode(model, z.reshape(n * k, latent), repeated)
+    recon_ll = decoder_log_likelihood(spec, np.repeat(x, k, axis=0), decoded).reshape(n, k)
+    log_prior = -0.5 * (z**2).sum(axis=2) - 0.5 * latent * LOG_2PI
+    log_posterior = -0.5 * (eps**2 + log_var[:, None, :]).sum(axis=2) - 0.5 * latent * LOG_2PI
+    kl = 0.5 * (np.exp(log_var) + mean**2 - 1.0 - log_var).sum(axis=1)
+    return recon_ll + log_prior - log_posterior, -recon_ll, kl
+
+
+def decoder_log_likelihood(spec: Spec, x: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """log p(x|z) per row under the spec's decoder (Bernoulli for BCE, fixed-variance
+    Gaussian for MSE; see the module docstring), float64."""
+    eps = np.finfo(np.asarray(decoded).dtype).eps if np.issubdtype(np.asarray(decoded).dtype, np.floating) else 0.0
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    out = np.asarray(decoded, np.float64).reshape(len(x), -1)
+    recon = spec.loss.reconstruction
+    if recon.kind == "bce":
+        p = np.clip(out, eps, 1.0 - eps)
+        return (x * np.log(p) + (1.0 - x) * np.log1p(-p)).sum(axis=1)
+    features = x.shape[1]
+    variance = 0.5 if recon.features == "sum" else 0.5 * features
+    return -((x - out) ** 2).sum(axis=1) / (2.0 * variance) - 0.5 * features * np.log(2.0 * np.pi * variance)
+
+
+def nll_from_log_weights(log_w: np.ndarray) -> np.ndarray:
+    """-log (1/k) sum_i exp(log_w_i) per row, computed stably."""
+    top = log_w.max(axis=1, keepdims=True)
+    return -(top[:, 0] + np.log(np.exp(log_w - top).mean(axis=1)))
+
+
+def _labels(spec: Spec, y: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return one_hot(y, spec.model.conditioning.num_classes) if spec.model.conditional else None
