@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -289,6 +290,39 @@ class CellTracker(TypingProtocol):
         """Record one stored cell elsewhere (an MLflow run); one line on what became of it."""
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` (1-based) of ``count`` of a campaign's cells, for one machine of several:
+    cell k of the plan belongs to shard (k mod count) + 1, so the shards are disjoint, cover
+    the plan, and mix specs and backends alike."""
+
+    index: int = 1
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'I/N' with 1 <= I <= N; AebenchError naming the flag otherwise."""
+        left, _, right = text.partition("/")
+        if not (left.isdigit() and right.isdigit() and 1 <= int(left) <= int(right)):
+            raise AebenchError(f"--shard: must be I/N with 1 <= I <= N (e.g. 2/3), got {text!r}")
+        return cls(int(left), int(right))
+
+    def select(self, cells: list[Cell]) -> list[Cell]:
+        return [cell for k, cell in enumerate(cells) if k % self.count == self.index - 1]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """No new cell starts once ``max_seconds`` have passed since ``start`` (None: no limit);
+    a cell already running finishes (or meets its own timeout)."""
+
+    max_seconds: Optional[float] = None
+    start: float = field(default_factory=time.monotonic)
+
+    def spent(self) -> bool:
+        return self.max_seconds is not None and time.monotonic() - self.start >= self.max_seconds
+
+
 def run_campaign(
     config: CampaignConfig,
     results_root: Path,
@@ -297,19 +331,25 @@ def run_campaign(
     mnist: Optional[str] = None,
     tracker: Optional[CellTracker] = None,
     on_cell: Callable[[int, int, dict, str], None] = lambda i, n, row, note: None,
+    shard: Shard = Shard(),
+    budget: Optional[Budget] = None,
 ) -> ResultStore:
-    """Run every cell not yet recorded; returns the store. Writes environment.json first.
+    """Run every cell of this shard not yet recorded, until the budget is spent. Writes
+    environment.json first. Running it again resumes: recorded cells are skipped.
 
     Each row is stored before it is tracked, so a tracking failure cannot lose a result;
     ``on_cell`` gets the row and the tracker's line ("" without a tracker).
     """
+    budget = budget or Budget()
     store = ResultStore(results_root / config.campaign_name())
     store.folder.mkdir(parents=True, exist_ok=True)
     write_environment(store.folder / "environment.json", config)
     executor = executor or LocalExecutor(store.folder / "logs", config.timeout_s)
     done = store.recorded(retry_failed)
-    todo = [cell for cell in plan_cells(config, mnist) if cell.key not in done]
+    todo = [cell for cell in shard.select(plan_cells(config, mnist)) if cell.key not in done]
     for i, cell in enumerate(todo, 1):
+        if budget.spent():
+            break
         try:
             row = executor.run(cell)
         except Exception as exc:  # noqa: BLE001 - an executor failure is this cell's result
@@ -317,6 +357,12 @@ def run_campaign(
         store.append(row)
         on_cell(i, len(todo), row, track(tracker, row, cell, store.folder))
     return store
+
+
+def cells_left(config: CampaignConfig, store: ResultStore, shard: Shard = Shard()) -> list[Cell]:
+    """The shard's planned cells not yet recorded in the store (what a resumed run would do)."""
+    done = store.recorded(retry_failed=False)
+    return [cell for cell in shard.select(plan_cells(config)) if cell.key not in done]
 
 
 def track(tracker: Optional[CellTracker], row: dict, cell: Cell, folder: Path) -> str:

@@ -6,7 +6,18 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from aebench.bench.campaign import CampaignConfig, load_campaign, plan_cells, run_campaign, validate, with_overrides
+from aebench.bench.campaign import (
+    Budget,
+    CampaignConfig,
+    Shard,
+    cells_left,
+    load_campaign,
+    plan_cells,
+    run_campaign,
+    validate,
+    with_overrides,
+)
+from aebench.bench.merge import merge_results
 from aebench.bench.report import write_report
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.registry import available_backends
@@ -65,10 +76,14 @@ def campaign_config(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    shard = Shard.parse(args.shard) if args.shard else Shard()
     config = campaign_config(args)
     progress = Progress()
     folder = Path(args.results) / config.campaign_name()
-    progress.line(f"campaign {config.campaign_name()}: {len(plan_cells(config))} cells, results in {folder}")
+    planned = len(shard.select(plan_cells(config)))
+    part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
+    progress.line(f"campaign {config.campaign_name()}{part}: {planned} cells, results in {folder}")
+    budget = Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
 
     def on_cell(i: int, n: int, row: dict, tracked: str) -> None:
         progress.line(f"[{i}/{n}] {row['key']}: {cell_summary(row)}")
@@ -76,8 +91,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     tracker = CellTracker(uri=args.tracking_uri, log=not args.no_mlflow)
     store = run_campaign(
-        config, Path(args.results), retry_failed=args.retry_failed, mnist=args.data, tracker=tracker, on_cell=on_cell
+        config,
+        Path(args.results),
+        retry_failed=args.retry_failed,
+        mnist=args.data,
+        tracker=tracker,
+        on_cell=on_cell,
+        shard=shard,
+        budget=budget,
     )
+    left = cells_left(config, store, shard)
+    if left:
+        progress.line(
+            f"time budget of {args.max_minutes:g} min spent: {len(left)} cells not started; "
+            "the same command resumes them"
+        )
     table = store.table()
     md, page = write_report([store.folder], store.folder)
     failed = table[table["status"] == "failed"]
@@ -92,6 +120,17 @@ def cell_summary(row: dict) -> str:
         f"{row['median_step_ms']:.3f} ms/step (IQR {row['iqr_step_ms']:.3f}), {row['samples_per_s']:,.0f} "
         f"samples/s, compile {row['compile_s']:.2f} s, {100 * row['peak_fraction']:.1f}% of peak"
     )
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    sources = [Path(s) for s in args.sources]
+    store, conflicts = merge_results(sources, Path(args.out))
+    for conflict in conflicts:
+        print(f"{conflict.key}: kept the record of {conflict.kept}, dropped {', '.join(conflict.dropped)}")
+    md, page = write_report([store.folder], store.folder)
+    table = store.table()
+    print(f"merged {len(sources)} folders: {len(table)} cells in {store.table_path}; report: {md}, {page}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -126,6 +165,15 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument("--block-seconds", type=positive_float, metavar="S", help="least duration of a block (1)")
     p.add_argument("--no-verify", action="store_true", help="skip replaying the first steps on the trainer")
     p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
+    p.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        metavar="M",
+        help="start no cell after M minutes (a running cell finishes); the same command resumes",
+    )
+    p.add_argument(
+        "--shard", metavar="I/N", help="run part I of N of the campaign's cells (one part per machine; see merge)"
+    )
     p.add_argument("--data", metavar="PATH", help="a Keras-layout mnist.npz (default as for train)")
     p.add_argument(
         "--tracking-uri",
@@ -136,6 +184,11 @@ def add_commands(sub, positive_int, positive_float) -> None:
         "--no-mlflow", action="store_true", help="write each cell's MLflow bundle only (log later with aebench log)"
     )
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("merge", help="merge result folders from several machines into one table and report")
+    p.add_argument("sources", nargs="+", metavar="FOLDER", help="result folders (results/NAME) to merge")
+    p.add_argument("--out", required=True, metavar="DIR", help="the merged folder (created)")
+    p.set_defaults(run=cmd_merge)
 
     p = sub.add_parser("report", help="markdown and HTML report of campaigns and pytest-benchmark JSON files")
     p.add_argument("results", nargs="+", metavar="RESULTS", help="campaign folders or --benchmark-json files")
