@@ -232,11 +232,7 @@ def last_line(path: Path) -> str:
 def failed_row(cell: Cell, reason: str, log_path: Optional[Path] = None) -> dict:
     reason = f"out of memory: {reason}" if "out of memory" not in reason and "SIGKILL" in reason else reason
     row = {
-        "key": cell.key,
-        "spec": Path(cell.spec).stem,
-        "backend": cell.backend,
-        "mode": cell.mode,
-        "batch_size": cell.batch_size,
+        **cell.row_identity(),
         "dtype": cell.dtype,
         "status": "failed",
         "reason": reason,

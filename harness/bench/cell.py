@@ -70,6 +70,17 @@ class Cell:
         precision = self.precision.describe()
         return f"{Path(self.spec).stem}|{self.backend}|{self.mode}|{self.batch_size}|{self.dtype or 'spec'}|{precision}"
 
+    def row_identity(self) -> dict:
+        """The columns that name the cell in its result row, whatever became of it."""
+        return {
+            "key": self.key,
+            "spec": Path(self.spec).stem,
+            "backend": self.backend,
+            "mode": self.mode,
+            "batch_size": self.batch_size,
+            "precision": self.precision.describe(),
+        }
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -86,12 +97,7 @@ class CellFailed(AebenchError):
 def run_cell(cell: Cell) -> dict:
     """Measure one cell in this process; always returns a row (status ok, failed or unsupported)."""
     row = {
-        "key": cell.key,
-        "spec": Path(cell.spec).stem,
-        "backend": cell.backend,
-        "mode": cell.mode,
-        "batch_size": cell.batch_size,
-        "precision": cell.precision.describe(),
+        **cell.row_identity(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "failed",
         "reason": "",
