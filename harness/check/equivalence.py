@@ -26,9 +26,8 @@ from aebench.check.tolerances import (
     LOSS_FLOOR_OF_TOTAL,
     LOSS_RTOL,
     TRAJECTORY_BATCH,
-    TRAJECTORY_LOSS_RTOL,
     TRAJECTORY_STEPS,
-    TRAJECTORY_WEIGHT_TOL,
+    trajectory_tolerances,
 )
 from aebench.data.datasets import load_dataset, one_hot
 from aebench.data.noise import CHECK_STREAM, draw_noise, stream
@@ -59,6 +58,7 @@ class Trajectory:
 
     losses: np.ndarray
     weights: Weights
+    device: str = "cpu"  # Backend.device() of the run: it selects the tolerances
 
 
 @dataclass(frozen=True)
@@ -230,12 +230,12 @@ def trajectory(backend: Backend, case: Case) -> Trajectory:
     """Train from the case's weights with the spec's optimizer on the same batches."""
     model = built(backend, case)
     losses = backend.trainer(model, case.train_x, case.train_labels).run(trajectory_steps(case))
-    return Trajectory(losses, backend.get_weights(model))
+    return Trajectory(losses, backend.get_weights(model), backend.device())
 
 
 def compare_trajectories(judge: Judge, got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> list[Comparison]:
     """Per-step losses (each term) and final weights against a reference backend's run."""
-    loss_tol, weight_tol = TRAJECTORY_LOSS_RTOL[judge.dtype], TRAJECTORY_WEIGHT_TOL[judge.dtype]
+    loss_tol, weight_tol = trajectory_tolerances(judge.dtype, got.device, ref.device)
     if got.losses.shape != ref.losses.shape:
         out = [judge("trajectory:loss", float("inf"), loss_tol)]
     else:
