@@ -17,8 +17,9 @@ MODES = {
     "one step per call",
     "compiled": "torch.compile (inductor, default mode) of the forward with its loss (AOTAutograd compiles "
     "the backward) and of the Adam update, one step per call",
-    "fast": "whole training steps (batch from a device step counter, forward, backward, Adam) captured once "
-    "in a CUDA graph (torch.cuda.CUDAGraph), steps_per_call steps per replay",
+    "fast": "the compiled mode's step (torch.compile'd forward with loss, AOTAutograd backward, inductor-fused "
+    "Adam; batch from a device step counter) captured once in a CUDA graph (torch.cuda.CUDAGraph), "
+    "steps_per_call steps per replay",
 }
 
 

@@ -129,20 +129,25 @@ class EagerRunner(Runner):
         return loss.detach()
 
 
+def compile_cold(fn):
+    """torch.compile(fn) (inductor, default mode), compiled from scratch in this process."""
+    # Every runner compiles the same code objects: without a reset, dynamo's per-code
+    # recompile limit would silently run later runners of one process eagerly.
+    torch._dynamo.reset()
+    # Inductor's on-disk caches would turn the compile time of a later run into a cache
+    # read (46 s -> 5 s measured); the reported compile time is the cold one.
+    torch._inductor.config.force_disable_caches = True
+    return torch.compile(fn)
+
+
 class CompiledRunner(Runner):
     """torch.compile'd loss (forward and, through AOTAutograd, backward) and update; the step
     counter is a device tensor so that nothing changes between calls (no recompiles)."""
 
     def __init__(self, step: TrainingStep):
         super().__init__(step)
-        # Every runner compiles the same code objects: without a reset, dynamo's per-code
-        # recompile limit would silently run later runners of one process eagerly.
-        torch._dynamo.reset()
-        # Inductor's on-disk caches would turn the compile time of a later run into a cache
-        # read (46 s -> 5 s measured); the reported compile time is the cold one.
-        torch._inductor.config.force_disable_caches = True
         self.k = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self.compiled_loss = torch.compile(step.loss)
+        self.compiled_loss = compile_cold(step.loss)
         self.compiled_update = torch.compile(self._update_and_count)
 
     def _update_and_count(self, grads: list[Tensor], k: Tensor) -> None:
@@ -159,20 +164,28 @@ class CompiledRunner(Runner):
 class CudaGraphRunner(Runner):
     """``steps_per_call`` whole steps captured in one CUDA graph on the first dispatch and
     replayed; the device step counter advances inside the graph, which writes each step's
-    loss to a device log. A handle is the index of the call's first step."""
+    loss to a device log. A handle is the index of the call's first step.
+
+    The captured step is the compiled one (the ``compiled`` mode's torch.compile'd loss, its
+    AOTAutograd backward and the inductor-fused Adam update), compiled during the warm-up
+    steps that precede the capture, so the graph replays fused kernels with no Python,
+    dispatcher or launch overhead between them.
+    """
 
     def __init__(self, step: TrainingStep, steps_per_call: int):
         super().__init__(step)
         self.steps_per_call = steps_per_call
+        self.loss_of_step = compile_cold(step.loss)
+        self.update_of_step = torch.compile(step.update)
         self.k = torch.zeros(1, dtype=torch.int64, device=self.device)
         self.loss_log = torch.zeros(step.data.max_steps, dtype=step.params[0].dtype, device=self.device)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
 
     def _train(self, n_steps: int) -> None:
         for _ in range(n_steps):
-            loss = self.step.loss(self.k)
+            loss = self.loss_of_step(self.k)
             self.loss_log.index_copy_(0, self.k, loss.detach().reshape(1))
-            self.step.update(torch.autograd.grad(loss, self.step.params), self.k)
+            self.update_of_step(torch.autograd.grad(loss, self.step.params), self.k)
             self.k.add_(1)
 
     @torch.no_grad()
