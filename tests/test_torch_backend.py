@@ -13,6 +13,7 @@ from aebench.check.oracle import conv2d, conv2d_transpose  # noqa: E402
 from aebench.plugins.registry import load_backend  # noqa: E402
 from aebench.spec.load import load_spec  # noqa: E402
 from aebench.spec.shapes import plan_model  # noqa: E402
+from aebench.spec.types import Conv, ConvTranspose  # noqa: E402
 
 
 def conv_layers(spec_name: str, kind: type):
@@ -97,3 +98,27 @@ def test_data_lives_on_cuda_when_there_is_one() -> None:
     trainer = backend.trainer(model, np.zeros((4, 2)), None)
     assert trainer.x.device.type == expected
     assert next(model.parameters()).device.type == expected
+
+
+def test_every_convolution_sees_nchw_contiguous_activations(spec_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One memory format for every image activation, so inductor's fake convolution_backward
+    and cuDNN cannot disagree on strides (the H100 failure of torch compiled on vae_conv)."""
+    spec = load_spec(spec_name)
+    plan = plan_model(spec)
+    convs = [p for p in plan.layers if isinstance(p.layer, (Conv, ConvTranspose))]
+    if not convs:
+        pytest.skip(f"{spec_name} has no convolution")
+    model = load_backend("torch").build(spec)
+    seen: list[bool] = []
+    for op in ("conv2d", "conv_transpose2d"):
+        original = getattr(torch.nn.functional, op)
+
+        def recording(x, *args, _original=original, **kwargs):
+            seen.append(x.is_contiguous())
+            return _original(x, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, op, recording)
+    x = torch.rand(4, *plan.data_shape, dtype=next(model.parameters()).dtype)
+    labels = torch.eye(plan.label_size, dtype=x.dtype)[:4] if plan.label_size else None
+    model.decode_logits(model.head(plan.heads[0].name, model.hidden(x, labels))[:, : spec.model.latent.size], labels)
+    assert seen == [True] * len(convs)

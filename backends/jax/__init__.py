@@ -3,7 +3,6 @@ entry point. Importing this module does not import jax; ``PLUGIN.load()`` does."
 
 from aebench.plugins.plugin import Plugin
 
-
 # JAX preallocates 75% of a GPU per process: a second process (a Keras-on-JAX worker, the
 # next cell) then cannot allocate. Allocating on demand lets processes share the device.
 SHARE_GPU = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}

@@ -1,6 +1,15 @@
 """The spec built from torch.nn modules, matching the canonical (Keras) semantics.
 
-Images are NCHW inside the model and NHWC outside it. 'same' convolutions pad as
+Images are NCHW inside the model and NHWC outside it, and every convolution reads an
+NCHW-contiguous activation (not an NCHW view of NHWC memory, nor the channels-last output a
+convolution may return for a one-channel input): ``.contiguous()`` before each one.
+With mixed memory formats, inductor's fake (meta) convolution_backward predicted
+channels-last strides for the grad of the last transposed convolution's input (its
+one-channel weight and output are both layouts at once), cuDNN returned contiguous, and the
+compiled backward failed its stride assertion (vae_conv, batch 1024, H100; pytorch#171622 is
+the same family). One layout everywhere leaves nothing for the two to disagree on.
+
+'same' convolutions pad as
 TensorFlow does (the extra row/column at the bottom/right: torch's padding=1 would pad both
 sides); transposed convolutions run unpadded and are cropped to Keras' output length
 (torch's padding=1, output_padding=1 has the right shape but is shifted one pixel).
@@ -55,7 +64,7 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pads):
             x = F.pad(x, self.pads)
-        return self.act(super().forward(x))
+        return self.act(super().forward(x.contiguous()))
 
 
 class CroppedConvTranspose2d(nn.ConvTranspose2d):
@@ -72,7 +81,7 @@ class CroppedConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (r0, nr), (c0, nc) = self.rows, self.cols
-        return self.act(super().forward(x)[:, :, r0 : r0 + nr, c0 : c0 + nc])
+        return self.act(super().forward(x.contiguous())[:, :, r0 : r0 + nr, c0 : c0 + nc])
 
 
 class FlattenNHWC(nn.Module):
@@ -91,7 +100,7 @@ class ReshapeNCHW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], *self.shape)
-        return x.permute(0, 3, 1, 2) if len(self.shape) == 3 else x
+        return x.permute(0, 3, 1, 2).contiguous() if len(self.shape) == 3 else x
 
 
 def make_layer(plan: LayerPlan) -> nn.Module:
@@ -129,7 +138,7 @@ class Autoencoder(nn.Module):
         """Encoder stack output for canonical-layout input (NHWC images)."""
         h = _join(x_in, labels)
         if h.dim() == 4:
-            h = h.permute(0, 3, 1, 2)
+            h = h.permute(0, 3, 1, 2).contiguous()
         for module in self.encoder:
             h = module(h)
         return h
