@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
@@ -97,6 +97,8 @@ class CampaignConfig:
     timeout_s: float = field(default=1800.0, metadata=rule(greater_than(0)))
     verify: bool = True
     protocol: Protocol = field(default_factory=Protocol)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
 
     @property
     def precision(self) -> Precision:
@@ -176,8 +178,9 @@ def own_batch_size(spec: str) -> int:
 
 
 class Executor(TypingProtocol):
-    def run(self, cell: Cell) -> dict:
-        """Measure one cell in a fresh process; always a row, failures included."""
+    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
+        """Measure each cell in a fresh process; (cell, row) as each finishes, failures
+        included. A cell is started only while ``may_start()`` is true."""
 
 
 @dataclass
@@ -188,7 +191,19 @@ class LocalExecutor:
     logs: Path
     timeout_s: float
 
+    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
+        """One cell after the other; an error of the executor itself is that cell's failed row."""
+        for cell in cells:
+            if not may_start():
+                return
+            try:
+                row = self.run(cell)
+            except Exception as exc:  # noqa: BLE001 - an executor failure is this cell's result
+                row = failed_row(cell, failure_reason(exc))
+            yield cell, row
+
     def run(self, cell: Cell) -> dict:
+        """One cell in a fresh process: its row, or a failed row saying why there is none."""
         self.logs.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="aebench-cell-") as tmp:
             cell_file, result_file = Path(tmp) / "cell.json", Path(tmp) / "result.json"
@@ -343,13 +358,7 @@ def run_campaign(
     executor = executor or LocalExecutor(store.folder / "logs", config.timeout_s)
     done = store.recorded(retry_failed)
     todo = [cell for cell in shard.select(plan_cells(config, mnist)) if cell.key not in done]
-    for i, cell in enumerate(todo, 1):
-        if budget.spent():
-            break
-        try:
-            row = executor.run(cell)
-        except Exception as exc:  # noqa: BLE001 - an executor failure is this cell's result
-            row = failed_row(cell, failure_reason(exc))
+    for i, (cell, row) in enumerate(executor.run_all(todo, lambda: not budget.spent()), 1):
         store.append(row)
         on_cell(i, len(todo), row, track(tracker, row, cell, store.folder))
     return store

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Optional
 
 from aebench.bench.campaign import (
     Budget,
     CampaignConfig,
+    Executor,
     Shard,
     cells_left,
     load_campaign,
@@ -18,6 +20,7 @@ from aebench.bench.campaign import (
     with_overrides,
 )
 from aebench.bench.merge import merge_results
+from aebench.bench.ray_executor import RayExecutor
 from aebench.bench.report import write_report
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.registry import available_backends
@@ -60,6 +63,8 @@ def campaign_config(args: argparse.Namespace):
         steps_per_call=args.steps_per_call,
         timeout_s=args.timeout,
         verify=False if args.no_verify else None,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
     protocol = {k: getattr(args, k) for k in ("warmup_seconds", "blocks", "block_seconds") if getattr(args, k)}
     config = dataclasses.replace(config, protocol=dataclasses.replace(config.protocol, **protocol))
@@ -80,6 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = campaign_config(args)
     progress = Progress()
     folder = Path(args.results) / config.campaign_name()
+    executor = executor_for(config, folder)
     planned = len(shard.select(plan_cells(config)))
     part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     progress.line(f"campaign {config.campaign_name()}{part}: {planned} cells, results in {folder}")
@@ -99,6 +105,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         on_cell=on_cell,
         shard=shard,
         budget=budget,
+        executor=executor,
     )
     left = cells_left(config, store, shard)
     if left:
@@ -111,6 +118,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     failed = table[table["status"] == "failed"]
     progress.line(f"{len(table)} cells recorded in {store.table_path} ({len(failed)} failed); report: {md}, {page}")
     return 1 if len(failed) else 0
+
+
+def executor_for(config: CampaignConfig, folder: Path) -> Optional[Executor]:
+    """The campaign's executor: Ray tasks on a cluster (ray checked now, before any cell), or
+    None for the local one."""
+    if config.executor == "ray":
+        return RayExecutor(folder / "logs", config.timeout_s, config.ray_address)
+    return None
 
 
 def cell_summary(row: dict) -> str:
@@ -170,6 +185,17 @@ def add_commands(sub, positive_int, positive_float) -> None:
         type=positive_float,
         metavar="M",
         help="start no cell after M minutes (a running cell finishes); the same command resumes",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="local: one cell after the other here (default); ray: cells as Ray tasks on a cluster",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --executor ray: auto (the cluster this node is in), ray://HOST:PORT, or HOST:PORT "
+        "(default: start a local cluster)",
     )
     p.add_argument(
         "--shard", metavar="I/N", help="run part I of N of the campaign's cells (one part per machine; see merge)"

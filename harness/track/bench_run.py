@@ -60,6 +60,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
     environment = {
         **environment,
         "device": row.get("device", "unknown"),
+        "hostname": row.get("host", environment.get("hostname", "")),
         "versions": {**environment.get("versions", {}), **json.loads(row.get("versions") or "{}")},
     }
     if spec is not None:
