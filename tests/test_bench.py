@@ -118,13 +118,25 @@ HONESTY_PROBE = textwrap.dedent("""
 
 def test_harness_step_time_is_a_bare_loops(backend_name: str) -> None:
     """measure() reports the step time of a bare loop of the same compiled step in the same
-    process: medians of 11 one-second measurements and 11 bare loops, taken in turn."""
+    process: medians of 11 one-second measurements and 11 bare loops, taken in turn. On a
+    machine already busier than 1.5x its cores (other processes competing for them), a 3% timing
+    comparison measures the neighbours, not the harness: skipped then, with the load said."""
+    skip_if_busy()
     out = subprocess.run(
         [sys.executable, "-c", HONESTY_PROBE, backend_name], capture_output=True, text=True, timeout=900
     )
     assert out.returncode == 0, out.stderr[-2000:]
     times = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(times["harness"] - times["bare"]) / times["bare"] <= HONESTY_TOLERANCE, times
+
+
+def skip_if_busy() -> None:
+    """Skip a timing comparison while the 1-minute load average exceeds 1.5x the usable cores
+    (the test's own threads keep a quiet 2-core machine near 2)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load > 1.5 * cores:
+        pytest.skip(f"the machine is busy (load {load:.1f} on {cores} cores): a 3% timing comparison is not meaningful")
 
 
 class SlowFirstCall:

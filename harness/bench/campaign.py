@@ -1,10 +1,12 @@
 """A benchmark campaign: specs x backends x modes x batch sizes, one fresh process per cell.
 
-This module plans cells and keeps the results; running a cell is an Executor's job
-(``LocalExecutor``: one subprocess at a time; a cluster executor only needs ``run(cell)``).
-Every cell's row is appended to ``results/<campaign>/cells.csv`` the moment it finishes,
-with its full record (losses, traceback) in ``cells/<key>.json``; a campaign started again
-with the same name skips the cells already recorded, so a killed campaign resumes.
+This module plans cells and runs them; running a cell is an Executor's job
+(``aebench.bench.executor.LocalExecutor``: one subprocess at a time; a cluster executor only
+needs ``run_all``), keeping the results the ResultStore's (``aebench.bench.store``). Every
+cell's record is written to ``<results>/<campaign>/cells/<key>.json`` and its row appended
+to ``cells.csv`` the moment it finishes; a campaign started again with the same name skips
+the cells already recorded, so a killed campaign resumes. One campaign at a time runs in a
+folder (``aebench.bench.lock``).
 """
 
 from __future__ import annotations
@@ -12,74 +14,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 from typing import Protocol as TypingProtocol
 
-import pandas as pd
-
 from aebench.bench.cell import Cell, failure_reason
+from aebench.bench.executor import Executor, LocalExecutor, clear_exchange
+from aebench.bench.lock import campaign_lock
+from aebench.bench.store import ResultStore
 from aebench.bench.timing import Protocol
 from aebench.environment import environment_info
 from aebench.errors import AebenchError, SpecError
-from aebench.plugins.bench_api import Precision
-from aebench.plugins.discovery import child_environment
-from aebench.plugins.registry import list_backends
+from aebench.plugins.bench_api import MODE_NAMES, Precision
+from aebench.plugins.discovery import registered_plugins
 from aebench.spec.load import load_spec, spec_path
 from aebench.spec.schema import Parser, at_least, did_you_mean, greater_than, rule
 from aebench.spec.yamlio import read_mapping
 
+NAME_LIMIT = 80  # a derived campaign name longer than this ends in a hash of what is measured
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
 Mode = Literal["eager", "compiled", "fast"]
 Dtype = Literal["float32", "float64"]
-
-COLUMNS = [
-    "key",
-    "spec",
-    "backend",
-    "mode",
-    "batch_size",
-    "dtype",
-    "precision",
-    "optimizer",
-    "status",
-    "reason",
-    "median_step_ms",
-    "iqr_step_ms",
-    "cv",
-    "samples_per_s",
-    "first_call_s",
-    "compile_s",
-    "steps_per_call",
-    "warmup_calls",
-    "calls_per_block",
-    "blocks",
-    "steps_timed",
-    "block_step_ms",
-    "flops_per_step",
-    "gflops_per_s",
-    "device_peak_gflops",
-    "peak_fraction",
-    "peak_memory_mb",
-    "memory_source",
-    "verified_steps",
-    "verify_max_rel_diff",
-    "loss_first",
-    "loss_last",
-    "device",
-    "versions",
-    "mode_description",
-    "threads",
-    "data",
-    "started",
-    "cell_seconds",
-]
 
 
 @dataclass(frozen=True)
@@ -106,11 +66,23 @@ class CampaignConfig:
         return Precision(tf32=self.tf32)
 
     def campaign_name(self) -> str:
-        """The given name, or one derived from what is measured (the same command resumes)."""
+        """The given name, or one read from what is measured, e.g.
+        ``vae_dense-vae_conv_torch-jax_compiled-fast_b1024`` (specs, backends, modes, then batch
+        sizes, dtype and tf32 where given): the same command resumes the same campaign. A name
+        longer than NAME_LIMIT, or one with a spec given as a path (two files can share a
+        stem), is cut and ends in a hash of the whole description."""
         if self.name:
             return self.name
+        parts = ["-".join(Path(s).stem for s in self.specs), "-".join(self.backends), "-".join(self.modes)]
+        parts += ["b" + "-".join(map(str, self.batch_sizes))] if self.batch_sizes else []
+        parts += [self.dtype] if self.dtype else []
+        parts += ["tf32"] if self.tf32 else []
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).lstrip(".-") or "campaign"
+        if len(readable) <= NAME_LIMIT and all(NAME_PATTERN.fullmatch(s) for s in self.specs):
+            return readable
         what = json.dumps([self.specs, self.backends, self.modes, self.batch_sizes, self.dtype, self.tf32])
-        return "bench-" + hashlib.sha256(what.encode()).hexdigest()[:8]
+        digest = hashlib.sha256(what.encode()).hexdigest()[:8]
+        return readable[: NAME_LIMIT - len(digest) - 1].rstrip("._-") + "-" + digest
 
 
 def load_campaign(path: Path) -> CampaignConfig:
@@ -125,24 +97,44 @@ def load_campaign(path: Path) -> CampaignConfig:
 
 
 def validate(config: CampaignConfig, source: str) -> CampaignConfig:
-    """Refuse unknown spec and backend names up front (a typo should not cost a campaign)."""
-    known = [info.name for info in list_backends()]
+    """Refuse unknown names and empty lists up front (a typo should not cost a campaign)."""
+    validate_names(config, source)
+    for what in ("specs", "backends", "modes"):
+        if not getattr(config, what):
+            raise SpecError(source, what, "must name at least one")
+    return config
+
+
+def validate_names(config: CampaignConfig, source: str) -> None:
+    """Backends against the registered plugins, specs against spec files, modes against
+    MODE_NAMES and the name as a folder name; no framework is imported."""
+    known = sorted(registered_plugins())
     for i, name in enumerate(config.backends):
         if name not in known:
             raise SpecError(
                 source,
                 f"backends[{i}]",
-                f"no backend '{name}'{did_you_mean(name, known)}; registered: {', '.join(known)}",
+                f"no backend {bounded(name)}{did_you_mean(name, known)}; registered: {', '.join(known)}",
             )
     for i, name in enumerate(config.specs):
         try:
-            spec_path(name)
+            path = spec_path(name)
         except SpecError as exc:
             raise SpecError(source, f"specs[{i}]", exc.message) from None
-    for what in ("specs", "backends", "modes"):
-        if not getattr(config, what):
-            raise SpecError(source, what, "must name at least one")
-    return config
+        if not path.is_file():
+            raise SpecError(source, f"specs[{i}]", f"no such spec file: {bounded(str(path))}")
+    for i, mode in enumerate(config.modes):
+        if mode not in MODE_NAMES:
+            raise SpecError(source, f"modes[{i}]", f"must be one of {', '.join(MODE_NAMES)}, got {bounded(mode)}")
+    if config.name is not None and not NAME_PATTERN.fullmatch(config.name):
+        raise SpecError(
+            source, "name", f"must be a folder name of letters, digits, '.', '_' and '-', got {bounded(config.name)}"
+        )
+
+
+def bounded(text: str, limit: int = 60) -> str:
+    """A user's value quoted in an error, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def plan_cells(config: CampaignConfig, mnist: Optional[str] = None) -> list[Cell]:
@@ -177,126 +169,9 @@ def own_batch_size(spec: str) -> int:
         return 0
 
 
-class Executor(TypingProtocol):
-    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
-        """Measure each cell in a fresh process; (cell, row) as each finishes, failures
-        included. A cell is started only while ``may_start()`` is true."""
-
-
-@dataclass
-class LocalExecutor:
-    """Runs each cell in a fresh ``python -m aebench.bench.cell`` on this machine, one at a time;
-    its output goes to ``logs/<key>.log`` in the campaign folder."""
-
-    logs: Path
-    timeout_s: float
-
-    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
-        """One cell after the other; an error of the executor itself is that cell's failed row."""
-        for cell in cells:
-            if not may_start():
-                return
-            try:
-                row = self.run(cell)
-            except Exception as exc:  # noqa: BLE001 - an executor failure is this cell's result
-                row = failed_row(cell, failure_reason(exc))
-            yield cell, row
-
-    def run(self, cell: Cell) -> dict:
-        """One cell in a fresh process: its row, or a failed row saying why there is none."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="aebench-cell-") as tmp:
-            cell_file, result_file = Path(tmp) / "cell.json", Path(tmp) / "result.json"
-            cell_file.write_text(cell.to_json())
-            log_path = self.logs / f"{safe_name(cell.key)}.log"
-            failure = self._run_process(cell_file, result_file, log_path)
-            if result_file.is_file():
-                return json.loads(result_file.read_text())
-        return failed_row(cell, failure or "the cell process wrote no result", log_path)
-
-    def _run_process(self, cell_file: Path, result_file: Path, log_path: Path) -> str:
-        command = [sys.executable, "-m", "aebench.bench.cell", str(cell_file), str(result_file)]
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_environment()
-            )
-            try:
-                code = process.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return f"timed out after {self.timeout_s:g} s"
-        if code == 0:
-            return ""
-        return f"the cell process {exit_description(code)}: {last_line(log_path)}"
-
-
-def exit_description(code: int) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (killed: out of memory?)" if -code == signal.SIGKILL else ""
-        return f"died of {name}{hint}"
-    return f"exited with code {code}"
-
-
-def last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
-def failed_row(cell: Cell, reason: str, log_path: Optional[Path] = None) -> dict:
-    reason = f"out of memory: {reason}" if "out of memory" not in reason and "SIGKILL" in reason else reason
-    row = {
-        **cell.row_identity(),
-        "dtype": cell.dtype,
-        "status": "failed",
-        "reason": reason,
-    }
-    if log_path is not None:
-        row["log"] = str(log_path)
-    return row
-
-
-def safe_name(key: str) -> str:
-    return key.replace("|", "__").replace("/", "_")
-
-
-@dataclass
-class ResultStore:
-    """results/<campaign>/: cells.csv (a row per finished cell), cells/<key>.json, environment.json."""
-
-    folder: Path
-
-    @property
-    def table_path(self) -> Path:
-        return self.folder / "cells.csv"
-
-    def table(self) -> pd.DataFrame:
-        """Every recorded row; a cell recorded twice (a retried failure) keeps its last row."""
-        if not self.table_path.is_file():
-            return pd.DataFrame(columns=COLUMNS)
-        table = pd.read_csv(self.table_path)
-        return table.drop_duplicates("key", keep="last").reset_index(drop=True)
-
-    def recorded(self, retry_failed: bool) -> set[str]:
-        table = self.table()
-        if retry_failed:
-            table = table[table["status"] != "failed"]
-        return set(table["key"])
-
-    def append(self, row: dict) -> None:
-        """Write the cell's record, then its row, at once (nothing waits for the campaign's end)."""
-        (self.folder / "cells").mkdir(parents=True, exist_ok=True)
-        record = self.folder / "cells" / f"{safe_name(row['key'])}.json"
-        record.write_text(json.dumps(row, indent=1, default=str))
-        frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS}], columns=COLUMNS)
-        frame.to_csv(self.table_path, mode="a", header=not self.table_path.is_file(), index=False)
-
-    def record(self, key: str) -> dict:
-        return json.loads((self.folder / "cells" / f"{safe_name(key)}.json").read_text())
-
-
 class CellTracker(TypingProtocol):
+    """What records a stored cell elsewhere (aebench.track.bench_run.CellTracker)."""
+
     def __call__(self, row: dict, cell: Cell, campaign_folder: Path) -> str:
         """Record one stored cell elsewhere (an MLflow run); one line on what became of it."""
 
@@ -319,6 +194,7 @@ class Shard:
         return cls(int(left), int(right))
 
     def select(self, cells: list[Cell]) -> list[Cell]:
+        """This shard's cells of a plan."""
         return [cell for k, cell in enumerate(cells) if k % self.count == self.index - 1]
 
 
@@ -331,6 +207,7 @@ class Budget:
     start: float = field(default_factory=time.monotonic)
 
     def spent(self) -> bool:
+        """Whether no new cell may start."""
         return self.max_seconds is not None and time.monotonic() - self.start >= self.max_seconds
 
 
@@ -344,9 +221,17 @@ def run_campaign(
     on_cell: Callable[[int, int, dict, str], None] = lambda i, n, row, note: None,
     shard: Shard = Shard(),
     budget: Optional[Budget] = None,
+    say: Callable[[str], None] = lambda line: None,
+    remeasure_peak: bool = False,
 ) -> ResultStore:
-    """Run every cell of this shard not yet recorded, until the budget is spent. Writes
-    environment.json first. Running it again resumes: recorded cells are skipped.
+    """Run every cell of this shard not yet recorded, until the budget is spent. Running it
+    again resumes: recorded cells are skipped.
+
+    Holds the folder's campaign lock throughout (CampaignBusy when another process runs a
+    campaign there). Before any cell: removes exchange files a killed campaign left, makes
+    cells.csv agree with the cell records (``say`` gets the one line on what was repaired)
+    and writes environment.json. ``remeasure_peak``: each (device, backend, dtype, precision)
+    measures its peak again, once in this run, before its first cell is timed.
 
     Each row is stored before it is tracked, so a tracking failure cannot lose a result;
     ``on_cell`` gets the row and the tracker's line ("" without a tracker).
@@ -354,13 +239,21 @@ def run_campaign(
     budget = budget or Budget()
     store = ResultStore(results_root / config.campaign_name())
     store.folder.mkdir(parents=True, exist_ok=True)
-    write_environment(store.folder / "environment.json", config)
-    executor = executor or LocalExecutor(store.folder / "logs", config.timeout_s)
-    done = store.recorded(retry_failed)
-    todo = [cell for cell in shard.select(plan_cells(config, mnist)) if cell.key not in done]
-    for i, (cell, row) in enumerate(executor.run_all(todo, lambda: not budget.spent()), 1):
-        store.append(row)
-        on_cell(i, len(todo), row, track(tracker, row, cell, store.folder))
+    with campaign_lock(store.folder):
+        clear_exchange(store.folder)
+        repaired = store.repair(upgrade_layout=True)
+        if repaired:
+            say(repaired)
+        write_environment(store.folder / "environment.json", config)
+        executor = executor or LocalExecutor(store.folder / "logs", config.timeout_s)
+        done = store.recorded(retry_failed)
+        todo = [cell for cell in shard.select(plan_cells(config, mnist)) if cell.key not in done]
+        if remeasure_peak:
+            since = time.time()
+            todo = [replace(cell, peak_fresh_since=since) for cell in todo]
+        for i, (cell, row) in enumerate(executor.run_all(todo, lambda: not budget.spent()), 1):
+            store.append(row)
+            on_cell(i, len(todo), row, track(tracker, row, cell, store.folder))
     return store
 
 

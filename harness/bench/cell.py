@@ -29,7 +29,8 @@ import numpy as np
 
 from aebench.bench.data import make_bench_data, pool_size
 from aebench.bench.flops import training_step_flops
-from aebench.bench.peak import device_peak_gflops
+from aebench.bench.parent import die_with_parent
+from aebench.bench.peak import device_peak
 from aebench.bench.timing import Protocol, Timing, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.data.datasets import load_dataset
@@ -51,7 +52,9 @@ VERIFY_STEPS = 10  # at most this many first steps are replayed on the backend's
 @dataclass(frozen=True)
 class Cell:
     """What to measure. ``spec`` is a shipped spec's name or a YAML path; ``dtype`` None keeps
-    the spec's; ``steps_per_call`` is used by multi-step modes only."""
+    the spec's; ``steps_per_call`` is used by multi-step modes only; ``peak_fresh_since``
+    (UNIX seconds): measure the device's peak again before timing unless it was measured
+    since then (--remeasure-peak)."""
 
     spec: str
     backend: str
@@ -63,6 +66,7 @@ class Cell:
     verify: bool = True
     mnist: Optional[str] = None
     protocol: Protocol = field(default_factory=Protocol)
+    peak_fresh_since: Optional[float] = None
 
     @property
     def key(self) -> str:
@@ -140,11 +144,13 @@ def _measure_into(row: dict, cell: Cell) -> None:
     check_host_memory(spec, plan, cell.batch_size, len(dataset.x_train))
     data = make_bench_data(spec, dataset, cell.batch_size, cell.protocol.max_steps)
     row["data"] = dataset.source
+    if cell.peak_fresh_since is not None:
+        device_peak(plugin, backend, spec.dtype, cell.precision, fresh_since=cell.peak_fresh_since)
     runner = bench.prepare(backend, spec, cell.mode, data, cell.precision, cell.steps_per_call)
     timing = measure(runner, cell.protocol)
-    device_peak = runner.peak_memory_bytes()
+    memory_peak = runner.peak_memory_bytes()
     row.update(timing_figures(timing, plan, cell.batch_size))
-    row.update(memory_figures(device_peak))
+    row.update(memory_figures(memory_peak))
     row.update(peak_figures(plugin, backend, spec, cell.precision, row["gflops_per_s"]))
     row["losses"], row["loss_steps"] = timing.losses.tolist(), timing.loss_steps.tolist()
     check_finite(timing.losses, timing.loss_steps)
@@ -186,8 +192,11 @@ def memory_figures(device_peak: Optional[int]) -> dict:
 
 
 def peak_figures(plugin: Plugin, backend: Backend, spec: Spec, precision: Precision, achieved_gflops: float) -> dict:
-    peak = device_peak_gflops(plugin, backend, spec.dtype, precision)
-    return {"device_peak_gflops": peak, "peak_fraction": achieved_gflops / peak if peak else float("nan")}
+    """The device peak the cell is divided by (measured again when the cell exceeds it), when
+    and under what load it was measured, and the fraction reached."""
+    return device_peak(plugin, backend, spec.dtype, precision, achieved_gflops=achieved_gflops).row_figures(
+        achieved_gflops
+    )
 
 
 def check_finite(losses: np.ndarray, steps: np.ndarray) -> None:
@@ -268,7 +277,9 @@ def thread_info() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m aebench.bench.cell CELL.json RESULT.json``: the result is written atomically."""
+    """``python -m aebench.bench.cell CELL.json RESULT.json``: the result is written atomically.
+    The process dies with the executor that started it (aebench.bench.parent)."""
+    die_with_parent()
     cell_path, result_path = map(Path, argv)
     row = run_cell(Cell.from_json(cell_path.read_text()))
     row["python"] = platform.python_version()

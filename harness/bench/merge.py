@@ -15,9 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from aebench.bench.campaign import COLUMNS, ResultStore, safe_name
+from aebench.bench.store import ResultStore, safe_name, write_atomically
 from aebench.errors import AebenchError
 
 STATUS_RANK = {"ok": 2, "unsupported": 1, "failed": 0}
@@ -42,12 +40,11 @@ def merge_results(sources: list[Path], out: Path) -> tuple[ResultStore, list[Con
             seen.setdefault(row["key"], []).append(source)
             if row["key"] not in chosen or _better(row, chosen[row["key"]][1]):
                 chosen[row["key"]] = (source, row)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cells").mkdir(exist_ok=True)
+    store = ResultStore(out)
+    store.cells_folder.mkdir(parents=True, exist_ok=True)
     for key, (_, row) in chosen.items():
-        (out / "cells" / f"{safe_name(key)}.json").write_text(json.dumps(row, indent=1, default=str))
-    table = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for _, row in chosen.values()], columns=COLUMNS)
-    table.to_csv(out / "cells.csv", index=False)
+        write_atomically(store.record_path(key), json.dumps(row, indent=1, default=str))
+    store.write_table([row for _, row in chosen.values()])
     for source in sources:
         _copy_beside(source, out)
     conflicts = [
@@ -55,7 +52,7 @@ def merge_results(sources: list[Path], out: Path) -> tuple[ResultStore, list[Con
         for key, where in seen.items()
         if len(where) > 1
     ]
-    return ResultStore(out), conflicts
+    return store, conflicts
 
 
 def _records(source: Path) -> list[dict]:

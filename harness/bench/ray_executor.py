@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from aebench.bench.campaign import LocalExecutor, failed_row, safe_name
 from aebench.bench.cell import Cell
+from aebench.bench.executor import LocalExecutor, failed_row
+from aebench.bench.store import safe_name
 from aebench.errors import AebenchError
 
 CONNECT_TIMEOUT_S = 5.0  # a Ray head on a reachable network answers a TCP connect well within this
@@ -65,7 +66,7 @@ def run_cell_on_worker(cell_json: str, timeout_s: float) -> CellResult:
     _pin_threads_to_assigned_cpus()
     with tempfile.TemporaryDirectory(prefix="aebench-ray-cell-") as tmp:
         started = time.time()
-        row = LocalExecutor(Path(tmp), timeout_s).run(cell)
+        row = LocalExecutor(Path(tmp), timeout_s, scratch=Path(tmp) / "exchange").run(cell)
         ended = time.time()
         log_path = Path(tmp) / f"{safe_name(cell.key)}.log"
         log = log_path.read_text(errors="replace") if log_path.is_file() else ""

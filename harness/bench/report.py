@@ -1,16 +1,24 @@
 """``aebench report``: a campaign's table as markdown and HTML, with matplotlib plots.
 
 Per spec and setting (batch size, dtype, precision): a table of backends and modes with the
-ratio of each to the fastest, a bar chart of samples/s, and the loss curves of every cell
-overlaid on one axis (the cells of one spec share seed, weights, batches and noise, so the
-curves lie on top of each other unless a framework computes something else). pytest-benchmark
-JSON files (``--benchmark-json``) get a table of their own.
+ratio of each to the fastest, a bar chart of samples/s with error bars (each cell's
+interquartile range of block step times, as samples/s), and the loss curves as differences:
+each cell's loss minus a reference cell's loss at the same steps (the reference: the first
+measured cell of the first backend), with the reference's own curve in a small panel below.
+The cells of one spec share seed, weights, batches and noise, so the curves would lie on top
+of each other and hide one another when overlaid; their differences show what separates
+them. Every plot colours a backend the same way. pytest-benchmark JSON files
+(``--benchmark-json``) get a table of their own.
+
+Before a campaign folder is read, its cells.csv is checked against the cell records and
+rebuilt from them where it disagrees (aebench.bench.store); the caller is told in one line.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +28,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from aebench.bench.campaign import ResultStore  # noqa: E402
+from aebench.bench.lock import CampaignBusy, campaign_lock  # noqa: E402
+from aebench.bench.store import ResultStore  # noqa: E402
 from aebench.errors import AebenchError  # noqa: E402
 
 SETTING = ["batch_size", "dtype", "precision"]
+PALETTE = [f"C{i}" for i in range(10)]  # matplotlib's default cycle (tab10)
+MODE_LINES = {"eager": "-", "compiled": "--", "fast": ":"}
 
 
 @dataclass
@@ -37,21 +50,23 @@ class Section:
     figures: list[str] = field(default_factory=list)
 
 
-def write_report(sources: list[Path], out: Path) -> tuple[Path, Path]:
+def write_report(sources: list[Path], out: Path, say: Callable[[str], None] = lambda line: None) -> tuple[Path, Path]:
     """report.md and report.html (and plots/) in ``out`` from campaign folders and
-    pytest-benchmark JSON files; returns the two paths."""
+    pytest-benchmark JSON files; returns the two paths. A campaign's cells.csv that does not
+    match its records is rebuilt first; ``say`` gets the line saying so."""
+    stores = {source: campaign_store(source) for source in sources if source.is_dir()}
+    for store in stores.values():
+        repaired = repair_for_report(store)
+        if repaired:
+            say(repaired)
+    tables = {source: store.table() for source, store in stores.items()}
+    colours = backend_colours(backend for table in tables.values() for backend in table["backend"])
     out.mkdir(parents=True, exist_ok=True)
     sections, header = [], []
     for source in sources:
-        if source.is_dir():
-            store = ResultStore(source)
-            if not store.table_path.is_file():
-                raise AebenchError(
-                    f"{source}: no cells.csv here; give a campaign folder (results/NAME) "
-                    "or a pytest-benchmark JSON file"
-                )
+        if source in stores:
             header.append(environment_line(source))
-            sections += campaign_sections(store, out)
+            sections += campaign_sections(stores[source], tables[source], out, colours)
         elif source.is_file():
             sections += benchmark_json_sections(source)
         else:
@@ -62,7 +77,43 @@ def write_report(sources: list[Path], out: Path) -> tuple[Path, Path]:
     return md, page
 
 
+def campaign_store(folder: Path) -> ResultStore:
+    """The ResultStore of a campaign folder; one line when the folder is not one."""
+    store = ResultStore(folder)
+    if not (store.table_path.is_file() or store.cells_folder.is_dir()):
+        raise AebenchError(
+            f"{folder}: no cells.csv here; give a campaign folder (results/NAME) or a pytest-benchmark JSON file"
+        )
+    return store
+
+
+def repair_for_report(store: ResultStore) -> str:
+    """Rebuild a campaign's cells.csv from its records where they disagree; the line saying so.
+    A folder a running campaign holds is left to it (it repaired the table when it started);
+    a damaged table in a folder that cannot be written is one error line."""
+    problems = store.problems(store.records())
+    if not problems:
+        return ""
+    try:
+        with campaign_lock(store.folder):
+            return store.repair()
+    except CampaignBusy:
+        return ""
+    except OSError as exc:
+        raise AebenchError(
+            f"{store.table_path}: does not match the cell records ({problems[0]}) and cannot be rebuilt "
+            f"here ({exc.strerror or exc}); copy the folder somewhere writable and report on the copy"
+        ) from None
+
+
+def backend_colours(backends: Iterable[str]) -> dict[str, str]:
+    """One colour per backend, the same in every plot of a report (by sorted name)."""
+    names = sorted({str(b) for b in backends})
+    return {name: matplotlib.colors.to_hex(PALETTE[i % len(PALETTE)]) for i, name in enumerate(names)}
+
+
 def environment_line(folder: Path) -> str:
+    """One line on where and with what a campaign ran."""
     path = folder / "environment.json"
     if not path.is_file():
         return f"{folder.name}: no environment.json"
@@ -75,8 +126,8 @@ def environment_line(folder: Path) -> str:
     )
 
 
-def campaign_sections(store: ResultStore, out: Path) -> list[Section]:
-    table = store.table()
+def campaign_sections(store: ResultStore, table: pd.DataFrame, out: Path, colours: dict[str, str]) -> list[Section]:
+    """A section per spec and setting, with its table, notes and plots."""
     sections = []
     for spec, rows in table.groupby("spec", sort=True):
         for setting, group in rows.groupby(SETTING, dropna=False, sort=True):
@@ -85,16 +136,25 @@ def campaign_sections(store: ResultStore, out: Path) -> list[Section]:
             section = Section(name, speed_table(group), failure_notes(group))
             ok = group[group["status"] == "ok"]
             if len(ok):
-                section.figures.append(samples_plot(ok, name, out / "plots" / f"{slug}-samples.png", out))
+                figure = samples_figure(ok, name, colours)
+                section.figures.append(save(figure, out / "plots" / f"{slug}-samples.png", out))
                 curves = {label(r): loss_curve(store.record(r["key"])) for _, r in ok.iterrows()}
-                section.figures.append(loss_plot(curves, name, out / "plots" / f"{slug}-loss.png", out))
+                styles = {label(r): line_style(r, colours) for _, r in ok.iterrows()}
+                figure = loss_figure(curves, label(ok.iloc[0]), styles, name)
+                section.figures.append(save(figure, out / "plots" / f"{slug}-loss.png", out))
                 section.notes.append(curve_agreement(curves))
             sections.append(section)
     return sections
 
 
 def label(row: pd.Series) -> str:
+    """A cell's name in a section: backend and mode."""
     return f"{row['backend']} {row['mode']}"
+
+
+def line_style(row: pd.Series, colours: dict[str, str]) -> tuple[str, str]:
+    """A cell's line: its backend's colour, its mode's dash."""
+    return colours.get(row["backend"], "black"), MODE_LINES.get(row["mode"], "-.")
 
 
 def speed_table(group: pd.DataFrame) -> pd.DataFrame:
@@ -127,18 +187,39 @@ def speed_table(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def failure_notes(group: pd.DataFrame) -> list[str]:
+    """One note per cell that was not measured, with the reason."""
     return [f"{label(r)}: {r['status']}: {r['reason']}" for _, r in group.iterrows() if r["status"] != "ok"]
 
 
-def samples_plot(ok: pd.DataFrame, title: str, path: Path, out: Path) -> str:
+def samples_interval(row: pd.Series) -> tuple[float, float]:
+    """The samples/s of a cell's quartile block step times (Q3's pace, Q1's pace): its IQR
+    as samples/s. From the block times when the row has them, else median +- IQR / 2."""
+    blocks = json.loads(row["block_step_ms"]) if isinstance(row.get("block_step_ms"), str) else []
+    if blocks:
+        q1, q3 = np.percentile(blocks, [25, 75])
+    else:
+        q1 = row["median_step_ms"] - row["iqr_step_ms"] / 2
+        q3 = row["median_step_ms"] + row["iqr_step_ms"] / 2
+    samples = float(row["batch_size"]) * 1e3
+    return samples / q3, samples / q1 if q1 > 0 else np.inf
+
+
+def samples_figure(ok: pd.DataFrame, title: str, colours: dict[str, str]) -> Figure:
+    """Horizontal bars of samples/s per cell, coloured by backend, with the IQR as error bars."""
     ok = ok.sort_values("samples_per_s")
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(ok) + 1.2))
-    ax.barh([label(r) for _, r in ok.iterrows()], ok["samples_per_s"], color="#4c72b0")
-    if ok["samples_per_s"].max() > 100 * ok["samples_per_s"].min():
+    intervals = np.array([samples_interval(r) for _, r in ok.iterrows()])
+    values = ok["samples_per_s"].to_numpy(dtype=float)
+    errors = np.vstack([values - intervals[:, 0], np.minimum(intervals[:, 1], 10 * values) - values])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(ok) + 1.6))
+    bar_colours = [colours.get(b, "black") for b in ok["backend"]]
+    ax.barh([label(r) for _, r in ok.iterrows()], values, color=bar_colours, xerr=errors.clip(min=0), capsize=3)
+    if values.max() > 100 * values.min():
         ax.set_xscale("log")
-    ax.set_xlabel("training samples/s (median of blocks)")
+    shown = list(dict.fromkeys(ok["backend"]))
+    ax.legend(handles=[Patch(color=colours.get(b, "black"), label=b) for b in shown], fontsize=8, loc="lower right")
+    ax.set_xlabel("training samples/s (median of blocks; bars: interquartile range)")
     ax.set_title(title, fontsize=10)
-    return save(fig, path, out)
+    return fig
 
 
 def loss_curve(record: dict) -> pd.Series:
@@ -146,16 +227,45 @@ def loss_curve(record: dict) -> pd.Series:
     return pd.Series(record.get("losses", []), index=record.get("loss_steps", []), dtype=float)
 
 
-def loss_plot(curves: dict[str, pd.Series], title: str, path: Path, out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4))
+def loss_differences(curves: dict[str, pd.Series], reference: str) -> dict[str, pd.Series]:
+    """Every other curve minus the reference's, at the steps both recorded."""
+    base = curves[reference]
+    differences = {}
     for name, curve in curves.items():
-        ax.plot(curve.index, curve.values, label=name, linewidth=1, marker=".", markersize=3)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("total loss")
-    ax.set_yscale("log")
-    ax.set_title(f"{title}: same seed, weights and batches", fontsize=10)
-    ax.legend(fontsize=8)
-    return save(fig, path, out)
+        if name != reference:
+            both = pd.concat([curve, base], axis=1, join="inner").dropna()
+            differences[name] = both.iloc[:, 0] - both.iloc[:, 1]
+    return differences
+
+
+def loss_figure(curves: dict[str, pd.Series], reference: str, styles: dict[str, tuple[str, str]], title: str) -> Figure:
+    """Top: each cell's loss minus the reference cell's at the same steps (0: the same loss);
+    bottom, smaller: the reference's own curve."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    colour, _ = styles.get(reference, ("black", "-"))
+    top.axhline(0.0, color=colour, linewidth=1.5, label=f"{reference} (reference)")
+    for name, difference in loss_differences(curves, reference).items():
+        line_colour, dash = styles.get(name, ("black", "-"))
+        top.plot(
+            difference.index,
+            difference.values,
+            color=line_colour,
+            linestyle=dash,
+            marker=".",
+            markersize=3,
+            linewidth=1,
+            label=name,
+        )
+    top.set_ylabel("loss - reference loss")
+    top.set_title(f"{title}: same seed, weights and batches; difference from {reference}", fontsize=10)
+    top.legend(fontsize=8)
+    base = curves[reference]
+    bottom.plot(base.index, base.values, color=colour, linewidth=1)
+    if len(base) and (base > 0).all():
+        bottom.set_yscale("log")
+    bottom.set_ylabel("reference\nloss", fontsize=8)
+    bottom.set_xlabel("training step")
+    return fig
 
 
 def curve_agreement(curves: dict[str, pd.Series]) -> str:
@@ -170,7 +280,8 @@ def curve_agreement(curves: dict[str, pd.Series]) -> str:
     )
 
 
-def save(fig, path: Path, out: Path) -> str:
+def save(fig: Figure, path: Path, out: Path) -> str:
+    """Write a figure as PNG and close it; its path relative to the report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -229,6 +340,7 @@ def benchmark_json_sections(path: Path) -> list[Section]:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
+    """A table as GitHub markdown."""
     if table.empty:
         return "(no rows)"
     cells = [[str(v) for v in row] for row in table.itertuples(index=False)]
@@ -237,6 +349,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def to_markdown(header: list[str], sections: list[Section]) -> str:
+    """The whole report as markdown."""
     parts = ["# aebench report", "", *header, "", FIGURES_NOTE, ""]
     for s in sections:
         parts += [f"## {s.title}", "", markdown_table(s.table), ""]
@@ -246,6 +359,7 @@ def to_markdown(header: list[str], sections: list[Section]) -> str:
 
 
 def to_html(header: list[str], sections: list[Section]) -> str:
+    """The whole report as one HTML page."""
     body = [
         "<h1>aebench report</h1>",
         *[f"<p>{html.escape(h).replace('**', '')}</p>" for h in header],

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 from aebench.bench.campaign import (
     Budget,
     CampaignConfig,
-    Executor,
     Shard,
     cells_left,
     load_campaign,
     plan_cells,
     run_campaign,
     validate,
+    validate_names,
     with_overrides,
 )
+from aebench.bench.executor import Executor
+from aebench.bench.lock import campaign_lock
 from aebench.bench.merge import merge_results
 from aebench.bench.ray_executor import RayExecutor
 from aebench.bench.report import write_report
@@ -45,12 +50,17 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def campaign_config(args: argparse.Namespace):
-    """The campaign YAML (if any) with the flags given on the command line on top."""
+DEFAULT_RESULTS = "bench-results"
+
+
+def campaign_config(args: argparse.Namespace) -> CampaignConfig:
+    """The campaign YAML (if any) with the flags given on the command line on top. Every name
+    is checked against what is registered and shipped before any framework is imported; only
+    the default backends (every available one) need the frameworks loaded, and last."""
     if args.campaign:
         config = load_campaign(Path(args.campaign))
     else:
-        config = CampaignConfig(specs=tuple(list_specs()), backends=tuple(available_backends()))
+        config = CampaignConfig(specs=tuple(list_specs()), backends=())
     config = with_overrides(
         config,
         specs=args.specs,
@@ -68,53 +78,80 @@ def campaign_config(args: argparse.Namespace):
     )
     protocol = {k: getattr(args, k) for k in ("warmup_seconds", "blocks", "block_seconds") if getattr(args, k)}
     config = dataclasses.replace(config, protocol=dataclasses.replace(config.protocol, **protocol))
-    bad = [m for m in config.modes if m not in ("eager", "compiled", "fast")]
-    if bad:
-        raise AebenchError(f"--modes: '{bad[0]}' is not a mode; allowed: eager, compiled, fast")
+    checked(args, lambda: validate_names(config, args.campaign or "command line"))
+    if not config.backends:
+        config = dataclasses.replace(config, backends=tuple(available_backends()))
+        if not config.backends:
+            raise AebenchError("--backends: no backend is available here (see aebench list)")
+    return checked(args, lambda: validate(config, args.campaign or "command line"))
+
+
+def checked(args: argparse.Namespace, check: Callable[[], object]):
+    """Run a campaign check; a SpecError about a value given as a flag is said as that flag's error."""
     try:
-        return validate(config, args.campaign or "command line")
+        return check()
     except SpecError as exc:
         flag = "--" + exc.field.split("[")[0].replace("_", "-")
-        if args.campaign and getattr(args, flag[2:].replace("-", "_")) is None:
+        if args.campaign and getattr(args, flag[2:].replace("-", "_"), None) is None:
             raise
         raise AebenchError(f"{flag}: {exc.message}") from None
 
 
+def writable_folder(path: Path, flag: str) -> Path:
+    """``path``, created if needed and proved writable by a probe file; one line naming ``flag`` otherwise."""
+    shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+    if path.exists() and not path.is_dir():
+        raise AebenchError(f"{flag}: {shown} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise AebenchError(f"{flag}: cannot write to {shown} ({reason})") from None
+    return path
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run (or resume) a campaign in <results>/<name>/, holding its lock, then write its report."""
     shard = Shard.parse(args.shard) if args.shard else Shard()
+    results = writable_folder(Path(args.results), "--results")
     config = campaign_config(args)
-    progress = Progress()
-    folder = Path(args.results) / config.campaign_name()
+    folder = writable_folder(results / config.campaign_name(), "--results")
     executor = executor_for(config, folder)
-    planned = len(shard.select(plan_cells(config)))
-    part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
-    progress.line(f"campaign {config.campaign_name()}{part}: {planned} cells, results in {folder}")
-    budget = Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    progress = Progress()
+    with campaign_lock(folder):
+        planned = len(shard.select(plan_cells(config)))
+        part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
+        progress.line(f"campaign {config.campaign_name()}{part}: {planned} cells, results in {folder}")
+        budget = Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
 
-    def on_cell(i: int, n: int, row: dict, tracked: str) -> None:
-        progress.line(f"[{i}/{n}] {row['key']}: {cell_summary(row)}")
-        progress.line(f"      {tracked}")
+        def on_cell(i: int, n: int, row: dict, tracked: str) -> None:
+            progress.line(f"[{i}/{n}] {row['key']}: {cell_summary(row)}")
+            progress.line(f"      {tracked}")
 
-    tracker = CellTracker(uri=args.tracking_uri, log=not args.no_mlflow)
-    store = run_campaign(
-        config,
-        Path(args.results),
-        retry_failed=args.retry_failed,
-        mnist=args.data,
-        tracker=tracker,
-        on_cell=on_cell,
-        shard=shard,
-        budget=budget,
-        executor=executor,
-    )
-    left = cells_left(config, store, shard)
-    if left:
-        progress.line(
-            f"time budget of {args.max_minutes:g} min spent: {len(left)} cells not started; "
-            "the same command resumes them"
+        tracker = CellTracker(uri=args.tracking_uri, log=not args.no_mlflow)
+        store = run_campaign(
+            config,
+            results,
+            retry_failed=args.retry_failed,
+            mnist=args.data,
+            tracker=tracker,
+            on_cell=on_cell,
+            shard=shard,
+            budget=budget,
+            executor=executor,
+            say=progress.line,
+            remeasure_peak=args.remeasure_peak,
         )
-    table = store.table()
-    md, page = write_report([store.folder], store.folder)
+        left = cells_left(config, store, shard)
+        if left:
+            progress.line(
+                f"time budget of {args.max_minutes:g} min spent: {len(left)} cells not started; "
+                "the same command resumes them"
+            )
+        table = store.table()
+        md, page = write_report([store.folder], store.folder, say=progress.line)
     failed = table[table["status"] == "failed"]
     progress.line(f"{len(table)} cells recorded in {store.table_path} ({len(failed)} failed); report: {md}, {page}")
     return 1 if len(failed) else 0
@@ -149,9 +186,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Write report.md and report.html for campaign folders and pytest-benchmark JSON files."""
     sources = [Path(s) for s in args.results]
-    out = Path(args.out) if args.out else (sources[0] if sources[0].is_dir() else sources[0].parent)
-    md, page = write_report(sources, out)
+    for source in sources:
+        if not source.exists():
+            raise AebenchError(f"{source}: no such campaign folder or benchmark JSON file")
+    if args.out:
+        out = writable_folder(Path(args.out), "--out")
+    else:
+        default = sources[0] if sources[0].is_dir() else sources[0].parent
+        out = writable_folder(default, "report (no --out: the first campaign's folder; give another with --out)")
+    md, page = write_report(sources, out, say=lambda line: print(line, file=sys.stderr))
     print(f"wrote {md} and {page}")
     return 0
 
@@ -170,9 +215,15 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument("--tf32", action="store_true", help="allow TensorFloat-32 in every framework (default: off)")
     p.add_argument(
         "--name",
-        help="campaign name (default: derived from what is measured, so the same command resumes the same campaign)",
+        help="campaign name (default: read from what is measured, e.g. vae_dense_torch-jax_compiled_b1024, "
+        "so the same command resumes the same campaign)",
     )
-    p.add_argument("--results", default="results", metavar="DIR", help="where campaigns go (default results/)")
+    p.add_argument(
+        "--results",
+        default=DEFAULT_RESULTS,
+        metavar="DIR",
+        help=f"where campaigns go (default {DEFAULT_RESULTS}/, which git ignores)",
+    )
     p.add_argument("--steps-per-call", type=positive_int, help="steps per dispatch of the fast modes (default 10)")
     p.add_argument("--timeout", type=positive_float, metavar="S", help="seconds before a cell is killed (default 1800)")
     p.add_argument("--warmup-seconds", type=positive_float, metavar="S", help="warm-up after the first call (1)")
@@ -180,6 +231,11 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument("--block-seconds", type=positive_float, metavar="S", help="least duration of a block (1)")
     p.add_argument("--no-verify", action="store_true", help="skip replaying the first steps on the trainer")
     p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
+    p.add_argument(
+        "--remeasure-peak",
+        action="store_true",
+        help="measure the device peak of each backend, dtype and precision again before its first cell",
+    )
     p.add_argument(
         "--max-minutes",
         type=positive_float,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from aebench.bench.campaign import safe_name
 from aebench.bench.cell import Cell
+from aebench.bench.store import safe_name
 from aebench.errors import AebenchError
 from aebench.plugins.registry import framework_of
 from aebench.spec.load import load_spec
