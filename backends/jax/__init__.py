@@ -35,5 +35,6 @@ PLUGIN = Plugin(
     distributions=("jax", "jaxlib", "flax", "optax"),
     reference_rank=1,
     install_hint="pip install 'aebench[jax]'",
+    requires=("jax", "flax", "optax"),
     environment=SHARE_GPU,
 )

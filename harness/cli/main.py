@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
+import importlib.util
 import math
 import sys
 from collections.abc import Sequence
@@ -19,12 +21,16 @@ from aebench.check.suite import choose_backends, format_table, load_specs, run_c
 from aebench.cli.bench import add_commands
 from aebench.cli.tracking import add_commands as add_tracking_commands
 from aebench.cli.tracking import add_train_arguments, tracking_options
-from aebench.data.datasets import MNIST_URL, fetch_mnist, load_dataset
+from aebench.data.datasets import MNIST_URL, fetch_mnist, find_mnist, load_dataset
 from aebench.errors import AebenchError
+from aebench.plugins.discovery import registered_plugins
+from aebench.plugins.plugin import Plugin
 from aebench.plugins.registry import list_backends, load_backend
 from aebench.progress import Progress
 from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
-from aebench.spec.shapes import plan_model
+from aebench.spec.schema import did_you_mean
+from aebench.spec.shapes import memory_need, plan_model
+from aebench.spec.types import Mnist
 from aebench.track.train_run import train_tracked
 
 
@@ -53,12 +59,60 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_specs():
         spec = load_spec(name)
         print(f"  {name:26s} {spec.description}")
-    print("backends:")
-    for info in list_backends():
-        state = "available" if info.available else f"unavailable: {info.reason}"
-        state += f", {info.note}" if info.note else ""
-        print(f"  {info.name:26s} {state}")
+    if args.load:
+        print("backends (each framework loaded):")
+        for info in list_backends():
+            state = "available" if info.available else f"unavailable: {info.reason}"
+            state += f", {info.note}" if info.note else ""
+            print(f"  {info.name:26s} {state}")
+    else:
+        print("backends (installed packages, no framework loaded; 'aebench list --load' loads each):")
+        for name, found in sorted(registered_plugins().items()):
+            print(f"  {name:26s} {installed_state(found)}")
     return 0
+
+
+def installed_state(found: Plugin) -> str:
+    """Whether a backend's framework is installed, with the versions of its distributions, read
+    from module specs and package metadata without importing the framework."""
+    missing = [module for module in found.requires or (found.framework,) if not module_installed(module)]
+    if missing:
+        hint = f" ({found.install_hint})" if found.install_hint else ""
+        return f"not installed: {', '.join(missing)} not found{hint}"
+    versions = [f"{dist} {installed_version(dist)}" for dist in found.distributions if installed_version(dist)]
+    return "installed" + (f": {', '.join(versions)}" if versions else "")
+
+
+def module_installed(module: str) -> bool:
+    """Whether the top-level package of ``module`` can be found (nothing is imported)."""
+    try:
+        return importlib.util.find_spec(module.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution``, or "" when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return ""
+
+
+def package_version() -> str:
+    """aebench's own installed version."""
+    return installed_version("aebench") or "(version unknown: aebench is not installed as a package)"
+
+
+def check_backend_names(names: Sequence[str], flag: str) -> None:
+    """AebenchError naming ``flag`` for a name no plugin registers, before any framework loads."""
+    known = registered_plugins()
+    for name in names:
+        if name not in known:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise AebenchError(
+                f"{flag}: no backend '{shown}'{did_you_mean(name, known)}; registered: {', '.join(sorted(known))}"
+            )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -74,7 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         weights = sum(math.prod(p.shape) for p in plan.params)
         print(
             f"ok: {name}: {spec.name}, family {spec.model.family}, {len(plan.params)} weight arrays, "
-            f"{weights:,} weights"
+            f"{weights:,} weights; {memory_need(spec, plan).describe()}"
         )
     return 2 if failed else 0
 
@@ -90,6 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--data: {spec.name} trains on {spec.data.name} data, which aebench generates; "
             "--data only applies to MNIST specs"
         )
+    check_backend_names([args.backend], "--backend")
+    if isinstance(spec.data, Mnist):
+        find_mnist(args.data)  # a missing file is reported before a framework loads
     backend = load_backend(args.backend)
     data = load_dataset(spec, args.data)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{backend.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -112,7 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     specs = load_specs(args.specs)
-    backends, skipped = choose_backends(args.backends.split(",") if args.backends else None)
+    names = args.backends.split(",") if args.backends else None
+    check_backend_names(names or [], "--backends")
+    backends, skipped = choose_backends(names)
     dtypes = [args.dtype] if args.dtype else ["float64", "float32"]
     progress = Progress()
     rows = skipped + run_check(specs, backends, dtypes, progress=lambda s: progress.line(f"checking {s}"))
@@ -140,9 +199,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="aebench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     p = sub.add_parser("list", help="list the shipped specs and the registered backends")
+    p.add_argument(
+        "--load", action="store_true", help="load each backend's framework to be sure it works (slow: seconds each)"
+    )
     p.set_defaults(run=cmd_list)
 
     p = sub.add_parser("validate", help="check spec files; one line per problem, exit 2 on any")
@@ -174,8 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch-mnist", help="download MNIST into the Keras cache (needs a network)")
     p.add_argument("--dest", metavar="PATH", help="where to save (default ~/.keras/datasets/mnist.npz)")
-    p.add_argument("--url", help="where to download from (default: the Keras mirror)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
+    p.add_argument("--url", help="an http:// or https:// URL to download from (default: the Keras mirror)")
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds for the whole download, connecting included (default 10)",
+    )
     p.set_defaults(run=cmd_fetch_mnist)
 
     add_commands(sub, positive_int, positive_float)

@@ -8,15 +8,22 @@ so the main job runs offline. Files are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import importlib.resources
 import os
+import socket
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
+from urllib.error import HTTPError
 
 import numpy as np
 
@@ -26,6 +33,9 @@ from aebench.spec.types import HeightWeight, Mnist, Spec
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
 MNIST_ENV = "AEBENCH_MNIST"
+MNIST_MAX_BYTES = 64 << 20
+"""fetch-mnist stops reading past this (the MNIST npz is 11 MB)."""
+_CHUNK = 1 << 16
 _MNIST_LAYOUT = {"x_train": (28, 28), "y_train": (), "x_test": (28, 28), "y_test": ()}
 
 
@@ -131,24 +141,167 @@ def one_hot(labels: Optional[np.ndarray], num_classes: int) -> Optional[np.ndarr
 def fetch_mnist(dest: Optional[Path] = None, url: str = MNIST_URL, timeout: float = 10.0) -> Path:
     """Download MNIST to ``dest`` (default: the Keras cache), checking its sha256.
 
-    Fails within ``timeout`` seconds with a DataError that says where to put the file.
+    Only http:// and https:// URLs (redirects included) are followed; the whole download,
+    connecting included, must end within ``timeout`` seconds and stay under MNIST_MAX_BYTES.
+    It is streamed to a temporary file beside ``dest`` that replaces ``dest`` only once its
+    sha256 is right, so a failed download leaves nothing behind. Any failure is a one-line
+    DataError that says where to put the file instead.
     """
     dest = Path(dest) if dest else keras_cache_path()
-    advice = (
+    if not is_http_url(url):
+        raise DataError(f"--url: {_cut(url)!r} is not allowed; {_ALLOWED_URLS}")
+    deadline = time.monotonic() + timeout
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as exc:
+        raise DataError(f"could not write MNIST to {_cut(str(dest))} ({exc.strerror or exc}); {_advice()}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _download(url, out, deadline, timeout)
+        if digest != MNIST_SHA256:
+            raise DataError(f"download from {_cut(url)} has sha256 {digest}, expected {MNIST_SHA256}; {_advice()}")
+        os.replace(part, dest)
+    except OSError as exc:
+        raise DataError(f"could not write MNIST to {_cut(str(dest))} ({exc.strerror or exc}); {_advice()}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+    return dest
+
+
+_ALLOWED_URLS = "allowed: http:// or https:// URLs with a host"
+
+
+def is_http_url(url: str) -> bool:
+    """Whether ``url`` is an http:// or https:// URL with a host (the only ones fetch_mnist follows)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an invalid port or IPv6 literal
+        return False
+
+
+def _download(url: str, out: IO[bytes], deadline: float, timeout: float) -> str:
+    """Stream ``url`` into ``out`` until ``deadline``; the sha256 of what was read."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with _open(url, deadline) as (response, sockets):
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MNIST_MAX_BYTES:
+                raise DataError(
+                    f"download from {_cut(url)} announces {int(declared) >> 20} MB, {_TOO_BIG}; {_advice()}"
+                )
+            while chunk := _read_before(response, sockets, deadline):
+                size += len(chunk)
+                if size > MNIST_MAX_BYTES:
+                    raise DataError(f"download from {_cut(url)} stopped: {_TOO_BIG}; {_advice()}")
+                digest.update(chunk)
+                out.write(chunk)
+    except (http.client.HTTPException, OSError) as exc:  # URLError and TimeoutError are OSErrors
+        raise _network_error(exc, url, timeout, size) from None
+    return digest.hexdigest()
+
+
+_TOO_BIG = f"more than {MNIST_MAX_BYTES >> 20} MB (MNIST is 11 MB)"
+
+
+def _network_error(exc: Exception, url: str, timeout: float, size: int) -> DataError:
+    """The one line for a failed download: the deadline passed, or why the server could not be read."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, HTTPError) else exc
+    if isinstance(reason, TimeoutError):
+        return DataError(
+            f"download from {_cut(url)} timed out: it did not finish within {timeout:g} s (--timeout), "
+            f"{size:,} bytes read; {_advice()}"
+        )
+    return DataError(f"could not download MNIST from {_cut(url)} ({_cut(str(reason))}); {_advice()}")
+
+
+def _read_before(response: http.client.HTTPResponse, sockets: list[socket.socket], deadline: float) -> bytes:
+    """The next bytes the server sends (at most _CHUNK), waiting no longer than ``deadline``."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    for connected in sockets:
+        connected.settimeout(left)
+    return response.read1(_CHUNK)
+
+
+@contextlib.contextmanager
+def _open(url: str, deadline: float) -> Iterator[tuple[http.client.HTTPResponse, list[socket.socket]]]:
+    """The response to a GET of ``url`` (proxies from the environment, http(s) redirects only)
+    and the sockets it reads from, whose timeouts the caller shortens to the deadline."""
+    sockets: list[socket.socket] = []
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        _DeadlineHTTPHandler(sockets),
+        _DeadlineHTTPSHandler(sockets),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _HTTPOnlyRedirectHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        urllib.request.UnknownHandler(),
+    ):
+        opener.add_handler(handler)
+    request = urllib.request.Request(url, headers={"User-Agent": "aebench", "Accept-Encoding": "identity"})
+    with opener.open(request, timeout=max(deadline - time.monotonic(), 0.001)) as response:
+        yield response, sockets
+
+
+class _HTTPOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Redirects to http:// and https:// only (urllib also follows ftp://, and refuses file://
+    with a message that does not say what is allowed)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = urllib.parse.urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if not is_http_url(target):
+            where = f"{_cut(req.full_url)} answered with a redirect to {_cut(target)!r}"
+            raise DataError(f"--url: {where}; {_ALLOWED_URLS}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _recording(connection_class: type[http.client.HTTPConnection], sockets: list[socket.socket]) -> Callable:
+    """A connection factory for urllib that keeps each connected socket in ``sockets``."""
+
+    class Recording(connection_class):  # type: ignore[valid-type, misc]
+        def connect(self) -> None:
+            super().connect()
+            sockets.append(self.sock)
+
+    return Recording
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """urllib's http:// handler, keeping each connection's socket so every read gets only the time left."""
+
+    def __init__(self, sockets: list[socket.socket]):
+        super().__init__()
+        self.sockets = sockets
+
+    def http_open(self, req):
+        return self.do_open(_recording(http.client.HTTPConnection, self.sockets), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's https:// handler, keeping each connection's socket so every read gets only the time left."""
+
+    def __init__(self, sockets: list[socket.socket]):
+        super().__init__()
+        self.sockets = sockets
+
+    def https_open(self, req):
+        return self.do_open(_recording(http.client.HTTPSConnection, self.sockets), req, context=self._context)
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, so a hostile value cannot flood a message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _advice() -> str:
+    return (
         f"put a Keras-layout mnist.npz (sha256 {MNIST_SHA256[:12]}...) at {keras_cache_path()}, "
         f"or pass --data PATH, or set {MNIST_ENV}"
     )
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed https URL
-            payload = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DataError(f"could not download MNIST from {url} ({reason}); {advice}") from None
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != MNIST_SHA256:
-        raise DataError(f"download from {url} has sha256 {digest}, expected {MNIST_SHA256}; {advice}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, dest)
-    return dest

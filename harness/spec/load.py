@@ -1,10 +1,11 @@
 """Loading specs: shipped names or paths, ``extends`` merging, validation of the whole.
 
 A spec file is YAML. ``extends: NAME`` takes another spec (``NAME.yaml`` beside the file,
-or a path) and overrides the fields given: mappings merge key by key, lists and scalars
-are replaced whole, and a mapping whose ``kind`` or ``type`` changes is replaced whole.
-After merging, the result must be a complete spec (see aebench.spec.types) whose shapes
-fit together (aebench.spec.shapes).
+else the shipped spec NAME; or a path) and overrides the fields given: mappings merge key
+by key, lists and scalars are replaced whole, and a mapping whose ``kind`` or ``type``
+changes is replaced whole. After merging, the result must be a complete spec (see
+aebench.spec.types) whose shapes fit together and whose training step fits in this
+machine's memory (aebench.spec.shapes).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import importlib.resources
 from pathlib import Path
 
 from aebench.errors import SpecError
-from aebench.spec.schema import Parser, did_you_mean
-from aebench.spec.shapes import plan_model
+from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
+from aebench.spec.shapes import check_memory_fits, plan_model
 from aebench.spec.types import LINEAR, Dense, Gaussian, Mnist, Spec
 from aebench.spec.yamlio import read_mapping
+
+MAX_EXTENDS_DEPTH = 16
+"""The longest chain of ``extends`` (the shipped specs use one level)."""
+MAX_PARENT_CHARS = 1024
+"""The longest ``extends`` value (a name or a path)."""
 
 
 def builtin_specs_dir() -> Path:
@@ -32,29 +38,57 @@ def list_specs() -> list[str]:
 def spec_path(name_or_path: str | Path) -> Path:
     """A spec file path for a path or the name of a shipped spec."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or _exists(path):
         return path
     shipped = builtin_specs_dir() / f"{name_or_path}.yaml"
-    if shipped.exists():
+    if _exists(shipped):
         return shipped
     raise SpecError(
-        str(name_or_path),
+        cut(str(name_or_path), 200),
         "",
         "no such spec file or shipped spec"
         f"{did_you_mean(str(name_or_path), list_specs())}; shipped: {', '.join(list_specs())}",
     )
 
 
+def _exists(path: Path) -> bool:
+    """Path.exists, False for names the system cannot look up (too long, a NUL byte)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, False for names the system cannot look up."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def load_spec(name_or_path: str | Path) -> Spec:
     """Read, merge (``extends``) and validate a spec; raises SpecError on any problem."""
     path = spec_path(name_or_path)
     merged = _merged(path, chain=())
-    merged.setdefault("name", path.stem)
+    if "name" not in merged:
+        merged["name"] = _name_from_file(path)
     parser = Parser(str(path))
     spec = parser.parse_dataclass(Spec, merged, "")
     _check_consistency(parser, spec)
-    plan_model(spec, file=str(path))
+    check_memory_fits(spec, str(path), plan_model(spec, file=str(path)))
     return spec
+
+
+def _name_from_file(path: Path) -> str:
+    if not is_identifier(path.stem):
+        raise SpecError(
+            str(path),
+            "name",
+            f"is taken from the file name {shown(path.stem)}, which is not {IDENTIFIER_RULE}; "
+            "add a line 'name: NAME' to the spec",
+        )
+    return path.stem
 
 
 def _merged(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -62,9 +96,18 @@ def _merged(path: Path, chain: tuple[Path, ...]) -> dict:
     parent = data.get("extends")
     if parent is None:
         return data
-    if not isinstance(parent, str) or not parent:
+    if not isinstance(parent, str) or not parent or "\0" in parent or len(parent) > MAX_PARENT_CHARS:
         raise SpecError(
-            str(path), "extends", f"must name a spec (a file beside this one, without .yaml); got {parent!r}"
+            str(path),
+            "extends",
+            "must name a spec (a file beside this one or a shipped spec, without .yaml, or a path); "
+            f"got {shown(parent)}",
+        )
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise SpecError(
+            str(path),
+            "extends",
+            f"specs extend each other deeper than {MAX_EXTENDS_DEPTH} levels, starting at {cut(str(chain[0]), 200)}",
         )
     parent_path = _parent_path(path, parent)
     resolved = path.resolve()
@@ -78,15 +121,35 @@ def _merged(path: Path, chain: tuple[Path, ...]) -> dict:
 
 
 def _parent_path(path: Path, parent: str) -> Path:
+    """The file ``extends: parent`` names: beside ``path`` first (``path`` itself excepted: a user's own
+    ``ae.yaml`` may extend the shipped ``ae``), then (a bare name) among the shipped specs."""
     candidate = Path(parent)
-    if not candidate.suffix:
+    if not candidate.suffix and candidate.name not in ("", ".", ".."):
         candidate = candidate.with_suffix(".yaml")
     if not candidate.is_absolute():
         candidate = path.parent / candidate
-    if not candidate.exists():
-        siblings = [p.stem for p in path.parent.glob("*.yaml")]
-        raise SpecError(str(path), "extends", f"no spec '{parent}' at {candidate}{did_you_mean(parent, siblings)}")
-    return candidate
+    if _exists(candidate) and _is_dir(candidate):
+        raise SpecError(str(path), "extends", f"'{cut(parent)}' is a folder; name a spec (a YAML file)")
+    itself = _exists(candidate) and candidate.resolve() == path.resolve()
+    if _exists(candidate) and not itself:
+        return candidate
+    bare = Path(parent).name == parent and not Path(parent).suffix
+    shipped = builtin_specs_dir() / f"{parent}.yaml"
+    if bare and _exists(shipped):
+        return shipped
+    if itself:
+        raise SpecError(str(path), "extends", f"a spec cannot extend itself; no shipped spec is named '{cut(parent)}'")
+    raise _no_parent(path, parent, candidate, bare)
+
+
+def _no_parent(path: Path, parent: str, candidate: Path, bare: bool) -> SpecError:
+    """The error for an ``extends`` found nowhere: where it looked, and the closest name."""
+    siblings = [p.stem for p in path.parent.glob("*.yaml")]
+    looked = f"looked for {cut(str(candidate), 200)}"
+    if bare:
+        looked += f" and among the shipped specs ({', '.join(list_specs())})"
+    hint = did_you_mean(parent, siblings + (list_specs() if bare else []))
+    return SpecError(str(path), "extends", f"no spec '{cut(parent)}': {looked}{hint}")
 
 
 _TAGS = ("type", "kind", "name")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -20,10 +21,46 @@ from aebench.errors import SpecError
 
 Check = Callable[[Any], "str | None"]
 
+SHOWN_CHARS = 60
+"""The longest a value from a file is quoted in an error message; the rest is cut."""
+
+IDENTIFIER_CHARS = 64
+_IDENTIFIER = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{IDENTIFIER_CHARS - 1}}}")
+IDENTIFIER_RULE = (
+    f"1 to {IDENTIFIER_CHARS} ASCII letters, digits, '_', '-' or '.', not starting with '.' or '-' "
+    "(it names folders and files)"
+)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for quoting a user's value in a one-line error."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` for a one-line error: control characters escaped, cut to about ``limit`` characters."""
+    escaped = repr(text[: limit + 1])[1:-1]
+    return escaped if len(text) <= limit else f"{escaped[:limit]}... ({len(text):,} characters)"
+
+
+def is_identifier(value: str) -> bool:
+    """True for a name that is safe as a folder or file name: see IDENTIFIER_RULE."""
+    return _IDENTIFIER.fullmatch(value) is not None
+
+
+def identifier(value: str) -> str | None:
+    """A check for names that become folder and file names."""
+    return None if is_identifier(value) else f"must be {IDENTIFIER_RULE}; got {shown(value)}"
+
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
     choices = list(choices)
+    if len(str(word)) > 4 * SHOWN_CHARS:  # no choice is that long; spare difflib the work
+        return ""
     by_leaf = {c.rpartition(".")[2]: c for c in choices}
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     if not close:
@@ -37,11 +74,22 @@ def rule(check: Check) -> dict[str, Check]:
 
 
 def at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be >= {low:g}, got {v!r}"
+    return lambda v: None if v >= low else f"must be >= {low:g}, got {shown(v)}"
 
 
 def greater_than(low: float) -> Check:
-    return lambda v: None if v > low else f"must be > {low:g}, got {v!r}"
+    return lambda v: None if v > low else f"must be > {low:g}, got {shown(v)}"
+
+
+def in_range(low: int, high: int) -> Check:
+    """Checks low <= v <= high for an integer; ``high`` keeps sizes, counts and seeds in what frameworks take."""
+
+    def check(v: int) -> str | None:
+        if v < low:
+            return f"must be >= {low}, got {shown(v)}"
+        return None if v <= high else f"must be at most {high}, got {shown(v)}"
+
+    return check
 
 
 def in_interval(low: float, high: float, *, closed_low: bool, closed_high: bool) -> Check:
@@ -51,7 +99,7 @@ def in_interval(low: float, high: float, *, closed_low: bool, closed_high: bool)
     def check(v: float) -> str | None:
         ok_low = v >= low if closed_low else v > low
         ok_high = v <= high if closed_high else v < high
-        return None if ok_low and ok_high else f"must lie in {left}{low:g}, {high:g}{right}, got {v!r}"
+        return None if ok_low and ok_high else f"must lie in {left}{low:g}, {high:g}{right}, got {shown(v)}"
 
     return check
 
@@ -92,7 +140,7 @@ class Parser:
         for key in value:
             if key not in names:
                 hint = did_you_mean(key, names) or did_you_mean(key, _nested_names(cls))
-                self.fail(_join(path, str(key)), f"unknown key{hint}; allowed: {', '.join(names)}")
+                self.fail(_join(path, cut(str(key))), f"unknown key{hint}; allowed: {', '.join(names)}")
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):
@@ -129,15 +177,15 @@ class Parser:
         if chosen is None:
             self.fail(
                 _join(path, tag),
-                f"must be one of {', '.join(by_tag)}; got {value[tag]!r}{did_you_mean(value[tag], by_tag)}",
+                f"must be one of {', '.join(by_tag)}; got {shown(value[tag])}{did_you_mean(value[tag], by_tag)}",
             )
         return self.parse_dataclass(chosen, value, path)
 
     def _parse_literal(self, choices: tuple, value: Any, path: str) -> Any:
         if value in choices and not isinstance(value, bool):
             return value
-        shown = ", ".join(str(c) for c in choices)
-        self.fail(path, f"must be one of {shown}; got {value!r}{did_you_mean(value, map(str, choices))}")
+        allowed = ", ".join(str(c) for c in choices)
+        self.fail(path, f"must be one of {allowed}; got {shown(value)}{did_you_mean(value, map(str, choices))}")
 
     def _parse_tuple(self, args: tuple, value: Any, path: str) -> tuple:
         if not isinstance(value, list):
@@ -161,9 +209,13 @@ class Parser:
     def _float(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(path, f"must be a number; got {_kind(value)}")
-        if not math.isfinite(value):
-            self.fail(path, f"must be a finite number; got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            self.fail(path, f"must be a finite number; got {shown(value)}")
+        return number
 
     def _str(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
@@ -192,7 +244,7 @@ def _kind(value: Any) -> str:
         return "nothing (null)"
     if isinstance(value, (dict, list)):
         return f"a {type(value).__name__}"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def _describe(tp: Any) -> str:

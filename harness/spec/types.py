@@ -11,7 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from aebench.spec.schema import Parser, at_least, greater_than, in_interval, rule
+from aebench.spec.schema import Parser, at_least, greater_than, identifier, in_interval, in_range, rule, shown
+
+MAX_SIZE = 2**31 - 1
+"""The largest layer size, kernel, stride or class count: what every framework indexes with 32 bits."""
+MAX_SEED = 2**32 - 1
+"""NumPy's classic seed range."""
+MAX_EXAMPLES = 10_000_000
+"""The most examples a generated data set may hold."""
 
 ActivationName = Literal["linear", "relu", "leaky_relu", "sigmoid", "tanh"]
 
@@ -54,16 +61,16 @@ Padding = Literal["same", "valid"]
 @dataclass(frozen=True)
 class Dense:
     type: Literal["dense"]
-    units: int = field(metadata=rule(at_least(1)))
+    units: int = field(metadata=rule(in_range(1, MAX_SIZE)))
     activation: Activation = LINEAR
 
 
 @dataclass(frozen=True)
 class _Convolution:
     type: str
-    filters: int = field(metadata=rule(at_least(1)))
-    kernel: int = field(metadata=rule(at_least(1)))
-    stride: int = field(metadata=rule(at_least(1)))
+    filters: int = field(metadata=rule(in_range(1, MAX_SIZE)))
+    kernel: int = field(metadata=rule(in_range(1, MAX_SIZE)))
+    stride: int = field(metadata=rule(in_range(1, MAX_SIZE)))
     padding: Padding
     activation: Activation = LINEAR
 
@@ -90,7 +97,10 @@ class Flatten:
 
 
 def positive_sizes(sizes: tuple[int, ...]) -> Optional[str]:
-    return None if sizes and min(sizes) >= 1 else f"must be a non-empty list of sizes >= 1, got {list(sizes)}"
+    """A check for a reshape's target: a non-empty list of sizes in 1..MAX_SIZE."""
+    if sizes and min(sizes) >= 1 and max(sizes) <= MAX_SIZE:
+        return None
+    return f"must be a non-empty list of sizes >= 1 and at most {MAX_SIZE}, got {shown(list(sizes))}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class Latent:
     """The code (family ae: a Dense layer of ``size`` units with ``activation``) or the
     Gaussian posterior (family vae: two linear Dense heads, mean and log-variance)."""
 
-    size: int = field(metadata=rule(at_least(1)))
+    size: int = field(metadata=rule(in_range(1, MAX_SIZE)))
     activation: Activation = LINEAR
 
 
@@ -118,7 +128,7 @@ class Conditioning:
     """Joins the one-hot label to the encoder input ``[x, onehot]`` and to z ``[z, onehot]``."""
 
     labels: bool
-    num_classes: int = field(default=10, metadata=rule(at_least(2)))
+    num_classes: int = field(default=10, metadata=rule(in_range(2, MAX_SIZE)))
 
 
 @dataclass(frozen=True)
@@ -224,9 +234,9 @@ class HeightWeight:
     """The (height, weight) table of seed 000, generated deterministically and standardised."""
 
     name: Literal["height_weight"]
-    n_train: int = field(default=1024, metadata=rule(at_least(2)))
-    n_test: int = field(default=256, metadata=rule(at_least(1)))
-    seed: int = field(default=0, metadata=rule(at_least(0)))
+    n_train: int = field(default=1024, metadata=rule(in_range(2, MAX_EXAMPLES)))
+    n_test: int = field(default=256, metadata=rule(in_range(1, MAX_EXAMPLES)))
+    seed: int = field(default=0, metadata=rule(in_range(0, MAX_SEED)))
 
 
 DataSpec = Union[Mnist, HeightWeight]
@@ -259,16 +269,19 @@ class Adam:
 
 @dataclass(frozen=True)
 class Train:
-    batch_size: int = field(metadata=rule(at_least(1)))
-    epochs: int = field(metadata=rule(at_least(1)))
-    seed: int = field(metadata=rule(at_least(0)))
+    batch_size: int = field(metadata=rule(in_range(1, MAX_SIZE)))
+    epochs: int = field(metadata=rule(in_range(1, MAX_SIZE)))
+    seed: int = field(metadata=rule(in_range(0, MAX_SEED)))
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One autoencoder variant, fully resolved (``extends`` already applied)."""
+    """One autoencoder variant, fully resolved (``extends`` already applied).
 
-    name: str
+    ``name`` becomes folder and file names, so it is an identifier (schema.IDENTIFIER_RULE).
+    """
+
+    name: str = field(metadata=rule(identifier))
     model: Model
     loss: Loss
     data: DataSpec
