@@ -248,6 +248,8 @@ def test_list_imports_no_framework_and_says_what_is_installed() -> None:
         (["log", "/nonexistent"], "/nonexistent: no such bundle folder"),
         (["validate", "/nonexistent.yaml"], "/nonexistent.yaml: no such file"),
         (["fetch-mnist", "--url", "file:///dev/zero"], "--url: "),
+        (["train", "vae_toy", "--out", "/proc/version"], "--out: /proc/version is a file, not a folder"),
+        (["train", "vae_toy", "--out", "/proc/no-folder-here"], "--out: cannot write to /proc/no-folder-here"),
     ],
 )
 def test_argument_errors_come_before_any_framework_import(args: list[str], message: str) -> None:

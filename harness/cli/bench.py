@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ from aebench.bench.lock import campaign_lock
 from aebench.bench.merge import merge_results
 from aebench.bench.ray_executor import RayExecutor
 from aebench.bench.report import write_report
+from aebench.cli.folders import writable_folder
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.registry import available_backends
 from aebench.progress import Progress
@@ -95,21 +95,6 @@ def checked(args: argparse.Namespace, check: Callable[[], object]):
         if args.campaign and getattr(args, flag[2:].replace("-", "_"), None) is None:
             raise
         raise AebenchError(f"{flag}: {exc.message}") from None
-
-
-def writable_folder(path: Path, flag: str) -> Path:
-    """``path``, created if needed and proved writable by a probe file; one line naming ``flag`` otherwise."""
-    shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
-    if path.exists() and not path.is_dir():
-        raise AebenchError(f"{flag}: {shown} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise AebenchError(f"{flag}: cannot write to {shown} ({reason})") from None
-    return path
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Optional
 
 from aebench.check.suite import choose_backends, format_table, load_specs, run_check, summarize, to_json
 from aebench.cli.bench import add_commands
+from aebench.cli.folders import writable_folder
 from aebench.cli.tracking import add_commands as add_tracking_commands
 from aebench.cli.tracking import add_train_arguments, tracking_options
 from aebench.data.datasets import MNIST_URL, fetch_mnist, find_mnist, load_dataset
@@ -147,9 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_backend_names([args.backend], "--backend")
     if isinstance(spec.data, Mnist):
         find_mnist(args.data)  # a missing file is reported before a framework loads
+    out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{args.backend}-{datetime.now():%Y%m%d-%H%M%S}"
+    writable_folder(out, "--out")
     backend = load_backend(args.backend)
     data = load_dataset(spec, args.data)
-    out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{backend.name}-{datetime.now():%Y%m%d-%H%M%S}"
     progress = Progress()
     progress.line(
         f"training {spec.name} on {backend.name} ({backend.device()}, {spec.dtype}) for "
