@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -258,3 +260,24 @@ def test_argument_errors_come_before_any_framework_import(args: list[str], messa
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(errors) == 1 and message in errors[0], errors
     assert frameworks == set(), f"{' '.join(args)} imported {sorted(frameworks)} before its error"
+
+
+def limited_file_size(limit_bytes: int) -> None:
+    """In a child process: writes past ``limit_bytes`` fail with EFBIG (as on a full disk), not SIGXFSZ."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+def test_a_write_the_disk_refuses_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """``report`` on the committed H100 campaign, with files limited to 2 KB: one line, exit 1, no traceback."""
+    campaign = Path(__file__).resolve().parents[1] / "results" / "gpu-h100-2026-11-22"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aebench.cli", "report", str(campaign), "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: limited_file_size(2048),
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = one_error_line(proc.stderr)
+    assert "File too large" in line and "run the same command again" in line, line

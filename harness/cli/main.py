@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib.metadata
 import importlib.util
 import math
@@ -264,6 +265,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("aebench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"aebench: error: {disk_full_message(exc)}", file=sys.stderr)
+        return 1
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+"""The errors of a write the file system refused for want of space (or a file-size limit)."""
+
+
+def disk_full_message(exc: OSError) -> str:
+    """One line for a write that ran out of space: where, and that what was written stays."""
+    where = f" writing {str(exc.filename)[:200]}" if exc.filename else ""
+    return (
+        f"{exc.strerror or 'no space left'}{where}; everything finished before it is kept: free space "
+        "and run the same command again"
+    )
 
 
 if __name__ == "__main__":
