@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class AebenchError(Exception):
     """An error caused by the user's input; the CLI prints it on one line and exits 2."""
@@ -24,3 +26,14 @@ class DataError(AebenchError):
 
 class BackendUnavailable(AebenchError):
     """A backend whose framework is not installed (or cannot be imported here)."""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""The errors of a write the file system refused for want of space (or a file-size limit)."""
+
+
+class DiskFull(AebenchError):
+    """A write failed for want of space: a full disk (ENOSPC), a full quota (EDQUOT) or the
+    file size limit (EFBIG). Exit code 1: nothing is wrong with the user's input."""
+
+    exit_code = 1

@@ -384,9 +384,10 @@ def test_log_and_compare_from_the_command_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "jax" in proc.stdout and "torch/best" in proc.stdout
     psnr = next(line.split() for line in proc.stdout.splitlines() if "quality/psnr" in line)
-    assert psnr[-4:] == ["22", "12", "1.000", "1.833"]  # jax, torch, jax/best, torch/best: higher is better
+    # jax, torch, jax/best, torch/best (higher is better), largest_diff, largest_diff_%
+    assert psnr[-6:] == ["22", "12", "1.000", "1.833", "10", "83.3%"]
     total = next(line.split() for line in proc.stdout.splitlines() if "train/total" in line)
-    assert total[-4:] == ["0.6667", "0.3333", "2.000", "1.000"]  # lower is better
+    assert total[-6:] == ["0.6667", "0.3333", "2.000", "1.000", "0.3333", "100.0%"]  # lower is better
     assert (tmp_path / "table.csv").read_text().startswith("spec,mode,dtype,metric,jax,torch")
     assert (tmp_path / "table.md").read_text().startswith("| spec | mode | dtype | metric | jax | torch |")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import importlib.metadata
 import importlib.util
 import math
@@ -24,7 +23,7 @@ from aebench.cli.folders import writable_folder
 from aebench.cli.tracking import add_commands as add_tracking_commands
 from aebench.cli.tracking import add_train_arguments, tracking_options
 from aebench.data.datasets import MNIST_URL, fetch_mnist, find_mnist, load_dataset
-from aebench.errors import AebenchError
+from aebench.errors import DISK_FULL_ERRNOS, AebenchError
 from aebench.plugins.discovery import registered_plugins
 from aebench.plugins.plugin import Plugin
 from aebench.plugins.registry import list_backends, load_backend
@@ -266,14 +265,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("aebench: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        if exc.errno not in DISK_FULL:
+        if exc.errno not in DISK_FULL_ERRNOS:
             raise
         print(f"aebench: error: {disk_full_message(exc)}", file=sys.stderr)
         return 1
-
-
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-"""The errors of a write the file system refused for want of space (or a file-size limit)."""
 
 
 def disk_full_message(exc: OSError) -> str:

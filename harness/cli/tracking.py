@@ -4,6 +4,7 @@ tracking flags of ``aebench train``."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from aebench.track.bundle import find_bundles
@@ -52,17 +53,23 @@ def tracking_options(args: argparse.Namespace):
 
 
 def cmd_log(args: argparse.Namespace) -> int:
+    """Log every bundle named; exit 1 if one was kept for an MLflow problem (a bundle whose
+    training still runs is left for later, which is not a failure)."""
     bundles = [bundle for path in args.bundles for bundle in find_bundles(Path(path))]
     kept = 0
     for bundle in bundles:
         outcome = log_bundle(bundle, args.tracking_uri)
-        kept += not outcome.logged
+        kept += outcome.status == "kept"
         print(f"{bundle}: {outcome.message()}")
     return 1 if kept else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print(compare(args.tracking_uri, args.experiment, args.metrics or (), args.csv, args.markdown))
+    """Print the comparison; a warning line on stderr for each setting that differs between runs side by side."""
+    comparison = compare(args.tracking_uri, args.experiment, args.metrics or (), args.csv, args.markdown)
+    for warning in comparison.warnings:
+        print(f"aebench: warning: {warning}", file=sys.stderr)
+    print(comparison.text)
     for label, path in (("CSV", args.csv), ("markdown", args.markdown)):
         if path:
             print(f"{label} saved to {path}")

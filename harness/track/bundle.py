@@ -5,39 +5,78 @@ Layout of a bundle folder::
     run.json      {"format": 1, "bundle_id", "experiment", "run_name", "status", "start_time",
                    "end_time", "params": {key: str}, "tags": {key: str},
                    "metrics": [[key, value, step, timestamp_ms], ...],
-                   "artifacts": {artifact_path: sha256}}
+                   "artifacts": {artifact_path: sha256},
+                   "writer": {"pid", "host", "started"}}
     artifacts/    the artifact files, at their artifact paths (e.g. figures/samples.png)
     logged.json   written after a successful log: where it went (tracking URI, run id)
+    .space_reserve  held by a running training (reserve_space), given up to end the bundle on a full disk
 
 run.json is replaced atomically, so a bundle read at any moment is complete for what it
 says. The bundle id (a random UUID) travels to MLflow as the tag ``aebench.bundle_id``,
 which is how logging the same bundle twice finds the run it made the first time.
+
+``writer`` names the process that last wrote run.json (its pid, host name and, where /proc
+tells it, the boot and start time that tell a reused pid apart), so a RUNNING bundle whose
+process is gone is known as killed (writer_gone). Older bundles without it are judged by
+the age of run.json alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from aebench.errors import AebenchError
+from aebench.errors import DISK_FULL_ERRNOS, AebenchError, DiskFull
 
 FORMAT = 1
 RUN_FILE = "run.json"
 ARTIFACTS_DIR = "artifacts"
 LOGGED_FILE = "logged.json"
+RESERVE_FILE = ".space_reserve"
+RESERVE_BYTES = 256 * 1024  # room to end a bundle (run.json is ~5 KB plus ~0.5 KB an epoch) on a full disk
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+# a RUNNING bundle written on another host counts as killed once run.json is this old
+STALE_AFTER_S = 24 * 3600
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def disk_full_cause(exc: BaseException) -> Optional[OSError]:
+    """The OSError with a disk-full errno that ``exc`` is or was raised from (its __cause__ or
+    __context__ chain), or None."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def disk_full_message(cause: OSError, where: Path) -> str:
+    """'no space left on device writing PATH (ENOSPC: No space left on device)': the file the
+    OSError names, else 'writing into FOLDER' (``where``: a write to an open file names none)."""
+    path = f"{_shorten(str(cause.filename))}" if cause.filename else f"into {_shorten(str(where))}"
+    name = errno.errorcode.get(cause.errno or 0, str(cause.errno))
+    return f"no space left on device writing {path} ({name}: {cause.strerror})"
+
+
+def _shorten(path: str, limit: int = 200) -> str:
+    return path if len(path) <= limit else "..." + path[-(limit - 3) :]
 
 
 @dataclass(frozen=True)
@@ -81,24 +120,91 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class Writer:
+    """The process that wrote a bundle: pid, host name, and ``started`` (boot id and start
+    time of the process, from /proc; "" where there is no /proc), which tells a reused pid apart."""
+
+    pid: int
+    host: str
+    started: str = ""
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on host {self.host[:100]}"
+
+    def on_this_host(self) -> bool:
+        return self.host == socket.gethostname()
+
+
+@dataclass(frozen=True)
 class Bundle:
-    """A bundle as read back: its folder, the record (artifacts point into the folder) and
-    a digest of its content (run.json plus every artifact's bytes)."""
+    """A bundle as read back: its folder, the record (artifacts point into the folder), a
+    digest of its content (run.json plus every artifact's bytes), the process that wrote it
+    (None for bundles from before writers were recorded) and when run.json was last written."""
 
     path: Path
     record: RunRecord
     digest: str
+    writer: Optional[Writer] = None
+    updated_ms: int = 0
+
+
+def this_writer() -> Writer:
+    """The current process as a Writer."""
+    return Writer(os.getpid(), socket.gethostname(), _process_started(os.getpid()))
+
+
+def writer_gone(bundle: Bundle, now: Optional[int] = None) -> bool:
+    """Whether the process that wrote ``bundle`` can no longer be writing it: on this host, its
+    pid no longer exists (or now belongs to a process started later); from another host, or
+    from an unknown writer, run.json has not changed for STALE_AFTER_S."""
+    writer = bundle.writer
+    if writer is None or not writer.on_this_host():
+        return (now_ms() if now is None else now) - bundle.updated_ms > STALE_AFTER_S * 1000
+    return not _process_alive(writer)
+
+
+def _process_alive(writer: Writer) -> bool:
+    try:
+        os.kill(writer.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    started = _process_started(writer.pid)
+    return not (writer.started and started and started != writer.started)
+
+
+def _process_started(pid: int) -> str:
+    """'<boot id>:<start time in clock ticks>' of ``pid`` from /proc, or "" where /proc cannot tell."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()  # after the command name, which may hold spaces
+    return f"{boot_id}:{fields[19]}" if len(fields) > 19 else ""
 
 
 def write_bundle(record: RunRecord, bundle_dir: Path) -> Path:
     """Write (or rewrite) ``record`` as a bundle in ``bundle_dir``; returns the folder.
 
     Artifacts are copied under ``artifacts/`` (a file already there with the same bytes is
-    not copied again); run.json is written last and atomically.
+    not copied again); run.json is written last and atomically, naming this process as the
+    writer. A full disk raises DiskFull (the run.json written before stays as it was).
     """
     if record.status not in STATUSES:
         raise ValueError(f"status {record.status!r} is not one of {STATUSES}")
     bundle_dir = Path(bundle_dir)
+    try:
+        _write(record, bundle_dir)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFull(disk_full_message(exc, bundle_dir)) from exc
+    return bundle_dir
+
+
+def _write(record: RunRecord, bundle_dir: Path) -> None:
     (bundle_dir / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
     hashes = {}
     for artifact_path, source in sorted(record.artifacts.items()):
@@ -116,11 +222,47 @@ def write_bundle(record: RunRecord, bundle_dir: Path) -> Path:
         "tags": {k: str(v) for k, v in record.tags.items()},
         "metrics": [[m.key, _json_number(m.value), m.step, m.timestamp] for m in record.metrics],
         "artifacts": hashes,
+        "writer": dataclasses.asdict(this_writer()),
     }
     tmp = bundle_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a cut-off copy would only hold space the disk lacks
+        raise
     os.replace(tmp, bundle_dir / RUN_FILE)
-    return bundle_dir
+
+
+def copied_artifacts(record: RunRecord, bundle_dir: Path) -> dict[str, Path]:
+    """The artifacts of ``record`` whose copy in ``bundle_dir`` is already complete (same bytes):
+    what a bundle can keep when nothing more may be written."""
+    kept = {}
+    for artifact_path, source in record.artifacts.items():
+        target = Path(bundle_dir) / ARTIFACTS_DIR / _safe_relative(artifact_path)
+        if Path(source).is_file() and target.is_file() and file_sha256(Path(source)) == file_sha256(target):
+            kept[artifact_path] = source
+    return kept
+
+
+def reserve_space(bundle_dir: Path) -> None:
+    """Hold RESERVE_BYTES in ``bundle_dir`` so the bundle can still be ended when the disk fills
+    up (release_space gives it back first). Best effort: on a disk already short of space, or
+    under a file size limit, it keeps what it got."""
+    path = Path(bundle_dir) / RESERVE_FILE
+    block = b"\0" * (64 * 1024)
+    try:
+        with open(path, "wb") as f:
+            for _ in range(RESERVE_BYTES // len(block)):
+                f.write(block)
+                f.flush()
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+
+
+def release_space(bundle_dir: Path) -> None:
+    """Remove the reserve of ``bundle_dir`` (see reserve_space), if there is one."""
+    (Path(bundle_dir) / RESERVE_FILE).unlink(missing_ok=True)
 
 
 def read_bundle(bundle_dir: Path) -> Bundle:
@@ -155,12 +297,22 @@ def read_bundle(bundle_dir: Path) -> Bundle:
             bundle_id=str(data["bundle_id"]),
             metrics=[MetricPoint(str(k), float(v), int(s), int(t)) for k, v, s, t in data["metrics"]],
         )
+        writer = _read_writer(data.get("writer"))
+        updated_ms = int(run_file.stat().st_mtime * 1000)
     except (KeyError, TypeError, ValueError) as exc:
         raise AebenchError(f"{run_file}: not a readable run bundle ({type(exc).__name__}: {exc})") from None
     if record.status not in STATUSES:
         raise AebenchError(f"{run_file}: status: {record.status!r}; allowed: {', '.join(STATUSES)}")
     # run.json lists every artifact's sha256, so its text identifies the whole bundle
-    return Bundle(bundle_dir, record, hashlib.sha256(text.encode()).hexdigest())
+    return Bundle(bundle_dir, record, hashlib.sha256(text.encode()).hexdigest(), writer, updated_ms)
+
+
+def _read_writer(data: object) -> Optional[Writer]:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError(f"writer is a {type(data).__name__}, not a mapping")
+    return Writer(int(data["pid"]), str(data["host"]), str(data.get("started") or ""))
 
 
 def find_bundles(path: Path) -> list[Path]:
@@ -197,8 +349,14 @@ def note_logged(bundle_dir: Path, destination: dict) -> None:
         entries = {}
     entries[destination["tracking_uri"]] = destination
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        # only a note: MLflow's run tags are what make logging again find this run
 
 
 def _copy_if_changed(source: Path, target: Path) -> str:
@@ -208,7 +366,11 @@ def _copy_if_changed(source: Path, target: Path) -> str:
     if not (target.is_file() and file_sha256(target) == sha):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(source, tmp)
+        try:
+            shutil.copyfile(source, tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
     return sha
 

@@ -1,31 +1,53 @@
 """``aebench compare``: runs pulled back from MLflow into one pandas table, backends side by side.
 
-``fetch_runs`` gives one row per finished run (its spec, backend, mode and dtype tags and
-the last value of every metric); ``side_by_side`` keeps the latest run of each (spec,
-backend, mode, dtype) and pivots to one row per (spec, mode, dtype, metric) with one column
-per backend, plus each backend's ratio to the best backend of that row (1.00 = the best;
-2.00 = twice the loss or time, or half the throughput or PSNR).
+``fetch_runs`` gives one row per finished run (its spec, backend, mode and dtype tags, its
+params and the last value of every metric); ``side_by_side`` keeps the latest run of each
+(spec, backend, mode, dtype) and pivots to one row per (spec, mode, dtype, metric) with one
+column per backend, plus each backend's ratio to the best backend of that row (1.00 = the
+best; 2.00 = twice the loss or time, or half the throughput or PSNR) and the largest
+difference between the backends (absolute, and in % of the smaller magnitude).
+
+Runs side by side are comparable only if they were made with the same settings: every param
+(the flattened spec, epochs, data sizes, precision, ...) that differs between the runs of one
+row group is a warning line and a row of the settings table (``differing_settings``) printed
+above the metrics.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from aebench.errors import AebenchError
-from aebench.track.tracking import quiet_mlflow_store_logs, redact, resolve_tracking_uri, server_silence
+from aebench.track.tracking import open_client, redact, resolve_tracking_uri, server_silence
 
 KEYS = ("spec", "mode", "dtype")
 HIGHER_IS_BETTER = ("psnr", "per_second", "samples_per_s", "throughput", "gflop", "peak_fraction", "speedup")
 METRIC_ORDER = ("quality/", "test/", "train/", "time/")
+RUN_KEYS = ["spec", "backend", "mode", "dtype"]
+EXPECTED_TO_DIFFER = frozenset({"backend"})  # params that name what is compared
+DIFF, DIFF_PERCENT = "largest_diff", "largest_diff_%"
+MAX_WARNINGS = 20
+MAX_SETTING_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What ``compare`` prints: ``warnings`` (one line per setting that differs between runs
+    side by side, for stderr) and ``text`` (the settings that differ, then the metrics table)."""
+
+    text: str
+    warnings: list[str]
 
 
 def fetch_runs(tracking_uri: Optional[str] = None, experiment: Optional[str] = None):
     """A DataFrame with one row per FINISHED run of ``experiment`` (default: every experiment
     whose name starts with 'aebench'): experiment, run_id, run_name, start_time, the tags
-    spec, backend, mode, dtype, and one column per metric (its last logged value)."""
+    spec, backend, mode, dtype, params (the run's params as a dict) and one column per metric
+    (its last logged value)."""
     pd, client = _pandas(), _client(resolve_tracking_uri(tracking_uri))
     experiments = _experiments(client, experiment, resolve_tracking_uri(tracking_uri))
     rows = []
@@ -37,7 +59,8 @@ def fetch_runs(tracking_uri: Optional[str] = None, experiment: Optional[str] = N
                 "run_id": run.info.run_id,
                 "run_name": run.info.run_name,
                 "start_time": run.info.start_time,
-                **{key: tags.get(key, "") for key in ("spec", "backend", "mode", "dtype")},
+                **{key: tags.get(key, "") for key in RUN_KEYS},
+                "params": dict(run.data.params),
                 **run.data.metrics,
             }
         )
@@ -46,12 +69,14 @@ def fetch_runs(tracking_uri: Optional[str] = None, experiment: Optional[str] = N
 
 def side_by_side(runs, metrics: Sequence[str] = ()):
     """Backends side by side: index (spec, mode, dtype, metric), one value column per backend,
-    then '<backend>/best' ratio columns. ``metrics``: keep metric names starting with one of
-    these prefixes (all when empty). A ratio is left empty where a value is not positive."""
+    then '<backend>/best' ratio columns, then the largest difference between the backends:
+    'largest_diff' (max - min) and 'largest_diff_%' (that in % of the smallest magnitude).
+    ``metrics``: keep metric names starting with one of these prefixes (all when empty). A
+    ratio is left empty where a value is not positive, a difference where one backend has the row."""
     pd = _pandas()
     if runs.empty:
         return pd.DataFrame()
-    latest = runs.sort_values("start_time").groupby(["spec", "backend", "mode", "dtype"], as_index=False).last()
+    latest = latest_runs(runs)
     metric_columns = [c for c in runs.columns if "/" in c and (not metrics or c.startswith(tuple(metrics)))]
     long = latest.melt(id_vars=["spec", "backend", *KEYS[1:]], value_vars=metric_columns, var_name="metric")
     long = long.dropna(subset=["value"])
@@ -66,7 +91,51 @@ def side_by_side(runs, metrics: Sequence[str] = ()):
             _ratio(row[backend], [row[b] for b in backends], metric)
             for metric, (_, row) in zip(table.index.get_level_values("metric"), table.iterrows())
         ]
+    spreads = [_spread([row[b] for b in backends]) for _, row in table.iterrows()]
+    table[DIFF] = [absolute for absolute, _ in spreads]
+    table[DIFF_PERCENT] = [percent for _, percent in spreads]
     return table
+
+
+def latest_runs(runs):
+    """The latest run (whole row) of each (spec, backend, mode, dtype)."""
+    return runs.sort_values("start_time").drop_duplicates(subset=RUN_KEYS, keep="last")
+
+
+def differing_settings(runs):
+    """The params that differ between the latest runs side by side: index (spec, mode, dtype,
+    setting), one column per backend holding its value ('(unset)' where it has none, '(empty)'
+    for an empty one, values cut to 60 characters; '' for a backend not in that group). Params
+    that name what is compared (the backend) are left out."""
+    pd = _pandas()
+    rows = []
+    for keys, group in latest_runs(runs).groupby(list(KEYS), sort=True):
+        if len(group) < 2:
+            continue
+        params = {backend: p for backend, p in zip(group["backend"], group["params"])}
+        names = sorted(set().union(*params.values()) - EXPECTED_TO_DIFFER)
+        for name in names:
+            values = {backend: _setting(p.get(name)) for backend, p in sorted(params.items())}
+            if len(set(values.values())) > 1:
+                rows.append({**dict(zip(KEYS, keys)), "setting": name, **values})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index([*KEYS, "setting"]).fillna("")
+    table.columns.name = None
+    return table
+
+
+def setting_warnings(settings) -> list[str]:
+    """One line per row of ``differing_settings``: 'SPEC (MODE, DTYPE): NAME differs between
+    the runs compared: jax 1, torch 5' (at most MAX_WARNINGS, then how many more)."""
+    lines = []
+    for (spec, mode, dtype, name), row in settings.iterrows():
+        values = ", ".join(f"{backend} {value}" for backend, value in row.items() if value != "")
+        lines.append(f"{spec} ({mode}, {dtype}): {name} differs between the runs compared: {values}")
+    if len(lines) > MAX_WARNINGS:
+        more = len(lines) - MAX_WARNINGS + 1
+        lines = lines[: MAX_WARNINGS - 1] + [f"{more} more settings differ (see the table of settings)"]
+    return lines
 
 
 def to_markdown(table) -> str:
@@ -75,13 +144,13 @@ def to_markdown(table) -> str:
     header = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_cell(v, ratio=str(c).endswith("/best")) for c, v in row.items()) + " |")
+        lines.append("| " + " | ".join(_cell(v, _kind(c)) for c, v in row.items()) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_text(table) -> str:
-    """The table as aligned text: values to 4 significant digits, ratios to 3 decimals."""
-    formatters = {c: (lambda v, r=str(c).endswith("/best"): _cell(v, ratio=r)) for c in table.columns}
+    """The table as aligned text: values to 4 significant digits, ratios to 3 decimals, percentages to 1."""
+    formatters = {c: (lambda v, kind=_kind(c): _cell(v, kind)) for c in table.columns}
     return table.to_string(formatters=formatters, na_rep="")
 
 
@@ -91,8 +160,9 @@ def compare(
     metrics: Sequence[str] = (),
     csv: Optional[Path] = None,
     markdown: Optional[Path] = None,
-) -> str:
-    """Fetch, pivot, save the CSV and markdown files asked for, and return the printed text."""
+) -> Comparison:
+    """Fetch, pivot, save the CSV (the metrics table) and markdown (settings that differ, then
+    the metrics) files asked for, and return what to print."""
     runs = fetch_runs(tracking_uri, experiment)
     where = experiment or "experiments named aebench*"
     if runs.empty:
@@ -106,15 +176,41 @@ def compare(
             f"no metric starts with {', '.join(metrics)}; the runs have: "
             f"{', '.join(sorted(c for c in runs.columns if '/' in c))}"
         )
+    settings = differing_settings(runs)
     if csv:
         table.to_csv(csv)
     if markdown:
-        Path(markdown).write_text(to_markdown(table))
+        Path(markdown).write_text(_settings_section(settings, to_markdown) + to_markdown(table))
     head = (
         f"{len(runs)} finished run(s) in {where} at {redact(resolve_tracking_uri(tracking_uri))}; "
-        "the latest per spec, backend, mode and dtype; <backend>/best: 1.00 is the best backend"
+        "the latest per spec, backend, mode and dtype; <backend>/best: 1.00 is the best backend; "
+        f"{DIFF}: the largest difference between the backends, {DIFF_PERCENT}: that in % of the smaller value"
     )
-    return head + "\n" + to_text(table)
+    text = head + "\n" + _settings_section(settings, lambda t: t.to_string() + "\n") + to_text(table)
+    return Comparison(text, setting_warnings(settings) if not settings.empty else [])
+
+
+def _settings_section(settings, render) -> str:
+    if settings.empty:
+        return ""
+    return "settings that differ between the runs compared:\n" + render(settings) + "\n"
+
+
+def _setting(value: Optional[str]) -> str:
+    if value is None:
+        return "(unset)"
+    text = " ".join(str(value).split()) or "(empty)"
+    return text if len(text) <= MAX_SETTING_CHARS else text[: MAX_SETTING_CHARS - 3] + "..."
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """(max - min, that in % of the smallest magnitude) of the values present; NaN for fewer than two."""
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    if len(present) < 2:
+        return math.nan, math.nan
+    spread = max(present) - min(present)
+    smallest = min(abs(v) for v in present)
+    return spread, (100.0 * spread / smallest if smallest > 0 else math.nan)
 
 
 def _ratio(value: float, row: list[float], metric: str) -> float:
@@ -132,12 +228,19 @@ def _row_order(index: tuple) -> tuple:
     return (*keys, group, metric)
 
 
-def _cell(value: object, ratio: bool = False) -> str:
+def _kind(column: object) -> str:
+    name = str(column)
+    return "ratio" if name.endswith("/best") else "percent" if name == DIFF_PERCENT else "value"
+
+
+def _cell(value: object, kind: str = "value") -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return ""
-        if ratio:
+        if kind == "ratio":
             return f"{value:.3f}"
+        if kind == "percent":
+            return f"{value:.1f}%"
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
     return str(value)
 
@@ -152,7 +255,7 @@ def _pandas():
 
 def _client(uri: str):
     try:
-        from mlflow import MlflowClient
+        import mlflow  # noqa: F401
     except ImportError:
         raise AebenchError("aebench compare needs MLflow: pip install 'aebench[tracking]'") from None
 
@@ -164,8 +267,7 @@ def _client(uri: str):
             f"no MLflow store at {uri[len('sqlite:///') :]} ({uri}); run aebench train here first, "
             "or pass --tracking-uri"
         )
-    quiet_mlflow_store_logs()
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def _experiments(client, name: Optional[str], uri: str) -> list:

@@ -8,6 +8,12 @@ and the bundle's content digest the tag ``aebench.bundle_digest`` (set last), so
 bundle again skips a run that is complete, completes one that was cut off (missing params,
 metric points, artifacts, final status) and never makes a second run.
 
+A RUNNING bundle (a training still running, or one that was killed) is logged only once its
+writing process is gone, then as a KILLED run ending when the bundle was last written; while
+that process runs, it is left for later (status ``running``). A new SQLite store is created
+and migrated under an inter-process lock (``<db>.lock`` beside the database), so processes
+that log to one new store at once do not race through MLflow's schema migrations.
+
 Grouping: one experiment per spec (``aebench/<spec>`` for train runs; benchmark campaigns
 pass their own), and the tags ``spec``, ``backend``, ``framework``, ``mode``, ``dtype``,
 ``precision`` on every run, which the MLflow UI filters and groups by.
@@ -16,6 +22,7 @@ pass their own), and the tags ``spec``, ``backend``, ``framework``, ``mode``, ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import urllib.error
@@ -28,12 +35,28 @@ from typing import Any, Optional
 
 from aebench.environment import spec_sha256
 from aebench.spec.types import Spec
-from aebench.track.bundle import Bundle, RunRecord, note_logged, now_ms, read_bundle, write_bundle
+from aebench.track.bundle import (
+    STALE_AFTER_S,
+    Bundle,
+    RunRecord,
+    note_logged,
+    now_ms,
+    read_bundle,
+    release_space,
+    write_bundle,
+    writer_gone,
+)
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: there the store is opened without the lock
+    fcntl = None  # type: ignore[assignment]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 BUNDLE_ID_TAG = "aebench.bundle_id"
 BUNDLE_DIGEST_TAG = "aebench.bundle_digest"
+END_REASON_TAG = "aebench.end_reason"  # why a run ended FAILED or KILLED, where aebench knows it
 HEALTH_TIMEOUT_S = 3.0
 # MLflow's REST client retries 7 times with exponential backoff (minutes) before giving up;
 # a server that is down should cost seconds. Used only where the user has not set them.
@@ -50,8 +73,11 @@ class LogOutcome:
     """What became of one bundle.
 
     status: ``logged`` (a new MLflow run), ``completed`` (an earlier, cut-off run of this
-    bundle brought up to date), ``skipped`` (already logged with this exact content) or
-    ``kept`` (not logged: ``reason`` says why; the bundle holds the whole run).
+    bundle brought up to date), ``skipped`` (already logged with this exact content),
+    ``kept`` (not logged: ``reason`` says why; the bundle holds the whole run) or ``running``
+    (not logged: the process writing the bundle still runs; ``reason`` names it).
+    ``final_status``: the MLflow status the run was given (KILLED for a RUNNING bundle whose
+    process is gone).
     """
 
     status: str
@@ -60,13 +86,16 @@ class LogOutcome:
     run_id: Optional[str] = None
     experiment_id: Optional[str] = None
     reason: str = ""
+    final_status: str = ""
 
     @property
     def logged(self) -> bool:
-        return self.status != "kept"
+        return self.status not in ("kept", "running")
 
     def message(self) -> str:
         """One line for the user."""
+        if self.status == "running":
+            return f"left for later: {self.reason}; log it once it has ended: aebench log {self.bundle_dir}"
         if self.status == "kept":
             return (
                 f"MLflow logging skipped ({self.reason}); the run is kept in {self.bundle_dir}; "
@@ -77,7 +106,9 @@ class LogOutcome:
             "completed": "completed the earlier, partly logged",
             "skipped": "already logged as",
         }[self.status]
-        return f"{verb} MLflow run {self.run_id} (experiment {self.experiment_id}) at {redact(self.tracking_uri)}"
+        ended = f" as {self.final_status}" if self.final_status in ("FAILED", "KILLED") else ""
+        where = f"(experiment {self.experiment_id}) at {redact(self.tracking_uri)}"
+        return f"{verb} MLflow run {self.run_id}{ended} {where}"
 
 
 def resolve_tracking_uri(explicit: Optional[str] = None) -> str:
@@ -120,11 +151,16 @@ def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None) -> LogOutco
     """Log the bundle in ``bundle_dir`` to MLflow; safe to repeat (see the module docstring).
 
     Raises AebenchError for a folder that is not a readable bundle; every MLflow problem
-    becomes a ``kept`` outcome with the reason. A bundle whose process died mid-run (status
-    RUNNING) becomes a RUNNING MLflow run with everything measured until then.
+    becomes a ``kept`` outcome with the reason. A RUNNING bundle whose process still runs is
+    left alone (a ``running`` outcome); one whose process is gone (bundle.writer_gone: killed,
+    or out of space) becomes a KILLED MLflow run with everything measured until then.
     """
     uri = resolve_tracking_uri(tracking_uri)
     bundle = read_bundle(Path(bundle_dir))
+    if bundle.record.status == "RUNNING":
+        if not writer_gone(bundle):
+            return LogOutcome("running", bundle.path, uri, reason=_still_written(bundle))
+        bundle = _as_killed(bundle)
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -148,6 +184,74 @@ def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None) -> LogOutco
         },
     )
     return outcome
+
+
+def _still_written(bundle: Bundle) -> str:
+    age_s = max(0, now_ms() - bundle.updated_ms) // 1000
+    writer = bundle.writer.describe() if bundle.writer else "a process aebench did not record"
+    text = f"the run is still being written by {writer} (last written {age_s} s ago)"
+    if bundle.writer is None or not bundle.writer.on_this_host():
+        text += f"; from another host it counts as killed after {STALE_AFTER_S // 3600} h without a change"
+    return text
+
+
+def _as_killed(bundle: Bundle) -> Bundle:
+    """``bundle`` as a KILLED run that ended when run.json was last written (the bundle is not rewritten)."""
+    writer = bundle.writer.describe() if bundle.writer else "its writing process"
+    record = dataclasses.replace(
+        bundle.record,
+        status="KILLED",
+        end_time=bundle.updated_ms,
+        tags={
+            **bundle.record.tags,
+            END_REASON_TAG: f"the run stopped while RUNNING: {writer} was gone when the bundle was logged",
+        },
+    )
+    with contextlib.suppress(OSError):  # a bundle in a read-only folder keeps it
+        release_space(bundle.path)  # the reserve a killed training could not give back
+    return dataclasses.replace(bundle, record=record)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///PATH`` URI, hold an exclusive flock on PATH.lock (beside the database)
+    so one process at a time creates or migrates the store; other URIs: no lock. Where the lock
+    file cannot be made (a read-only folder: no store can be created there), no lock either."""
+    path = sqlite_path(uri)
+    if path is None or fcntl is None:
+        yield
+        return
+    try:
+        lock = open(path.with_name(path.name + ".lock"), "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///PATH`` tracking URI (query left out), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def open_client(uri: str) -> Any:
+    """An MlflowClient whose store is open: created and migrated under store_lock (MLflow opens
+    a store at its first call, racing any other process that opens the same new SQLite file)."""
+    from mlflow import MlflowClient
+
+    quiet_mlflow_store_logs()
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def server_silence(uri: str) -> str:
@@ -231,16 +335,14 @@ def run_tags(spec: Spec, backend: str, framework: str, mode: str, precision: str
 
 
 def _log(bundle: Bundle, uri: str) -> LogOutcome:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
     rec = bundle.record
-    quiet_mlflow_store_logs()
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     experiment_id = _experiment_id(client, rec.experiment)
     run = _find_run(client, experiment_id, rec.bundle_id)
-    if run is not None and run.data.tags.get(BUNDLE_DIGEST_TAG) == bundle.digest:
-        return LogOutcome("skipped", bundle.path, uri, run.info.run_id, experiment_id)
+    if run is not None and run.data.tags.get(BUNDLE_DIGEST_TAG) == bundle.digest and run.info.status == rec.status:
+        return LogOutcome("skipped", bundle.path, uri, run.info.run_id, experiment_id, final_status=rec.status)
     if run is None:
         run = client.create_run(
             experiment_id, start_time=rec.start_time, run_name=rec.run_name, tags={BUNDLE_ID_TAG: rec.bundle_id}
@@ -270,7 +372,7 @@ def _log(bundle: Bundle, uri: str) -> LogOutcome:
     if rec.status != "RUNNING":
         client.set_terminated(run_id, rec.status, end_time=rec.end_time)
     client.set_tag(run_id, BUNDLE_DIGEST_TAG, bundle.digest)
-    return LogOutcome(status, bundle.path, uri, run_id, experiment_id)
+    return LogOutcome(status, bundle.path, uri, run_id, experiment_id, final_status=rec.status)
 
 
 def quiet_mlflow_store_logs() -> None:

@@ -6,6 +6,11 @@ log. At the end the test-split quality (quality.py), the loss curves and every f
 added, and the run is logged with tracking.record (or kept as a bundle where MLflow is
 missing or does not answer). A diverged or interrupted training is logged as FAILED or
 KILLED with everything measured before.
+
+A disk that fills up (ENOSPC, EDQUOT, or EFBIG under a file size limit) ends the bundle as
+FAILED with the reason, writing nothing more than run.json: the bundle holds a small space
+reserve from its start (bundle.reserve_space) that is given back for that last write. The
+user gets one line (aebench.errors.DiskFull, exit 1), never a traceback.
 """
 
 from __future__ import annotations
@@ -18,14 +23,25 @@ from typing import Optional
 
 from aebench.data.datasets import Dataset
 from aebench.environment import environment_info
+from aebench.errors import DiskFull
 from aebench.plugins.backend_api import Backend, loss_term_names
 from aebench.plugins.bench_api import Precision
 from aebench.plugins.registry import framework_of
 from aebench.progress import Progress
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
-from aebench.track.bundle import RunRecord, now_ms, write_bundle
-from aebench.track.tracking import LogOutcome, record, run_tags, spec_params
+from aebench.track.bundle import (
+    RUN_FILE,
+    RunRecord,
+    copied_artifacts,
+    disk_full_cause,
+    disk_full_message,
+    now_ms,
+    release_space,
+    reserve_space,
+    write_bundle,
+)
+from aebench.track.tracking import END_REASON_TAG, LogOutcome, record, run_tags, spec_params
 from aebench.train.images import write_loss_curves
 from aebench.train.loop import train
 from aebench.train.quality import QualitySettings, quality_metrics
@@ -62,16 +78,40 @@ def train_tracked(
 
     Besides train's files, ``out`` gets environment.json, quality.json, loss_curves.png and
     the bundle folder mlflow_bundle/. Exceptions of train (a diverged loss, Ctrl-C) are
-    re-raised after the run is recorded as FAILED or KILLED.
+    re-raised after the run is recorded as FAILED or KILLED. A full disk raises DiskFull
+    after the run is recorded as FAILED (see the module docstring).
     """
     progress = progress or Progress(enabled=False)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     environment = environment_info(backend)
-    (out / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
     run = new_train_record(spec, backend, data, environment)
-    run.artifacts["environment.json"] = out / "environment.json"
     bundle_dir = out / BUNDLE_DIR
+    try:
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        reserve_space(bundle_dir)
+        (out / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
+        run.artifacts["environment.json"] = out / "environment.json"
+        return _train_and_record(spec, backend, data, out, run, bundle_dir, options, progress, on_epoch)
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        if cause is None:
+            raise
+        raise DiskFull(_end_on_full_disk(run, bundle_dir, out, cause, options)) from exc
+    finally:
+        release_space(bundle_dir)
+
+
+def _train_and_record(
+    spec: Spec,
+    backend: Backend,
+    data: Dataset,
+    out: Path,
+    run: RunRecord,
+    bundle_dir: Path,
+    options: TrackingOptions,
+    progress: Progress,
+    on_epoch: Optional[Callable[[dict], None]],
+) -> tuple[list[dict], LogOutcome]:
     write_bundle(run, bundle_dir)
     rows: list[dict] = []
     quality: dict[str, float] = {}
@@ -98,10 +138,34 @@ def train_tracked(
     except KeyboardInterrupt:
         _finish(run, out, rows, spec, quality, "KILLED", bundle_dir, options)
         raise
-    except Exception:
-        _finish(run, out, rows, spec, quality, "FAILED", bundle_dir, options)
+    except Exception as exc:
+        if disk_full_cause(exc) is None:  # a full disk is ended by train_tracked, writing as little as it can
+            _finish(run, out, rows, spec, quality, "FAILED", bundle_dir, options)
         raise
     return rows, _finish(run, out, rows, spec, quality, "FINISHED", bundle_dir, options)
+
+
+def _end_on_full_disk(run: RunRecord, bundle_dir: Path, out: Path, cause: OSError, options: TrackingOptions) -> str:
+    """End the bundle as FAILED after a write failed for want of space, writing nothing but
+    run.json (in the space its reserve gives back); log it if MLflow takes it. Returns the
+    one line for the user."""
+    reason = disk_full_message(cause, out)
+    release_space(bundle_dir)
+    run.artifacts = copied_artifacts(run, bundle_dir)
+    run.tags[END_REASON_TAG] = reason
+    run.status, run.end_time = "FAILED", now_ms()
+    try:
+        outcome = record(run, bundle_dir, options.tracking_uri, log=options.log)
+    except (DiskFull, OSError):
+        if not (bundle_dir / RUN_FILE).is_file():
+            return f"{reason}; nothing of the run could be written"
+        return (
+            f"{reason}; the run's bundle {bundle_dir} could not be ended and stays RUNNING; "
+            f"once there is space, 'aebench log {bundle_dir}' logs it as KILLED"
+        )
+    if outcome.logged:
+        return f"{reason}; the run is kept in {bundle_dir} as FAILED and {outcome.message()}"
+    return f"{reason}; the run is kept in {bundle_dir} as FAILED; free some space, then: aebench log {bundle_dir}"
 
 
 def new_train_record(spec: Spec, backend: Backend, data: Dataset, environment: dict) -> RunRecord:
