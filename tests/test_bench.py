@@ -17,28 +17,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_cli import aebench  # tests/ is on sys.path (pytest prepend import mode)
+from cases import bench_command, cheap_backend  # tests/ is on sys.path (pytest prepend import mode)
+from test_cli import aebench
 
-from aebench.bench.campaign import CampaignConfig, LocalExecutor, ResultStore, plan_cells, run_campaign
+from aebench.bench.campaign import CampaignConfig, plan_cells, run_campaign
 from aebench.bench.cell import Cell
+from aebench.bench.executor import LocalExecutor
 from aebench.bench.flops import layer_macs, training_step_flops
+from aebench.bench.store import ResultStore
 from aebench.bench.timing import Protocol, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.plugins.bench_api import MODE_NAMES
-from aebench.plugins.registry import available_backends
 from aebench.spec.load import builtin_specs_dir, load_spec
 from aebench.spec.shapes import plan_model
 
 SHORT = Protocol(warmup_seconds=0.05, min_warmup_calls=2, blocks=3, block_seconds=0.05, max_steps=5000)
 VAE_DENSE_FLOPS_PER_EXAMPLE = 4_382_720  # hand count, see test_vae_dense_flops_match_a_hand_count
 HONESTY_TOLERANCE = 0.03  # the bound: harness step time within 3% of a bare loop
-
-
-def cheap_backend() -> str:
-    for name in ("torch", "jax", *available_backends()):
-        if name in available_backends():
-            return name
-    pytest.skip("no backend is available")
 
 
 def test_vae_dense_flops_match_a_hand_count() -> None:
@@ -209,31 +204,8 @@ def test_a_cell_that_runs_too_long_is_killed_and_recorded(tmp_path: Path) -> Non
 
 
 def test_a_killed_campaign_resumes_with_only_the_missing_cells(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "aebench.cli",
-        "bench",
-        "--specs",
-        "vae_toy",
-        "--backends",
-        cheap_backend(),
-        "--modes",
-        "eager",
-        "--batch-sizes",
-        "16,32,64",
-        "--name",
-        "resume",
-        "--results",
-        str(tmp_path),
-        "--warmup-seconds",
-        "0.05",
-        "--blocks",
-        "3",
-        "--block-seconds",
-        "0.05",
-        "--no-mlflow",
-    ]
+    flags = ["--warmup-seconds", "0.05", "--blocks", "3", "--block-seconds", "0.05", "--no-mlflow"]
+    command = bench_command(tmp_path, "resume", *flags, batch="16,32,64")
     table = tmp_path / "resume" / "cells.csv"
     first = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

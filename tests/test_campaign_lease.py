@@ -9,9 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from aebench.bench.campaign import Budget, CampaignConfig, Shard, cells_left, plan_cells, run_campaign
+from aebench.bench.campaign import (
+    Budget,
+    CampaignConfig,
+    Shard,
+    cells_left,
+    load_campaign,
+    plan_cells,
+    run_campaign,
+)
 from aebench.bench.merge import merge_results
 from aebench.bench.report import write_report
 from aebench.bench.timing import Protocol
@@ -99,10 +108,6 @@ GPU_CAMPAIGN = Path(__file__).resolve().parents[1] / "results" / "campaigns" / "
 def test_the_gpu_campaign_leaves_eager_out_and_fits_two_commands() -> None:
     """Measured H100 cell times (mean per mode) x the campaign's cells: at most two 10-minute
     commands (about 8 minutes of cells each); eager (about 100 s a JAX cell) is not in it."""
-    import pandas as pd
-
-    from aebench.bench.campaign import load_campaign
-
     if not GPU_EVIDENCE.is_file():
         pytest.skip(f"no H100 evidence at {GPU_EVIDENCE}")
     config = load_campaign(GPU_CAMPAIGN)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cases import bench_command, cheap_backend
 from matplotlib.colors import to_rgba
 from matplotlib.container import ErrorbarContainer
 
@@ -29,20 +30,12 @@ from aebench.bench.lock import LOCK_NAME, campaign_lock
 from aebench.bench.report import backend_colours, loss_figure, samples_figure, samples_interval
 from aebench.bench.store import COLUMNS, ResultStore
 from aebench.bench.timing import Protocol
-from aebench.plugins.registry import available_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = Protocol(warmup_seconds=0.05, min_warmup_calls=1, blocks=2, block_seconds=0.05, max_steps=2000)
 SHORT_FLAGS = ["--warmup-seconds", "0.05", "--blocks", "2", "--block-seconds", "0.05", "--no-mlflow"]
 LONG_FLAGS = ["--warmup-seconds", "60", "--blocks", "2", "--block-seconds", "0.05", "--no-mlflow"]
 FRAMEWORKS = ("torch", "jax", "tensorflow", "keras", "flax")
-
-
-def cheap_backend() -> str:
-    backend = next((b for b in ("torch", "jax") if b in available_backends()), None)
-    if backend is None:
-        pytest.skip("neither torch nor jax is available")
-    return backend
 
 
 def cheap_config(name: str, batch_sizes: tuple[int, ...] = (16, 32)) -> CampaignConfig:
@@ -60,28 +53,6 @@ def aebench(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "aebench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
-
-
-def bench_command(results: Path, name: str, *flags: str, batch: str = "16") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "aebench.cli",
-        "bench",
-        "--specs",
-        "vae_toy",
-        "--backends",
-        cheap_backend(),
-        "--modes",
-        "eager",
-        "--batch-sizes",
-        batch,
-        "--name",
-        name,
-        "--results",
-        str(results),
-        *flags,
-    ]
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

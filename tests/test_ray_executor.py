@@ -21,8 +21,9 @@ import pytest
 if importlib.util.find_spec("ray") is None:  # not imported here: the executor sets RAY_AUTH_MODE first
     pytest.skip("ray is not installed (pip install 'aebench[ray]')", allow_module_level=True)
 
-from aebench.bench.campaign import CampaignConfig, ResultStore, run_campaign  # noqa: E402
+from aebench.bench.campaign import CampaignConfig, run_campaign  # noqa: E402
 from aebench.bench.ray_executor import RayExecutor, cell_resources  # noqa: E402
+from aebench.bench.store import ResultStore  # noqa: E402
 from aebench.bench.timing import Protocol  # noqa: E402
 from aebench.plugins.registry import available_backends  # noqa: E402
 from aebench.spec.load import builtin_specs_dir  # noqa: E402
