@@ -91,6 +91,7 @@ def test_ray_writes_the_table_of_the_local_executor(ray_address: str, tmp_path: 
     records = [remote_store.record(key) for key in remote["key"]]
     assert all(Path(r["log"]).is_file() for r in records if "log" in r)
     assert_no_two_cells_overlap(records)
+    assert not sys.modules["ray"].is_initialized()  # left connected, Ray ends this process when the cluster stops
 
 
 def assert_no_two_cells_overlap(records: list[dict]) -> None:

@@ -100,12 +100,24 @@ class RayExecutor:
 
     def run(self, cell: Cell) -> dict:
         """One cell (the Executor contract); campaigns use ``run_all``."""
-        return next(row for _, row in self.run_all([cell], lambda: True))
+        [(_, row)] = self.run_all([cell], lambda: True)
+        return row
 
     def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
-        """(cell, row) as each finishes; a cell starts only while ``may_start()`` is true."""
+        """(cell, row) as each finishes; a cell starts only while ``may_start()`` is true.
+        A connection this call made is closed when it ends: a driver left connected exits its
+        whole process (code 1, silently) about a minute after the cluster goes away."""
         ray = import_ray()
-        self._connect(ray)
+        connected_here = self._connect(ray)
+        try:
+            yield from self._run_connected(ray, cells, may_start)
+        finally:
+            if connected_here:
+                ray.shutdown()
+
+    def _run_connected(
+        self, ray: Any, cells: Iterable[Cell], may_start: Callable[[], bool]
+    ) -> Iterator[tuple[Cell, dict]]:
         resources, slots = cell_resources(ray.cluster_resources(), _node_cpus(ray))
         task = ray.remote(max_retries=0, **resources)(run_cell_on_worker)
         queue, in_flight = list(cells), dict[Any, Cell]()
@@ -119,14 +131,16 @@ class RayExecutor:
             cell = in_flight.pop(done)
             yield cell, self._row(ray, done, cell)
 
-    def _connect(self, ray: Any) -> None:
+    def _connect(self, ray: Any) -> bool:
+        """Connect this process to the cluster; False when it already was."""
         if ray.is_initialized():
-            return
+            return False
         try:
             ray.init(address=self.address, log_to_driver=False, include_dashboard=False, logging_level="error")
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = self.address or "a new local cluster"
             raise AebenchError(f"--ray-address: cannot connect to {where}: {str(exc).splitlines()[0]}") from None
+        return True
 
     def _row(self, ray: Any, ref: Any, cell: Cell) -> dict:
         """The task's row with where and when it ran, its log written here; a lost task is a failed row."""
