@@ -1,18 +1,26 @@
-"""Training end to end on the bundled MNIST subset, every spec on every backend."""
+"""Training end to end on the bundled MNIST subset, every spec on every backend.
+
+An epoch here is over the first 2,048 training and 512 test examples: 16 Adam steps at batch
+128 lower the loss of every spec clearly, and an epoch of the whole subset (10,000 images)
+took up to 80 s per spec on a 2-core CPU (jax vae_conv, beta_vae). The command line trains on
+everything: tests/test_cli.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 
-from aebench.data.datasets import load_dataset
+from aebench.data.datasets import Dataset, load_dataset
 from aebench.errors import AebenchError
 from aebench.spec.load import load_spec
 from aebench.train.loop import TrainingDiverged, train
+
+TRAIN_EXAMPLES, TEST_EXAMPLES = 2048, 512
 
 
 def one_epoch(spec_name: str):
@@ -20,10 +28,25 @@ def one_epoch(spec_name: str):
     return spec.replace(train=dataclasses.replace(spec.train, epochs=1))
 
 
+def first_examples(data: Dataset) -> Dataset:
+    """The first TRAIN_EXAMPLES and TEST_EXAMPLES of a data set, labels alike."""
+
+    def head(array: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
+        return None if array is None else array[:n]
+
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train[:TRAIN_EXAMPLES],
+        y_train=head(data.y_train, TRAIN_EXAMPLES),
+        x_test=data.x_test[:TEST_EXAMPLES],
+        y_test=head(data.y_test, TEST_EXAMPLES),
+    )
+
+
 @pytest.mark.slow
 def test_one_epoch_lowers_the_test_loss(backend, spec_name: str, tmp_path: Path) -> None:
     spec = one_epoch(spec_name)
-    rows = train(spec, backend, load_dataset(spec), tmp_path)
+    rows = train(spec, backend, first_examples(load_dataset(spec)), tmp_path)
     before, after = rows[0]["test_total"], rows[1]["test_total"]
     assert np.isfinite(after) and after < before, (before, after)
     assert rows[1]["train_total"] < before
