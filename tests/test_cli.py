@@ -169,8 +169,9 @@ def test_check_names_an_unknown_backend_in_one_line() -> None:
 @pytest.mark.slow
 def test_check_passes_for_every_backend_and_dtype() -> None:
     """`aebench check vae_dense` on every registered backend in both dtypes (90 s on a 2-core
-    CPU). Every other spec is checked the same way, in process, by tests/test_equivalence.py and
-    tests/test_oracle.py; running the whole `aebench check` here again took 583 s."""
+    CPU). Every other spec goes through the same checks in process: tests/test_backend_contract.py
+    (loss terms, encode/decode, finite-difference gradients) and tests/test_equivalence.py;
+    running the whole `aebench check` here again took 583 s."""
     import json
 
     proc = aebench("check", "vae_dense", "--json")

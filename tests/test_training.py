@@ -2,8 +2,8 @@
 
 An epoch here is over the first 2,048 training and 512 test examples: 16 Adam steps at batch
 128 lower the loss of every spec clearly, and an epoch of the whole subset (10,000 images)
-took up to 80 s per spec on a 2-core CPU (jax vae_conv, beta_vae). The command line trains on
-everything: tests/test_cli.py."""
+took up to 80 s per spec on a 2-core CPU (jax vae_conv, beta_vae). README command 1 trains on
+the whole subset."""
 
 from __future__ import annotations
 
