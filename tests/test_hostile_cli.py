@@ -8,6 +8,7 @@ import http.server
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -145,6 +146,27 @@ def test_a_trickling_server_ends_at_the_total_deadline(server: str, tmp_path: Pa
     with pytest.raises(DataError, match=r"did not finish within 1\.5 s \(--timeout\)"):
         fetch_mnist(dest, url=f"{server}/trickle", timeout=1.5)
     assert time.monotonic() - started < 3.0
+    assert not list(tmp_path.iterdir()), "a failed download leaves nothing behind"
+
+
+def test_a_host_name_lookup_that_never_answers_ends_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """getaddrinfo takes no timeout: a resolver that does not answer must not outlast --timeout."""
+    answer = threading.Event()
+
+    def silent_resolver(*args: object, **kwargs: object) -> list:
+        answer.wait(60)
+        raise OSError("the resolver answered after the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent_resolver)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=r"did not finish within 1 s \(--timeout\), 0 bytes read"):
+            fetch_mnist(tmp_path / "mnist.npz", url="http://mnist.example/mnist.npz", timeout=1)
+        assert time.monotonic() - started < 2.0
+    finally:
+        answer.set()
     assert not list(tmp_path.iterdir()), "a failed download leaves nothing behind"
 
 

@@ -15,6 +15,7 @@ import importlib.resources
 import os
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -142,7 +143,7 @@ def fetch_mnist(dest: Optional[Path] = None, url: str = MNIST_URL, timeout: floa
     """Download MNIST to ``dest`` (default: the Keras cache), checking its sha256.
 
     Only http:// and https:// URLs (redirects included) are followed; the whole download,
-    connecting included, must end within ``timeout`` seconds and stay under MNIST_MAX_BYTES.
+    host name lookup and connecting included, must end within ``timeout`` seconds and stay under MNIST_MAX_BYTES.
     It is streamed to a temporary file beside ``dest`` that replaces ``dest`` only once its
     sha256 is right, so a failed download leaves nothing behind. Any failure is a one-line
     DataError that says where to put the file instead.
@@ -157,8 +158,7 @@ def fetch_mnist(dest: Optional[Path] = None, url: str = MNIST_URL, timeout: floa
     except OSError as exc:
         raise DataError(f"could not write MNIST to {_cut(str(dest))} ({exc.strerror or exc}); {_advice()}") from None
     try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _download(url, out, deadline, timeout)
+        digest = _download_by_deadline(url, fd, Path(part), deadline, timeout)
         if digest != MNIST_SHA256:
             raise DataError(f"download from {_cut(url)} has sha256 {digest}, expected {MNIST_SHA256}; {_advice()}")
         os.replace(part, dest)
@@ -180,6 +180,38 @@ def is_http_url(url: str) -> bool:
         return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
     except ValueError:  # e.g. an invalid port or IPv6 literal
         return False
+
+
+def _download_by_deadline(url: str, fd: int, part: Path, deadline: float, timeout: float) -> str:
+    """_download into the open file ``fd`` in a daemon thread, waited for until ``deadline``.
+
+    Socket reads and connects already end at the deadline; the thread bounds what they cannot,
+    above all the host name lookup (getaddrinfo blocks and takes no timeout). A lookup still
+    hanging is left behind in its daemon thread, writing, if ever, into a removed file.
+    """
+    outcome: dict[str, object] = {}
+
+    def download() -> None:
+        try:
+            with os.fdopen(fd, "wb") as out:
+                outcome["digest"] = _download(url, out, deadline, timeout)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=download, daemon=True, name="aebench-fetch-mnist")
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0) + _DEADLINE_GRACE_S)
+    if worker.is_alive():
+        size = part.stat().st_size if part.exists() else 0
+        raise _network_error(TimeoutError(), url, timeout, size)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return str(outcome["digest"])
+
+
+_DEADLINE_GRACE_S = 0.25
+"""How long past the deadline the download thread may take to raise its own timeout, which
+says how many bytes were read, before the waiting thread gives up on it."""
 
 
 def _download(url: str, out: IO[bytes], deadline: float, timeout: float) -> str:
