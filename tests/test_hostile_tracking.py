@@ -8,6 +8,7 @@ of runs whose settings differ. Every store is a real SQLite file in tmp_path.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
@@ -24,7 +25,7 @@ from test_tracking import aebench, needs_mlflow, small_record
 
 from aebench.track.bundle import RUN_FILE, RunRecord, read_bundle, write_bundle
 from aebench.track.compare import compare
-from aebench.track.tracking import log_bundle, record
+from aebench.track.tracking import log_bundle, record, store_lock
 
 END_REASON_TAG = "aebench.end_reason"  # tracking.END_REASON_TAG, spelled out as a user filters by it
 TRAIN_QUICK = ("--epochs", "1", "--nll-k", "4", "--nll-examples", "8")
@@ -84,6 +85,31 @@ def test_processes_on_a_new_sqlite_store_all_log(tmp_path: Path) -> None:
     client = mlflow.MlflowClient(uri)
     assert len(client.search_runs([client.get_experiment_by_name("aebench/demo").experiment_id])) == 3
     assert (tmp_path / "mlflow.db.lock").is_file()
+
+
+def test_a_store_in_a_folder_not_made_yet_is_locked_too(tmp_path: Path) -> None:
+    """MLflow makes a new store's folder itself; the lock must not be skipped because the
+    folder did not exist yet when the first process arrived."""
+    uri = sqlite_uri(tmp_path / "new" / "folder")
+    with store_lock(uri), open(tmp_path / "new" / "folder" / "mlflow.db.lock") as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_store_where_no_lock_can_be_made_keeps_the_run_and_says_why(tmp_path: Path) -> None:
+    """A file where the store's folder should be: no lock, no traceback; the run is kept as a
+    bundle and one line says why it was not logged and how to log it later."""
+    needs_mlflow()
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = sqlite_uri(tmp_path / "a-file")
+    with store_lock(uri):
+        pass
+    proc = aebench("train", "vae_toy", "--backend", "torch", *TRAIN_QUICK, "--tracking-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (skipped,) = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "MLflow logging" in line]
+    assert "File exists" in skipped and "log it later with: aebench log " in skipped, skipped
+    (bundle,) = (tmp_path / "runs").glob("*/mlflow_bundle")
+    assert read_bundle(bundle).record.status == "FINISHED"
 
 
 # ---------------------------------------------------------------- item 8: full disks

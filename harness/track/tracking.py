@@ -215,13 +215,15 @@ def _as_killed(bundle: Bundle) -> Bundle:
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """For a ``sqlite:///PATH`` URI, hold an exclusive flock on PATH.lock (beside the database)
-    so one process at a time creates or migrates the store; other URIs: no lock. Where the lock
-    file cannot be made (a read-only folder: no store can be created there), no lock either."""
+    so one process at a time creates or migrates the store; other URIs: no lock. The database's
+    folder is made first, as MLflow would make it. Where the lock file cannot be made (a
+    read-only folder, a file in the path: no store can be created there either), no lock."""
     path = sqlite_path(uri)
     if path is None or fcntl is None:
         yield
         return
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_name(path.name + ".lock"), "a")
     except OSError:
         yield
