@@ -142,9 +142,9 @@ def one_hot(labels: Optional[np.ndarray], num_classes: int) -> Optional[np.ndarr
 def fetch_mnist(dest: Optional[Path] = None, url: str = MNIST_URL, timeout: float = 10.0) -> Path:
     """Download MNIST to ``dest`` (default: the Keras cache), checking its sha256.
 
-    Only http:// and https:// URLs (redirects included) are followed; the whole download,
-    host name lookup and connecting included, must end within ``timeout`` seconds and stay under MNIST_MAX_BYTES.
-    It is streamed to a temporary file beside ``dest`` that replaces ``dest`` only once its
+    Only http:// and https:// URLs (redirects included) are followed; the whole download, host
+    name lookup and connecting included, must end within ``timeout`` seconds and stay under
+    MNIST_MAX_BYTES. It is streamed to a temporary file beside ``dest`` that replaces ``dest`` only once its
     sha256 is right, so a failed download leaves nothing behind. Any failure is a one-line
     DataError that says where to put the file instead.
     """
