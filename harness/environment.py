@@ -73,10 +73,13 @@ def environment_info(backend: Optional[Backend] = None) -> dict:
     }
 
 
-def installed_versions() -> dict[str, str]:
-    """Versions of the installed framework distributions (absent ones are left out)."""
+def installed_versions(names: Optional[tuple[str, ...]] = None) -> dict[str, str]:
+    """Versions of the installed distributions ``names`` (default: aebench's core and every
+    plugin's framework distributions); absent ones are left out."""
     found = {}
-    for name in dict.fromkeys(CORE_DISTRIBUTIONS + tuple(d for p in plugins() for d in p.distributions)):
+    if names is None:
+        names = CORE_DISTRIBUTIONS + tuple(d for p in plugins() for d in p.distributions)
+    for name in dict.fromkeys(names):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -132,6 +135,15 @@ def spec_yaml(spec: Spec) -> str:
 def spec_sha256(spec: Spec) -> str:
     """sha256 of the resolved spec's YAML: equal hashes mean the same variant, whatever the file."""
     return hashlib.sha256(spec_yaml(spec).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _run(command: list[str], timeout: float = 10.0) -> str:

@@ -13,9 +13,10 @@ T = TypeVar("T")
 class Progress:
     """Draws ``label [#####.....] 12/60 5.1 it/s`` while an iterable is consumed."""
 
-    def __init__(self, stream: TextIO = sys.stderr, enabled: Optional[bool] = None, width: int = 30):
-        self.stream, self.width = stream, width
-        self.enabled = stream.isatty() if enabled is None else enabled
+    def __init__(self, stream: Optional[TextIO] = None, enabled: Optional[bool] = None, width: int = 30):
+        """``stream``: default sys.stderr as it is when the Progress is made (not when this module was imported)."""
+        self.stream, self.width = stream or sys.stderr, width
+        self.enabled = self.stream.isatty() if enabled is None else enabled
 
     def wrap(self, items: Iterable[T], total: int, label: str) -> Iterator[T]:
         start = time.perf_counter()

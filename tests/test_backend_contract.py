@@ -73,7 +73,7 @@ def test_the_stock_optimizer_is_the_framework_adam_and_stays_close(backend, spec
     """implementation: stock trains with the framework's own Adam: the same start, a falling
     loss, and for torch exactly the reference Adam. Elsewhere it is a different optimizer
     (Keras' epsilon-hat moves contractive_ae's loss 2% off in 5 steps; Optax keeps float32
-    bias corrections), which is why the reference Adam is the default (EQUIVALENCE.md)."""
+    bias corrections), which is why the reference Adam is the default (docs/EQUIVALENCE.md, 'Adam')."""
     from dataclasses import replace
 
     case = case_for(spec_name, "float64")

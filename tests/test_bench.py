@@ -24,7 +24,6 @@ from aebench.bench.campaign import CampaignConfig, plan_cells, run_campaign
 from aebench.bench.cell import Cell
 from aebench.bench.executor import LocalExecutor
 from aebench.bench.flops import layer_macs, training_step_flops
-from aebench.bench.store import ResultStore
 from aebench.bench.timing import Protocol, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.plugins.bench_api import MODE_NAMES
@@ -68,7 +67,9 @@ def test_every_mode_times_the_checked_training_step(backend_name: str, mode: str
     warmup_steps = (1 + row["warmup_calls"]) * row["steps_per_call"]
     assert row["loss_steps"][:warmup_steps] == list(range(1, warmup_steps + 1))  # the warm-up, step by step
     assert row["verified_steps"] == min(10, warmup_steps)  # only consecutive steps are replayed
-    assert row["loss_steps"][-1] == warmup_steps + row["steps_timed"]  # then each block's last step
+    moved = row["warmup_blocks"] * row["calls_per_block"] * row["steps_per_call"]  # blocks still getting faster
+    assert row["loss_steps"][-1] == warmup_steps + moved + row["steps_timed"]  # then each block's last step
+    assert row["stability"] in ("firm", "unstable") and row["ci_low_ms"] <= row["median_step_ms"] <= row["ci_high_ms"]
     assert row["peak_memory_mb"] > 0 and row["versions"] and row["device"]
 
 
@@ -240,27 +241,6 @@ def test_campaign_files_are_checked_up_front(text: str, message: str, tmp_path: 
     out = aebench("bench", "--campaign", str(bad))
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert str(bad) in out.stderr and message in out.stderr, out.stderr
-
-
-def test_report_has_a_table_and_plots_per_spec(tmp_path: Path) -> None:
-    config = CampaignConfig(
-        specs=("vae_toy",),
-        backends=(cheap_backend(),),
-        modes=("eager",),
-        batch_sizes=(32,),
-        name="report",
-        protocol=SHORT,
-    )
-    store = run_campaign(config, tmp_path)
-    from aebench.bench.report import write_report
-
-    md, page = write_report([store.folder], tmp_path / "out")
-    text = md.read_text()
-    assert "## vae_toy, batch 32, float32, ieee-fp32" in text and "| x fastest |" in text
-    for figure in ("vae_toy-32-float32-ieee-fp32-samples.png", "vae_toy-32-float32-ieee-fp32-loss.png"):
-        assert (tmp_path / "out" / "plots" / figure).stat().st_size > 1000
-        assert f"plots/{figure}" in page.read_text()
-    assert isinstance(ResultStore(store.folder).record(store.table()["key"][0])["losses"], list)
 
 
 def test_cells_are_logged_to_mlflow_with_their_figures(tmp_path: Path) -> None:

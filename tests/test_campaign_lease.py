@@ -101,15 +101,13 @@ def test_bench_refuses_a_bad_shard_in_one_line() -> None:
     assert "--shard: must be I/N" in proc.stderr
 
 
-GPU_EVIDENCE = Path(__file__).resolve().parents[1].parent / "shared" / "gpu" / "h100-2026-11-22" / "cells.csv"
+GPU_EVIDENCE = Path(__file__).resolve().parents[1] / "results" / "gpu-h100-2026-11-22" / "cells.csv"
 GPU_CAMPAIGN = Path(__file__).resolve().parents[1] / "results" / "campaigns" / "gpu.yaml"
 
 
 def test_the_gpu_campaign_leaves_eager_out_and_fits_two_commands() -> None:
     """Measured H100 cell times (mean per mode) x the campaign's cells: at most two 10-minute
     commands (about 8 minutes of cells each); eager (about 100 s a JAX cell) is not in it."""
-    if not GPU_EVIDENCE.is_file():
-        pytest.skip(f"no H100 evidence at {GPU_EVIDENCE}")
     config = load_campaign(GPU_CAMPAIGN)
     assert "eager" not in config.modes
     seconds = pd.read_csv(GPU_EVIDENCE).groupby("mode")["cell_seconds"].mean()

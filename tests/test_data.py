@@ -33,30 +33,30 @@ def test_the_bundled_subset_is_small_real_mnist() -> None:
     assert 30 < arrays["x_train"].mean() < 37  # MNIST's pixel mean is 33.3
 
 
-def test_the_bundled_subset_is_the_start_of_the_full_data(shared_mnist: Path) -> None:
-    full, subset = read_mnist_npz(shared_mnist), read_mnist_npz(bundled_mnist_path())
+def test_the_bundled_subset_is_the_start_of_the_full_data(full_mnist: Path) -> None:
+    full, subset = read_mnist_npz(full_mnist), read_mnist_npz(bundled_mnist_path())
     for key, n in (("x_train", 10000), ("y_train", 10000), ("x_test", 2000), ("y_test", 2000)):
         np.testing.assert_array_equal(subset[key], full[key][:n])
 
 
-def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_mnist: Path) -> None:
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_mnist: Path) -> None:
     assert find_mnist() == bundled_mnist_path()
     cache = keras_cache_path()
     cache.parent.mkdir(parents=True)
-    cache.symlink_to(shared_mnist)
+    cache.symlink_to(full_mnist)
     assert find_mnist() == cache
-    monkeypatch.setenv("AEBENCH_MNIST", str(shared_mnist))
-    assert find_mnist() == shared_mnist
+    monkeypatch.setenv("AEBENCH_MNIST", str(full_mnist))
+    assert find_mnist() == full_mnist
     explicit = tmp_path / "explicit.npz"
-    explicit.symlink_to(shared_mnist)
+    explicit.symlink_to(full_mnist)
     assert find_mnist(explicit) == explicit
 
 
-def test_full_mnist_loads_in_the_spec_layout(shared_mnist: Path) -> None:
-    data = load_dataset(load_spec("vae_conv"), shared_mnist)
+def test_full_mnist_loads_in_the_spec_layout(full_mnist: Path) -> None:
+    data = load_dataset(load_spec("vae_conv"), full_mnist)
     assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
     assert 0.0 == data.x_train.min() and data.x_train.max() == 1.0
-    assert load_dataset(load_spec("vae_dense"), shared_mnist).x_test.shape == (10000, 784)
+    assert load_dataset(load_spec("vae_dense"), full_mnist).x_test.shape == (10000, 784)
 
 
 def test_a_missing_explicit_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -210,8 +210,8 @@ def test_a_wrong_file_leaves_the_old_destination_untouched(server: str, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["mnist.npz"]
 
 
-def test_the_real_file_is_fetched_over_http(server: str, shared_mnist: Path, tmp_path: Path) -> None:
-    Hostile.mnist = shared_mnist
+def test_the_real_file_is_fetched_over_http(server: str, full_mnist: Path, tmp_path: Path) -> None:
+    Hostile.mnist = full_mnist
     dest = tmp_path / "cache" / "mnist.npz"
     proc = aebench("fetch-mnist", "--url", f"{server}/mnist", "--dest", str(dest))
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""PyTorch-specific traps (EQUIVALENCE.md): each test fails if the trap comes back."""
+"""PyTorch-specific traps (docs/EQUIVALENCE.md): each test fails if the trap comes back."""
 
 from __future__ import annotations
 

@@ -388,8 +388,10 @@ def test_log_and_compare_from_the_command_line(tmp_path: Path) -> None:
     assert psnr[-6:] == ["22", "12", "1.000", "1.833", "10", "83.3%"]
     total = next(line.split() for line in proc.stdout.splitlines() if "train/total" in line)
     assert total[-6:] == ["0.6667", "0.3333", "2.000", "1.000", "0.3333", "100.0%"]  # lower is better
-    assert (tmp_path / "table.csv").read_text().startswith("spec,mode,dtype,metric,jax,torch")
-    assert (tmp_path / "table.md").read_text().startswith("| spec | mode | dtype | metric | jax | torch |")
+    assert (tmp_path / "table.csv").read_text().startswith("kind,spec,mode,dtype,metric,jax,torch")
+    markdown = (tmp_path / "table.md").read_text()
+    assert markdown.startswith("## training runs (aebench train): 2 run(s)")
+    assert "| spec | mode | dtype | metric | jax | torch |" in markdown
 
 
 def test_log_and_compare_errors_are_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""One test per trap of EQUIVALENCE.md: each fails if the trap comes back.
+"""One test per trap of docs/EQUIVALENCE.md: each fails if the trap comes back.
 
 The first group injects the classic conversion bugs into the PyTorch backend and shows
 that the equivalence check catches them (a check that cannot fail proves nothing).

@@ -1,10 +1,11 @@
 """Every loss term in keras.ops (the same code on every engine), from injected noise,
 reduced exactly as the spec says. BCE is keras.ops.binary_crossentropy(from_logits=True):
 with probabilities Keras would clip them on its JAX and torch engines but not on
-TensorFlow's (EQUIVALENCE.md).
+TensorFlow's (docs/EQUIVALENCE.md, 'Losses').
 
 The contractive Jacobian is the chain rule through the dense encoder in keras.ops (Keras 3
-has no engine-neutral jacobian); its gradient is still autodiff. KNOWN_GAPS says so.
+has no engine-neutral jacobian); its gradient is still autodiff. It is checked against the
+oracle as the other backends' autodiff Jacobians are (docs/EQUIVALENCE.md, 'The contractive penalty').
 """
 
 from __future__ import annotations

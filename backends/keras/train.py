@@ -1,5 +1,5 @@
 """Training in Keras 3: the reference Adam in keras.ops on the variables, or
-keras.optimizers.Adam (stock: its epsilon is 'epsilon hat', EQUIVALENCE.md)."""
+keras.optimizers.Adam (stock: its epsilon is 'epsilon hat', docs/EQUIVALENCE.md, 'Adam')."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from typing import Protocol as TypingProtocol
 
 from aebench.bench.cell import Cell, failure_reason
 from aebench.bench.executor import Executor, LocalExecutor, clear_exchange
+from aebench.bench.identity import changed_cells, refuse_changed
 from aebench.bench.lock import campaign_lock
 from aebench.bench.store import ResultStore
 from aebench.bench.timing import Protocol
@@ -219,10 +220,12 @@ def run_campaign(
     mnist: Optional[str] = None,
     tracker: Optional[CellTracker] = None,
     on_cell: Callable[[int, int, dict, str], None] = lambda i, n, row, note: None,
+    on_start: Callable[[int, int, Cell], None] = lambda i, n, cell: None,
     shard: Shard = Shard(),
     budget: Optional[Budget] = None,
     say: Callable[[str], None] = lambda line: None,
     remeasure_peak: bool = False,
+    rerun_changed: bool = False,
 ) -> ResultStore:
     """Run every cell of this shard not yet recorded, until the budget is spent. Running it
     again resumes: recorded cells are skipped.
@@ -233,8 +236,12 @@ def run_campaign(
     and writes environment.json. ``remeasure_peak``: each (device, backend, dtype, precision)
     measures its peak again, once in this run, before its first cell is timed.
 
+    A recorded cell whose settings differ from this run's (aebench.bench.identity) stops the
+    campaign before any cell with SettingsChanged, or with ``rerun_changed`` is measured again.
+
     Each row is stored before it is tracked, so a tracking failure cannot lose a result;
-    ``on_cell`` gets the row and the tracker's line ("" without a tracker).
+    ``on_start`` is told of each cell as it starts, ``on_cell`` gets each row as it finishes
+    and the tracker's line ("" without a tracker).
     """
     budget = budget or Budget()
     store = ResultStore(results_root / config.campaign_name())
@@ -247,11 +254,26 @@ def run_campaign(
         write_environment(store.folder / "environment.json", config)
         executor = executor or LocalExecutor(store.folder / "logs", config.timeout_s)
         done = store.recorded(retry_failed)
-        todo = [cell for cell in shard.select(plan_cells(config, mnist)) if cell.key not in done]
+        planned = shard.select(plan_cells(config, mnist))
+        records = store.records().rows
+        changed = changed_cells(planned, {key: row for key, row in records.items() if key in done})
+        if not rerun_changed:
+            refuse_changed(config.campaign_name(), changed)
+        todo = [cell for cell in planned if cell.key not in done or cell.key in changed]
         if remeasure_peak:
             since = time.time()
             todo = [replace(cell, peak_fresh_since=since) for cell in todo]
-        for i, (cell, row) in enumerate(executor.run_all(todo, lambda: not budget.spent()), 1):
+        started = 0
+
+        def may_start(cell: Cell) -> bool:
+            nonlocal started
+            if budget.spent():
+                return False
+            started += 1
+            on_start(started, len(todo), cell)
+            return True
+
+        for i, (cell, row) in enumerate(executor.run_all(todo, may_start), 1):
             store.append(row)
             on_cell(i, len(todo), row, track(tracker, row, cell, store.folder))
     return store

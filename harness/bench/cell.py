@@ -29,8 +29,10 @@ import numpy as np
 
 from aebench.bench.data import make_bench_data, pool_size
 from aebench.bench.flops import training_step_flops
+from aebench.bench.identity import cell_settings
 from aebench.bench.parent import die_with_parent
 from aebench.bench.peak import device_peak
+from aebench.bench.stability import row_figures as stability_figures
 from aebench.bench.timing import Protocol, Timing, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.data.datasets import load_dataset
@@ -108,6 +110,7 @@ def run_cell(cell: Cell) -> dict:
     }
     start = time.perf_counter()
     try:
+        row["settings"] = json.dumps(cell_settings(cell), sort_keys=True)
         _measure_into(row, cell)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the cell's recorded reason
         row["status"], row["reason"] = "failed", failure_reason(exc)
@@ -168,12 +171,15 @@ def timing_figures(timing: Timing, plan: ModelPlan, batch_size: int) -> dict:
         "warmup_calls": timing.warmup_calls,
         "calls_per_block": timing.calls_per_block,
         "blocks": len(timing.block_step_seconds),
+        "warmup_blocks": len(timing.warmup_block_seconds),
         "first_call_s": timing.first_call_seconds,
         "compile_s": timing.first_call_overhead_seconds,
         "median_step_ms": step * 1e3,
         "iqr_step_ms": timing.iqr_step_seconds * 1e3,
         "cv": timing.cv,
         "block_step_ms": json.dumps([round(b * 1e3, 6) for b in timing.block_step_seconds]),
+        "warmup_block_ms": json.dumps([round(b * 1e3, 6) for b in timing.warmup_block_seconds]),
+        **stability_figures(timing.stability, timing.load),
         "samples_per_s": batch_size / step,
         "flops_per_step": flops,
         "gflops_per_s": flops / step / 1e9,

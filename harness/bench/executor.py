@@ -22,6 +22,7 @@ from typing import Optional
 from typing import Protocol as TypingProtocol
 
 from aebench.bench.cell import Cell, failure_reason
+from aebench.bench.identity import cell_settings
 from aebench.bench.parent import parent_environment
 from aebench.bench.store import safe_name
 from aebench.plugins.discovery import child_environment
@@ -30,9 +31,10 @@ EXCHANGE_FOLDER = "tmp"
 
 
 class Executor(TypingProtocol):
-    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
+    def run_all(self, cells: Iterable[Cell], may_start: Callable[[Cell], bool]) -> Iterator[tuple[Cell, dict]]:
         """Measure each cell in a fresh process; (cell, row) as each finishes, failures
-        included. A cell is started only while ``may_start()`` is true."""
+        included. A cell is started only when ``may_start(cell)``, asked just before it
+        would start, is true."""
 
 
 def clear_exchange(campaign_folder: Path) -> None:
@@ -55,10 +57,10 @@ class LocalExecutor:
         """Where the cells' exchange folders are made."""
         return self.scratch if self.scratch is not None else self.logs.parent / EXCHANGE_FOLDER
 
-    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
+    def run_all(self, cells: Iterable[Cell], may_start: Callable[[Cell], bool]) -> Iterator[tuple[Cell, dict]]:
         """One cell after the other; an error of the executor itself is that cell's failed row."""
         for cell in cells:
-            if not may_start():
+            if not may_start(cell):
                 return
             try:
                 row = self.run(cell)
@@ -133,6 +135,7 @@ def failed_row(cell: Cell, reason: str, log_path: Optional[Path] = None) -> dict
         "dtype": cell.dtype,
         "status": "failed",
         "reason": reason,
+        "settings": json.dumps(cell_settings(cell), sort_keys=True),
     }
     if log_path is not None:
         row["log"] = str(log_path)

@@ -100,11 +100,11 @@ class RayExecutor:
 
     def run(self, cell: Cell) -> dict:
         """One cell (the Executor contract); campaigns use ``run_all``."""
-        [(_, row)] = self.run_all([cell], lambda: True)
+        [(_, row)] = self.run_all([cell], lambda _: True)
         return row
 
-    def run_all(self, cells: Iterable[Cell], may_start: Callable[[], bool]) -> Iterator[tuple[Cell, dict]]:
-        """(cell, row) as each finishes; a cell starts only while ``may_start()`` is true.
+    def run_all(self, cells: Iterable[Cell], may_start: Callable[[Cell], bool]) -> Iterator[tuple[Cell, dict]]:
+        """(cell, row) as each finishes; a cell starts only when ``may_start(cell)`` is true.
         A connection this call made is closed when it ends: a driver left connected exits its
         whole process (code 1, silently) about a minute after the cluster goes away."""
         ray = import_ray()
@@ -116,13 +116,13 @@ class RayExecutor:
                 ray.shutdown()
 
     def _run_connected(
-        self, ray: Any, cells: Iterable[Cell], may_start: Callable[[], bool]
+        self, ray: Any, cells: Iterable[Cell], may_start: Callable[[Cell], bool]
     ) -> Iterator[tuple[Cell, dict]]:
         resources, slots = cell_resources(ray.cluster_resources(), _node_cpus(ray))
         task = ray.remote(max_retries=0, **resources)(run_cell_on_worker)
         queue, in_flight = list(cells), dict[Any, Cell]()
         while queue or in_flight:
-            while queue and len(in_flight) < slots and may_start():
+            while queue and len(in_flight) < slots and may_start(queue[0]):
                 cell = queue.pop(0)
                 in_flight[task.remote(cell.to_json(), self.timeout_s)] = cell
             if not in_flight:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from aebench.bench.lock import CampaignBusy, campaign_lock  # noqa: E402
+from aebench.bench.stability import row_stability  # noqa: E402
 from aebench.bench.store import ResultStore  # noqa: E402
 from aebench.errors import AebenchError  # noqa: E402
 
@@ -48,6 +50,7 @@ class Section:
     table: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    answer: str = ""
 
 
 def write_report(sources: list[Path], out: Path, say: Callable[[str], None] = lambda line: None) -> tuple[Path, Path]:
@@ -63,10 +66,12 @@ def write_report(sources: list[Path], out: Path, say: Callable[[str], None] = la
     colours = backend_colours(backend for table in tables.values() for backend in table["backend"])
     out.mkdir(parents=True, exist_ok=True)
     sections, header = [], []
+    names = campaign_names(list(stores))
     for source in sources:
         if source in stores:
             header.append(environment_line(source))
-            sections += campaign_sections(stores[source], tables[source], out, colours)
+            shown = names[source] if len(stores) > 1 else ""
+            sections += campaign_sections(stores[source], tables[source], out, colours, names[source], shown)
         elif source.is_file():
             sections += benchmark_json_sections(source)
         else:
@@ -126,14 +131,28 @@ def environment_line(folder: Path) -> str:
     )
 
 
-def campaign_sections(store: ResultStore, table: pd.DataFrame, out: Path, colours: dict[str, str]) -> list[Section]:
-    """A section per spec and setting, with its table, notes and plots."""
+def campaign_names(folders: list[Path]) -> dict[Path, str]:
+    """A distinct name per campaign folder: its folder name, with its parent's where two share
+    one, and a number where even that is shared."""
+    shared = {f.name for f in folders if sum(g.name == f.name for g in folders) > 1}
+    names = {f: f"{f.parent.name}-{f.name}" if f.name in shared else f.name for f in folders}
+    counts = {name: list(names.values()).count(name) for name in names.values()}
+    return {f: f"{name}-{i + 1}" if counts[name] > 1 else name for i, (f, name) in enumerate(names.items())}
+
+
+def campaign_sections(
+    store: ResultStore, table: pd.DataFrame, out: Path, colours: dict[str, str], slug_prefix: str, campaign: str = ""
+) -> list[Section]:
+    """A section per spec and setting, with its one-line answer, table, notes and plots. Plot
+    files begin with ``slug_prefix`` (the campaign), so campaigns in one report never share a
+    file; ``campaign``, when given, is named in every title (reports over several campaigns)."""
     sections = []
     for spec, rows in table.groupby("spec", sort=True):
         for setting, group in rows.groupby(SETTING, dropna=False, sort=True):
-            name = f"{spec}, batch {setting[0]}, {setting[1]}, {setting[2]}"
-            slug = "-".join(str(s) for s in (spec, *setting))
-            section = Section(name, speed_table(group), failure_notes(group))
+            name = f"{spec}, batch {setting[0]}, {setting[1]}, {setting[2]}" + (f" ({campaign})" if campaign else "")
+            slug = "-".join(str(s) for s in (slug_prefix, spec, *setting))
+            section = Section(name, speed_table(group), failure_notes(group) + unstable_notes(group))
+            section.answer = answer_line(group)
             ok = group[group["status"] == "ok"]
             if len(ok):
                 figure = samples_figure(ok, name, colours)
@@ -158,25 +177,28 @@ def line_style(row: pd.Series, colours: dict[str, str]) -> tuple[str, str]:
 
 
 def speed_table(group: pd.DataFrame) -> pd.DataFrame:
-    """Backends and modes, fastest first, with the ratio of each step time to the fastest."""
+    """Backends and modes, fastest first, with the ratio of each step time to the fastest firm
+    cell; an unstable cell's ratio is in parentheses and its stability says why it is not ranked."""
     ok = group[group["status"] == "ok"].sort_values("median_step_ms")
-    best = ok["median_step_ms"].min() if len(ok) else np.nan
+    best = fastest_firm_ms(ok)
     rows = []
     for _, r in pd.concat([ok, group[group["status"] != "ok"]]).iterrows():
         if r["status"] != "ok":
             rows.append({"backend": r["backend"], "mode": r["mode"], "status": r["status"]})
             continue
+        stability = row_stability(r)
+        ratio = f"{r['median_step_ms'] / best:.2f}" if best == best else ""
         rows.append(
             {
                 "backend": r["backend"],
                 "mode": r["mode"],
-                "status": "ok",
+                "status": "ok" if stability.firm else "ok, UNSTABLE",
                 "step ms (median)": f"{r['median_step_ms']:.4g}",
-                "IQR ms": f"{r['iqr_step_ms']:.2g}",
-                "x fastest": f"{r['median_step_ms'] / best:.2f}",
+                "95% interval ms": f"{1e3 * stability.interval.low:.4g}-{1e3 * stability.interval.high:.4g}",
+                "x fastest": ratio if stability.firm else f"({ratio})" if ratio else "",
                 "samples/s": f"{r['samples_per_s']:,.0f}",
                 "CV %": f"{100 * r['cv']:.1f}",
-                "compile s": f"{r['compile_s']:.2f}",
+                "compile s": compile_text(r["compile_s"]),
                 "GFLOP/s": f"{r['gflops_per_s']:.1f}",
                 "% of peak": f"{100 * r['peak_fraction']:.1f}",
                 "peak MB": f"{r['peak_memory_mb']:.0f}",
@@ -184,6 +206,71 @@ def speed_table(group: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).fillna("")
+
+
+def fastest_firm_ms(ok: pd.DataFrame) -> float:
+    """The median step time of the fastest firm cell (NaN when no cell is firm)."""
+    firm = [r["median_step_ms"] for _, r in ok.iterrows() if row_stability(r).firm]
+    return float(min(firm)) if firm else float("nan")
+
+
+def compile_text(compile_s: float) -> str:
+    """The first call's extra cost in seconds, or 'below resolution' where the first call was no
+    slower than a steady one (the difference of two noisy times came out negative)."""
+    if compile_s != compile_s:
+        return ""
+    return f"{compile_s:.2f}" if compile_s >= 0 else "below resolution"
+
+
+def answer_line(group: pd.DataFrame) -> str:
+    """The section's answer in one line: the fastest firm backend and mode, the factor to each
+    other cell, whether the timed steps were the equivalence-checked step, and firm or not."""
+    ok = group[group["status"] == "ok"].sort_values("median_step_ms")
+    if ok.empty:
+        return "No cell was measured (see the notes)."
+    verdicts = {label(r): row_stability(r) for _, r in ok.iterrows()}
+    firm = [r for _, r in ok.iterrows() if verdicts[label(r)].firm]
+    unstable = [label(r) for _, r in ok.iterrows() if not verdicts[label(r)].firm]
+    if not firm:
+        return (
+            f"No firm result: every cell is unstable ({', '.join(unstable)}); "
+            f"{equivalence_phrase(ok)}. Measure again on a quieter machine."
+        )
+    best = firm[0]
+    ceiling = verdicts[label(best)].interval.high * 1e3
+    tied = [label(r) for r in firm[1:] if verdicts[label(r)].interval.low * 1e3 <= ceiling]
+    tie = f" (not separable from {', '.join(tied)}: their intervals overlap)" if tied else ""
+    others = [
+        f"{label(r)} {r['median_step_ms'] / best['median_step_ms']:.2f}x" + ("" if verdicts[label(r)].firm else "?")
+        for _, r in ok.iterrows()
+        if r["key"] != best["key"]
+    ]
+    factors = f"; step time of the others relative to it: {', '.join(others)}" if others else ""
+    verdict = "firm" if not unstable else f"unstable cells, marked ?, are not ranked: {', '.join(unstable)}"
+    return (
+        f"Fastest: {label(best)}, {best['median_step_ms']:.4g} ms/step{tie}{factors}; "
+        f"{equivalence_phrase(ok)}; {verdict}."
+    )
+
+
+def equivalence_phrase(ok: pd.DataFrame) -> str:
+    """Whether every measured cell timed the equivalence-checked training step."""
+    diffs = pd.to_numeric(ok["verify_max_rel_diff"], errors="coerce")
+    if diffs.isna().all():
+        return "not checked against the trainer (--no-verify)"
+    if diffs.isna().any():
+        return f"equivalent where checked ({int(diffs.notna().sum())} of {len(ok)} cells)"
+    return f"equivalent (first steps match the checked trainer within {diffs.max():.1e})"
+
+
+def unstable_notes(group: pd.DataFrame) -> list[str]:
+    """One note per unstable cell, with why."""
+    notes = []
+    for _, r in group[group["status"] == "ok"].iterrows():
+        stability = row_stability(r)
+        if not stability.firm:
+            notes.append(f"{label(r)}: unstable, not ranked: {stability.reason()}")
+    return notes
 
 
 def failure_notes(group: pd.DataFrame) -> list[str]:
@@ -212,14 +299,28 @@ def samples_figure(ok: pd.DataFrame, title: str, colours: dict[str, str]) -> Fig
     errors = np.vstack([values - intervals[:, 0], np.minimum(intervals[:, 1], 10 * values) - values])
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(ok) + 1.6))
     bar_colours = [colours.get(b, "black") for b in ok["backend"]]
-    ax.barh([label(r) for _, r in ok.iterrows()], values, color=bar_colours, xerr=errors.clip(min=0), capsize=3)
+    firm = [row_stability(r).firm for _, r in ok.iterrows()]
+    names = [label(r) + ("" if f else " (unstable)") for (_, r), f in zip(ok.iterrows(), firm)]
+    bars = ax.barh(names, values, color=bar_colours, xerr=errors.clip(min=0), capsize=3)
+    for bar, is_firm in zip(bars, firm):
+        if not is_firm:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
     if values.max() > 100 * values.min():
         ax.set_xscale("log")
     shown = list(dict.fromkeys(ok["backend"]))
     ax.legend(handles=[Patch(color=colours.get(b, "black"), label=b) for b in shown], fontsize=8, loc="lower right")
     ax.set_xlabel("training samples/s (median of blocks; bars: interquartile range)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(fitted(title), fontsize=10)
     return fig
+
+
+TITLE_CHARACTERS = 80  # a 7-inch figure holds about this many characters of a 10-point title per line
+
+
+def fitted(title: str) -> str:
+    """A title wrapped to lines that fit the figure's width."""
+    return "\n".join(textwrap.wrap(title, TITLE_CHARACTERS)) or title
 
 
 def loss_curve(record: dict) -> pd.Series:
@@ -257,7 +358,7 @@ def loss_figure(curves: dict[str, pd.Series], reference: str, styles: dict[str, 
             label=name,
         )
     top.set_ylabel("loss - reference loss")
-    top.set_title(f"{title}: same seed, weights and batches; difference from {reference}", fontsize=10)
+    top.set_title(fitted(f"{title}: same seed, weights and batches; difference from {reference}"), fontsize=10)
     top.legend(fontsize=8)
     base = curves[reference]
     bottom.plot(base.index, base.values, color=colour, linewidth=1)
@@ -352,7 +453,8 @@ def to_markdown(header: list[str], sections: list[Section]) -> str:
     """The whole report as markdown."""
     parts = ["# aebench report", "", *header, "", FIGURES_NOTE, ""]
     for s in sections:
-        parts += [f"## {s.title}", "", markdown_table(s.table), ""]
+        parts += [f"## {s.title}", ""] + ([f"**{s.answer}**", ""] if s.answer else [])
+        parts += [markdown_table(s.table), ""]
         parts += [f"- {note}" for note in s.notes] + ([""] if s.notes else [])
         parts += [f"![{s.title}]({fig})" for fig in s.figures] + [""]
     return "\n".join(parts)
@@ -366,7 +468,8 @@ def to_html(header: list[str], sections: list[Section]) -> str:
         f"<p>{html.escape(FIGURES_NOTE)}</p>",
     ]
     for s in sections:
-        body += [f"<h2>{html.escape(s.title)}</h2>", s.table.to_html(index=False, border=0, classes="t")]
+        body += [f"<h2>{html.escape(s.title)}</h2>"] + ([f"<p><b>{html.escape(s.answer)}</b></p>"] if s.answer else [])
+        body += [s.table.to_html(index=False, border=0, classes="t")]
         body += [f"<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in s.notes)}</ul>"] if s.notes else []
         body += [f'<img src="{html.escape(fig)}" alt="{html.escape(s.title)}">' for fig in s.figures]
     style = (
@@ -378,8 +481,11 @@ def to_html(header: list[str], sections: list[Section]) -> str:
 
 
 FIGURES_NOTE = (
-    "Step time: median over timed blocks, each block synced once at its end; compile s = first "
-    "call minus a steady-state call; GFLOP/s counts the layers' multiply-adds (aebench.bench.flops); "
+    "Step time: median over timed blocks, each block synced once at its end, with a 95% "
+    "distribution-free interval of that median; a cell whose interval is wider than 10% of its median "
+    "after extra blocks is UNSTABLE and not ranked (aebench.bench.stability); x fastest is against the "
+    "fastest firm cell; compile s = first call minus a steady-state call ('below resolution' when the "
+    "first call was no slower); GFLOP/s counts the layers' multiply-adds (aebench.bench.flops); "
     "% of peak is against a large matmul in the same framework on the same device; verified = "
     "largest relative difference of the first timed steps' losses from the equivalence-checked "
     "trainer."

@@ -66,8 +66,23 @@ LEGACY_COLUMNS = [
 ]
 """The columns of cells.csv before the peak's provenance was recorded (still read as they are)."""
 
-COLUMNS = [*LEGACY_COLUMNS, "peak_measured", "peak_load"]
+COLUMNS = [
+    *LEGACY_COLUMNS,
+    "peak_measured",
+    "peak_load",
+    "stability",
+    "unstable_reason",
+    "ci_low_ms",
+    "ci_high_ms",
+    "ci_level",
+    "ci_rel_width",
+    "load_end",
+    "other_cores",
+]
 """The columns of cells.csv; every other field of a row is kept in its record only."""
+
+OLDER_LAYOUTS = (LEGACY_COLUMNS, COLUMNS[: COLUMNS.index("peak_load") + 1])
+"""Headers of cells.csv written by earlier aebench versions: read as they are, upgraded before appending."""
 
 MAX_PROBLEM_TEXT = 60  # a key or a garbage line is quoted in a message at most this long
 
@@ -212,7 +227,7 @@ class ResultStore:
             return False
         with open(self.table_path, newline="", errors="replace") as handle:
             header = next(csv.reader(handle), [])
-        return header == LEGACY_COLUMNS
+        return header in OLDER_LAYOUTS
 
     def repair(self, upgrade_layout: bool = False) -> str:
         """Make cells.csv agree with the records; one line saying what was done ("" when nothing was).
@@ -226,8 +241,7 @@ class ResultStore:
         if problems:
             return self._rebuild(records, problems)
         if upgrade_layout and self.has_legacy_layout():
-            self._upgrade_layout()
-            return f"{self.table_path}: added the columns {', '.join(COLUMNS[len(LEGACY_COLUMNS) :])} (older layout)"
+            return f"{self.table_path}: added the columns {', '.join(self._upgrade_layout())} (older layout)"
         return ""
 
     def _rebuild(self, records: Records, problems: list[str]) -> str:
@@ -247,16 +261,19 @@ class ResultStore:
         frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], columns=COLUMNS)
         write_atomically(self.table_path, frame.to_csv(index=False))
 
-    def _upgrade_layout(self) -> None:
+    def _upgrade_layout(self) -> list[str]:
+        """Rewrite an older table with the current columns; the columns added."""
         with open(self.table_path, newline="") as handle:
             lines = list(csv.reader(handle))
-        extra = [""] * (len(COLUMNS) - len(LEGACY_COLUMNS))
+        added = COLUMNS[len(lines[0]) :]
+        extra = [""] * len(added)
         tmp = self.table_path.with_name(f".{self.table_path.name}.tmp")
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(COLUMNS)
             writer.writerows(line + extra for line in lines[1:])
         os.replace(tmp, self.table_path)
+        return added
 
 
 def read_record(path: Path) -> Optional[dict]:
@@ -276,7 +293,7 @@ def table_problems(lines: list[list[str]], records: dict[str, dict]) -> list[str
     if not lines:
         return ["cells.csv is empty"] if records else []
     header, rows = lines[0], lines[1:]
-    if header not in (COLUMNS, LEGACY_COLUMNS):
+    if header != COLUMNS and header not in OLDER_LAYOUTS:
         return [f"line 1 is not the header of cells.csv: {quoted(','.join(header))}"]
     problems, last_line = [], {}
     for number, fields in enumerate(rows, start=2):

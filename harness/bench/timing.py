@@ -6,7 +6,8 @@ the device once, at its end; its step time is the block's wall time over its ste
 first call (compilation included) is timed on its own and never enters the steady-state
 figures. Losses are read back outside the timed blocks: every step of the first call and
 the warm-up (the loss curve, and the steps replayed by the cell's check), then the last
-step of each block. (Keeping every handle alive slowed TensorFlow's dispatch by 40%.)
+step of each block. A cell that is not firm after its planned blocks measures more
+(aebench.bench.stability). (Keeping every handle alive slowed TensorFlow's dispatch by 40%.)
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
+from aebench.bench.load import LoadProbe
+from aebench.bench.stability import MAX_BLOCKS_FACTOR, MachineLoad, Stability, judge, warming_up
 from aebench.plugins.bench_api import StepRunner
 
 
@@ -45,6 +49,13 @@ class Timing:
     block_step_seconds: tuple[float, ...]
     losses: np.ndarray  # total loss at loss_steps
     loss_steps: np.ndarray  # 1-based step numbers: every step of the first call and warm-up, then each block's last
+    warmup_block_seconds: tuple[float, ...] = ()  # blocks moved to the warm-up: they were still getting faster
+    load: Optional[MachineLoad] = None
+
+    @property
+    def stability(self) -> Stability:
+        """Whether the median is firm (aebench.bench.stability), judged with the machine's load."""
+        return judge(self.block_step_seconds, self.load)
 
     @property
     def consecutive_steps(self) -> int:
@@ -86,7 +97,10 @@ def timed_calls(runner: StepRunner, calls: int) -> tuple[float, object]:
 
 
 def measure(runner: StepRunner, protocol: Protocol) -> Timing:
-    """Run the protocol on a freshly prepared runner (its first call compiles)."""
+    """Run the protocol on a freshly prepared runner (its first call compiles). After the
+    planned blocks, a cell that is not firm (aebench.bench.stability) measures more blocks, up
+    to MAX_BLOCKS_FACTOR times the planned number: blocks still getting faster are moved to the
+    warm-up and measured afresh; noisy ones are joined by more."""
     k = runner.steps_per_call
     first_seconds, handle = timed_calls(runner, 1)
     handles, warmup_calls, warmup_seconds = [handle], 0, 0.0
@@ -97,19 +111,47 @@ def measure(runner: StepRunner, protocol: Protocol) -> Timing:
     losses = list(runner.losses(handles))
     steps = list(range(1, len(losses) + 1))
     calls = calls_per_block(warmup_seconds / warmup_calls, k, protocol, steps_taken=len(steps))
-    blocks = []
-    for _ in range(protocol.blocks):
+    blocks: list[float] = []
+    discarded: list[float] = []
+    probe = LoadProbe().start()
+
+    def one_block() -> None:
         seconds, handle = timed_calls(runner, calls)
         blocks.append(seconds / (calls * k))
         losses.append(runner.losses([handle])[-1])
         steps.append(steps[-1] + calls * k)
-    return Timing(first_seconds, k, warmup_calls, calls, tuple(blocks), np.asarray(losses), np.asarray(steps))
+
+    budget = protocol.blocks * MAX_BLOCKS_FACTOR
+    while len(blocks) < protocol.blocks or not judge(blocks).firm:
+        if len(blocks) + len(discarded) >= budget or not room_for_block(steps, calls, k, protocol):
+            break
+        if len(blocks) >= protocol.blocks and warming_up(blocks):
+            discarded += blocks
+            blocks.clear()
+        one_block()
+    return Timing(
+        first_seconds,
+        k,
+        warmup_calls,
+        calls,
+        tuple(blocks),
+        np.asarray(losses),
+        np.asarray(steps),
+        warmup_block_seconds=tuple(discarded),
+        load=probe.stop(),
+    )
+
+
+def room_for_block(steps: list[int], calls: int, steps_per_call: int, protocol: Protocol) -> bool:
+    """Whether one more block stays within ``max_steps``."""
+    return steps[-1] + calls * steps_per_call <= protocol.max_steps
 
 
 def calls_per_block(call_seconds: float, steps_per_call: int, protocol: Protocol, steps_taken: int) -> int:
-    """Enough calls for a block to last ``block_seconds``, within the step budget."""
+    """Enough calls for a block to last ``block_seconds``, within the step budget (which leaves
+    room for the extra blocks of an unstable cell)."""
     wanted = max(1, math.ceil(protocol.block_seconds / max(call_seconds, 1e-9)))
-    budget = (protocol.max_steps - steps_taken) // (protocol.blocks * steps_per_call)
+    budget = (protocol.max_steps - steps_taken) // (protocol.blocks * MAX_BLOCKS_FACTOR * steps_per_call)
     if budget < 1:
         raise ValueError(f"max_steps {protocol.max_steps} leaves no room for {protocol.blocks} blocks")
     return min(wanted, budget)

@@ -132,7 +132,7 @@ def run_stack(layers: tuple[LayerPlan, ...], weights: Weights, x: np.ndarray) ->
 
 
 def corrupt(corruption: Optional[Corruption], x: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
-    """The encoder's input: x corrupted by the injected noise (spec.py documents each kind)."""
+    """The encoder's input: x corrupted by the injected noise (aebench.spec.types documents each kind)."""
     if corruption is None:
         return x
     if isinstance(corruption, Gaussian):

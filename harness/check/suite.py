@@ -19,7 +19,8 @@ from typing import Optional
 from aebench.check import equivalence as eq
 from aebench.errors import AebenchError
 from aebench.plugins.backend_api import Backend
-from aebench.plugins.registry import list_backends, load_backend, plugin
+from aebench.plugins.discovery import registered_plugins
+from aebench.plugins.registry import backend_info, load_backend, plugin
 from aebench.spec.load import list_specs, load_spec
 from aebench.spec.schema import did_you_mean
 from aebench.spec.types import Spec
@@ -49,24 +50,41 @@ class Row:
     note: str = ""
 
 
-def choose_backends(names: Optional[list[str]]) -> tuple[dict[str, Backend], list[Row]]:
-    """Load the named (default: all registered) backends; skipped ones become rows."""
-    infos = {info.name: info for info in list_backends()}
+def choose_backends(
+    names: Optional[list[str]], progress: Callable[[str], None] = lambda _: None
+) -> tuple[dict[str, Backend], list[Row]]:
+    """Load the named (default: all registered) backends one by one, telling ``progress``
+    before and after each (a framework takes seconds to load); skipped ones become rows."""
+    registered = registered_plugins()
     for name in names or []:
-        if name not in infos:
+        if name not in registered:
             raise AebenchError(
-                f"--backends: no backend '{name}'{did_you_mean(name, infos)}; registered: {', '.join(sorted(infos))}"
+                f"--backends: no backend '{name}'{did_you_mean(name, registered)}; "
+                f"registered: {', '.join(sorted(registered))}"
             )
     loaded, skipped = {}, []
-    for name in names or sorted(infos, key=reference_rank):
-        if not infos[name].available:
-            skipped.append(Row("*", name, "*", "backend", None, None, "skip", infos[name].reason))
+    for name in names or sorted(registered, key=reference_rank):
+        progress(f"loading {name} ...")
+        start = time.perf_counter()
+        backend, reason = _load(name)
+        if backend is None:
+            skipped.append(Row("*", name, "*", "backend", None, None, "skip", reason))
+            progress(f"skipping {name}: {reason}")
             continue
-        try:
-            loaded[name] = load_backend(name)
-        except AebenchError as exc:
-            skipped.append(Row("*", name, "*", "backend", None, None, "skip", str(exc)))
+        loaded[name] = backend
+        progress(f"loaded {name} in {time.perf_counter() - start:.1f} s ({backend.device()})")
     return loaded, skipped
+
+
+def _load(name: str) -> tuple[Optional[Backend], str]:
+    """The loaded backend, or None and why it cannot load here."""
+    info = backend_info(name)
+    if not info.available:
+        return None, info.reason
+    try:
+        return load_backend(name), ""
+    except AebenchError as exc:
+        return None, str(exc)
 
 
 def reference_rank(name: str) -> tuple[int, str]:

@@ -56,7 +56,7 @@ GRAD_TOL = {"float64": 1e-10, "float32": 1e-5}
 TRAJECTORY_LOSS_RTOL = {"float64": 1e-8, "float32": 5e-3}
 TRAJECTORY_WEIGHT_TOL = {"float64": 1e-8, "float32": 0.25}
 # The same trajectories where either backend runs on a GPU. Measured once, on one H100
-# (commit e561b1f, ../shared/gpu/h100-2026-11-22/check-float32-gpu.txt; torch 2.11 as the
+# (commit e561b1f, results/gpu-h100-2026-11-22/evidence/check-float32-gpu.txt; torch 2.11 as the
 # reference, jax 0.11.2 and Keras 3.15.1 on JAX, the frameworks' default kernels): vae_dense
 # losses <= 5.5e-7, weights <= 9.4e-5, as on the CPU; vae_conv losses 8.1e-3 (the KL of its
 # 2-d latent) and weights 0.365 (decoder.3.kernel, the one-channel transposed convolution).

@@ -21,12 +21,14 @@ from aebench.bench.campaign import (
     validate_names,
     with_overrides,
 )
+from aebench.bench.cell import Cell
 from aebench.bench.executor import Executor
 from aebench.bench.lock import campaign_lock
 from aebench.bench.merge import merge_results
 from aebench.bench.ray_executor import RayExecutor
-from aebench.bench.report import write_report
-from aebench.cli.folders import writable_folder
+from aebench.bench.report import compile_text, write_report
+from aebench.bench.stability import row_stability
+from aebench.cli.folders import refuse_unwritable, writable_folder
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.registry import available_backends
 from aebench.progress import Progress
@@ -100,8 +102,9 @@ def checked(args: argparse.Namespace, check: Callable[[], object]):
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run (or resume) a campaign in <results>/<name>/, holding its lock, then write its report."""
     shard = Shard.parse(args.shard) if args.shard else Shard()
-    results = writable_folder(Path(args.results), "--results")
+    refuse_unwritable(Path(args.results), "--results")
     config = campaign_config(args)
+    results = writable_folder(Path(args.results), "--results")
     folder = writable_folder(results / config.campaign_name(), "--results")
     executor = executor_for(config, folder)
     progress = Progress()
@@ -110,6 +113,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
         progress.line(f"campaign {config.campaign_name()}{part}: {planned} cells, results in {folder}")
         budget = Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+
+        def on_start(i: int, n: int, cell: Cell) -> None:
+            progress.line(f"[{i}/{n}] {cell.key}: started (a fresh process; about a minute per cell)")
 
         def on_cell(i: int, n: int, row: dict, tracked: str) -> None:
             progress.line(f"[{i}/{n}] {row['key']}: {cell_summary(row)}")
@@ -123,11 +129,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             mnist=args.data,
             tracker=tracker,
             on_cell=on_cell,
+            on_start=on_start,
             shard=shard,
             budget=budget,
             executor=executor,
             say=progress.line,
             remeasure_peak=args.remeasure_peak,
+            rerun_changed=args.rerun_changed,
         )
         left = cells_left(config, store, shard)
         if left:
@@ -151,11 +159,15 @@ def executor_for(config: CampaignConfig, folder: Path) -> Optional[Executor]:
 
 
 def cell_summary(row: dict) -> str:
+    """One line on a finished cell: its figures and whether they are firm, or why it has none."""
     if row["status"] != "ok":
         return f"{row['status'].upper()}: {row['reason']}"
+    stability = row_stability(row)
+    verdict = "firm" if stability.firm else f"UNSTABLE ({stability.reason()})"
     return (
-        f"{row['median_step_ms']:.3f} ms/step (IQR {row['iqr_step_ms']:.3f}), {row['samples_per_s']:,.0f} "
-        f"samples/s, compile {row['compile_s']:.2f} s, {100 * row['peak_fraction']:.1f}% of peak"
+        f"{row['median_step_ms']:.3f} ms/step (95% interval {row['ci_low_ms']:.3f}-{row['ci_high_ms']:.3f}), "
+        f"{row['samples_per_s']:,.0f} samples/s, {verdict}, compile {compile_text(row['compile_s'])}, "
+        f"{100 * row['peak_fraction']:.1f}% of peak"
     )
 
 
@@ -216,6 +228,12 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument("--block-seconds", type=positive_float, metavar="S", help="least duration of a block (1)")
     p.add_argument("--no-verify", action="store_true", help="skip replaying the first steps on the trainer")
     p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="measure again the recorded cells whose settings (protocol, data, spec contents, versions) "
+        "differ from this run's; without it such a resume is refused",
+    )
     p.add_argument(
         "--remeasure-peak",
         action="store_true",

@@ -32,7 +32,7 @@ from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
 from aebench.spec.schema import did_you_mean
 from aebench.spec.shapes import memory_need, plan_model
 from aebench.spec.types import Mnist
-from aebench.track.train_run import train_tracked
+from aebench.track.train_run import TrainingInterrupted, train_tracked
 
 
 def positive_int(text: str) -> int:
@@ -173,9 +173,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     specs = load_specs(args.specs)
     names = args.backends.split(",") if args.backends else None
     check_backend_names(names or [], "--backends")
-    backends, skipped = choose_backends(names)
-    dtypes = [args.dtype] if args.dtype else ["float64", "float32"]
     progress = Progress()
+    backends, skipped = choose_backends(names, progress=progress.line)
+    dtypes = [args.dtype] if args.dtype else ["float64", "float32"]
     rows = skipped + run_check(specs, backends, dtypes, progress=lambda s: progress.line(f"checking {s}"))
     if args.json:
         print(to_json(rows))
@@ -261,14 +261,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except AebenchError as exc:
         print(f"aebench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("aebench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"aebench: {interrupted_message(exc)}", file=sys.stderr)
         return 130
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
         print(f"aebench: error: {disk_full_message(exc)}", file=sys.stderr)
         return 1
+
+
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    """One line for Ctrl-C; after a training, where its run folder is and what became of its run."""
+    if not isinstance(exc, TrainingInterrupted):
+        return "interrupted"
+    epochs = f"{exc.epochs} epoch{'' if exc.epochs == 1 else 's'}"
+    ended = "" if exc.outcome.logged else ", its run ended as KILLED"
+    return f"interrupted after {epochs}: the run folder {exc.out} is kept{ended}; {exc.outcome.message()}"
 
 
 def disk_full_message(exc: OSError) -> str:

@@ -9,11 +9,19 @@ from pathlib import Path
 
 from aebench.track.bundle import find_bundles
 from aebench.track.compare import compare
-from aebench.track.tracking import log_bundle
+from aebench.track.tracking import KINDS, log_bundle
 from aebench.track.train_run import TrackingOptions
 from aebench.train.quality import QualitySettings
 
 URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
+COMPARE_DESCRIPTION = (
+    "The finished MLflow runs as tables, backends side by side: the latest run per row key and backend, "
+    "one row per metric, each backend's ratio to the best and the largest difference. Training runs "
+    "(aebench train; row key: spec, mode, dtype) and bench cells (aebench bench; row key: spec, mode, dtype, "
+    "batch size, precision) are never put in one row: each kind has its own table (--kind: one kind only). "
+    "A setting that differs between runs side by side (epochs, a cell's steps_timed and steps_run, any "
+    "resolved spec field) is a warning on stderr and a row of the settings table above the metrics."
+)
 
 
 def nll_examples(text: str):
@@ -66,7 +74,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the comparison; a warning line on stderr for each setting that differs between runs side by side."""
-    comparison = compare(args.tracking_uri, args.experiment, args.metrics or (), args.csv, args.markdown)
+    comparison = compare(args.tracking_uri, args.experiment, args.metrics or (), args.csv, args.markdown, args.kind)
     for warning in comparison.warnings:
         print(f"aebench: warning: {warning}", file=sys.stderr)
     print(comparison.text)
@@ -83,8 +91,17 @@ def add_commands(sub) -> None:
     p.add_argument("--tracking-uri", metavar="URI", help=URI_HELP)
     p.set_defaults(run=cmd_log)
 
-    p = sub.add_parser("compare", help="MLflow runs as one table: spec x metric, backends side by side")
+    p = sub.add_parser(
+        "compare",
+        help="MLflow runs as tables: spec x metric, backends side by side; training runs and bench cells apart",
+        description=COMPARE_DESCRIPTION,
+    )
     p.add_argument("--experiment", metavar="NAME", help="one experiment (default: every experiment named aebench*)")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        help="only training runs (train) or only bench cells (bench); default: both, each in its own table",
+    )
     p.add_argument("--tracking-uri", metavar="URI", help=URI_HELP)
     p.add_argument(
         "--metrics",

@@ -43,13 +43,15 @@ _MNIST_LAYOUT = {"x_train": (28, 28), "y_train": (), "x_test": (28, 28), "y_test
 @dataclass(frozen=True)
 class Dataset:
     """A train/test split in float64, examples shaped as the spec's data; integer labels
-    where the data has them."""
+    where the data has them. ``feature_names``: what each column of a table is (axis labels
+    of its figures); empty for images."""
 
     x_train: np.ndarray
     y_train: Optional[np.ndarray]
     x_test: np.ndarray
     y_test: Optional[np.ndarray]
     source: str
+    feature_names: tuple[str, ...] = ()
 
 
 def keras_cache_path() -> Path:
@@ -114,6 +116,9 @@ def mnist(cfg: Mnist, path: Path) -> Dataset:
     )
 
 
+HEIGHT_WEIGHT_FEATURES = ("height (cm, standardised)", "weight (kg, standardised)")
+
+
 def height_weight(cfg: HeightWeight) -> Dataset:
     """Seed 000's heights (cm) and weights (kg): weight = height - 105 plus a little scatter.
 
@@ -132,6 +137,7 @@ def height_weight(cfg: HeightWeight) -> Dataset:
         (test - mean) / sd,
         None,
         f"height_weight seed {cfg.seed} (standardised: mean {mean.round(2).tolist()}, sd {sd.round(2).tolist()})",
+        HEIGHT_WEIGHT_FEATURES,
     )
 
 

@@ -1,4 +1,4 @@
-"""The reference Adam every backend trains with (EQUIVALENCE.md, 'Adam').
+"""The reference Adam every backend trains with (docs/EQUIVALENCE.md, 'Adam').
 
     m <- m + (1 - b1) (g - m)         v <- b2 v + (1 - b2) g^2
     p <- p - (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps),   c_i = 1 - b_i^t

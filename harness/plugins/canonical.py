@@ -1,5 +1,5 @@
 """Canonical weights drawn in NumPy, so a training run starts from the same point in every
-framework (their own initialisers differ: EQUIVALENCE.md)."""
+framework (their own initialisers differ: docs/EQUIVALENCE.md, 'Layouts and initialisers')."""
 
 from __future__ import annotations
 

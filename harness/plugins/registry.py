@@ -49,6 +49,11 @@ def list_backends() -> list[BackendInfo]:
     return [_info(name) for name in sorted(registered_plugins())]
 
 
+def backend_info(name: str) -> BackendInfo:
+    """One registered backend's BackendInfo, loading only its framework (as list_backends does for each)."""
+    return _info(name)
+
+
 def available_backends() -> list[str]:
     return [info.name for info in list_backends() if info.available]
 

@@ -254,9 +254,10 @@ class Init:
 class Adam:
     """Adam with every hyperparameter explicit.
 
-    implementation 'reference' is the shared Adam (EQUIVALENCE.md: bias corrections on the
-    host in float64, eps outside the square root), identical in every backend; 'stock' is
-    the framework's own optimizer with these hyperparameters, recorded as such.
+    implementation 'reference' is the shared Adam (docs/EQUIVALENCE.md, 'Adam': bias
+    corrections on the host in float64, eps outside the square root), identical in every
+    backend; 'stock' is the framework's own optimizer with these hyperparameters, recorded
+    as such.
     """
 
     name: Literal["adam"]

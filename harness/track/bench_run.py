@@ -4,13 +4,18 @@ Called by the campaign process after a cell's row is stored (the results folder 
 record; MLflow is a view of it), through tracking.record, so a cell is written as a bundle
 in ``results/<campaign>/mlflow/<cell>/`` first and logged when MLflow answers; ``aebench log
 results/<campaign>/mlflow`` logs what was kept. Runs carry the same tags as train runs
-(spec, backend, framework, mode, dtype, precision), so the UI groups one spec's cells.
+(spec, backend, framework, mode, dtype, precision), so the UI groups one spec's cells, and
+``aebench.kind`` = ``bench``. A run starts when its cell started (the row's ``started``) and
+lasts the cell's ``cell_seconds``, not the time it took to log. Its params name the steps its
+loss curve covers: ``steps_timed`` (the timed steps) and ``steps_run`` (the curve's last step:
+warm-up and timed), which ``aebench compare`` warns about where they differ.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -20,8 +25,8 @@ from aebench.errors import AebenchError
 from aebench.plugins.registry import framework_of
 from aebench.spec.load import load_spec
 from aebench.spec.types import Spec
-from aebench.track.bundle import RunRecord
-from aebench.track.tracking import LogOutcome, record, run_tags, spec_params
+from aebench.track.bundle import RunRecord, now_ms
+from aebench.track.tracking import EXPERIMENT_PREFIXES, KIND_TAG, LogOutcome, record, run_tags, spec_params
 
 TIMING_METRICS = {
     "median_step_ms": "time/step_median_ms",
@@ -40,13 +45,47 @@ TIMING_METRICS = {
 }
 
 
+KIND = "bench"
+LOSS_METRIC = "train/total"  # the loss curve, by step
+STEPS_TIMED, STEPS_RUN = "steps_timed", "steps_run"  # params: the steps timed, the loss curve's last step
+
+
 def experiment_name(campaign: str) -> str:
-    return f"aebench-bench/{campaign}"
+    """One MLflow experiment per campaign for bench cells."""
+    return f"{EXPERIMENT_PREFIXES[KIND]}{campaign}"
+
+
+def cell_times(row: dict) -> tuple[int, int]:
+    """(start, end) of the cell in ms since the epoch: its row's ``started`` (ISO time; one without
+    a zone is UTC) and that plus ``cell_seconds``. A row without a readable ``started`` ends now."""
+    seconds = row.get("cell_seconds")
+    duration = round(1000 * seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0
+    try:
+        started = datetime.fromisoformat(str(row["started"]))
+    except (KeyError, ValueError):
+        end = now_ms()
+        return end - duration, end
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    start = round(started.timestamp() * 1000)
+    return start, start + duration
+
+
+def step_params(row: dict) -> dict[str, str]:
+    """The steps a cell's loss curve covers: ``steps_timed`` and ``steps_run`` (its last step),
+    where the row has them."""
+    params = {}
+    if isinstance(row.get("steps_timed"), (int, float)):
+        params[STEPS_TIMED] = str(int(row["steps_timed"]))
+    if row.get("loss_steps"):
+        params[STEPS_RUN] = str(int(row["loss_steps"][-1]))
+    return params
 
 
 def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, files: dict[str, Path]) -> RunRecord:
     """The MLflow run of one cell's row: params, tags, timing metrics, the loss curve
-    (metric train/total by step: every warm-up step, then each timed block's last) and ``files`` as artifacts."""
+    (metric train/total by step: every warm-up step, then each timed block's last) and ``files``
+    as artifacts; it starts and ends when the cell did (cell_times), its metrics stamped at its end."""
     spec = loaded_spec(cell_spec, row.get("dtype"))
     params = {
         "backend": row["backend"],
@@ -56,6 +95,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
         "precision.tf32": str(row.get("precision") == "tf32").lower(),
         "steps_per_call": str(row.get("steps_per_call", "")),
         "optimizer.implementation_used": str(row.get("optimizer", "")),
+        **step_params(row),
     }
     environment = {
         **environment,
@@ -73,6 +113,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
     reason = row.get("reason") or ""
     tags.update(
         {
+            KIND_TAG: KIND,
             "campaign": campaign,
             "cell": row["key"],
             "status": row["status"],
@@ -80,6 +121,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
             "mlflow.note.content": f"{row['key']}: {row['status']} {reason}".strip(),
         }
     )
+    start, end = cell_times(row)
     run = RunRecord(
         experiment=experiment_name(campaign),
         run_name=row["key"].replace("|", " "),
@@ -87,16 +129,19 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
         tags=tags,
         status="FINISHED" if row["status"] in ("ok", "unsupported") else "FAILED",
         artifacts=dict(files),
+        start_time=start,
+        end_time=end,
     )
     run.add_metrics(
         {
             name: float(row[column])
             for column, name in TIMING_METRICS.items()
             if isinstance(row.get(column), (int, float))
-        }
+        },
+        timestamp=end,
     )
     for step, loss in zip(row.get("loss_steps", []), row.get("losses", [])):
-        run.add_metrics({"train/total": loss}, step=step)
+        run.add_metrics({LOSS_METRIC: loss}, step=step, timestamp=end)
     return run
 
 

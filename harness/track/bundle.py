@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from aebench.environment import file_sha256
 from aebench.errors import DISK_FULL_ERRNOS, AebenchError, DiskFull
 
 FORMAT = 1
@@ -373,14 +374,6 @@ def _copy_if_changed(source: Path, target: Path) -> str:
             raise
         os.replace(tmp, target)
     return sha
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safe_relative(artifact_path: str) -> Path:

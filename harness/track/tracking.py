@@ -14,9 +14,18 @@ that process runs, it is left for later (status ``running``). A new SQLite store
 and migrated under an inter-process lock (``<db>.lock`` beside the database), so processes
 that log to one new store at once do not race through MLflow's schema migrations.
 
-Grouping: one experiment per spec (``aebench/<spec>`` for train runs; benchmark campaigns
-pass their own), and the tags ``spec``, ``backend``, ``framework``, ``mode``, ``dtype``,
-``precision`` on every run, which the MLflow UI filters and groups by.
+Grouping: one experiment per spec for train runs (``aebench/<spec>``) and one per campaign for
+bench cells (``aebench-bench/<campaign>``), and the tags ``spec``, ``backend``, ``framework``,
+``mode``, ``dtype``, ``precision`` on every run, which the MLflow UI filters and groups by.
+
+Kinds: every run carries the tag ``aebench.kind``, ``train`` (a training) or ``bench`` (a
+benchmark cell), which ``aebench compare`` never puts side by side; a bundle written before the
+tag (or a record without it) gets it from its experiment's name prefix when it is logged
+(``run_kind``). Every experiment aebench creates or logs into carries ``mlflow.experimentKind``
+= ``custom_model_development`` (MLflow's "Machine learning" kind: runs, not GenAI traces) unless
+it has a kind already. MLflow 3.17's UI opens an experiment in the view of its sidebar switch
+(GenAI in a new browser), whatever the tag; ``runs_table_url`` is the address that opens the
+runs table.
 """
 
 from __future__ import annotations
@@ -57,6 +66,13 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 BUNDLE_ID_TAG = "aebench.bundle_id"
 BUNDLE_DIGEST_TAG = "aebench.bundle_digest"
 END_REASON_TAG = "aebench.end_reason"  # why a run ended FAILED or KILLED, where aebench knows it
+KIND_TAG = "aebench.kind"
+EXPERIMENT_PREFIXES = {"train": "aebench/", "bench": "aebench-bench/"}  # kind -> its experiments' name prefix
+KINDS = tuple(EXPERIMENT_PREFIXES)
+# MLflow 3's experiment type ("Machine learning" in the UI, as opposed to genai_development);
+# values: mlflow/server/js, enum of experiment kinds (custom_model_development, genai_development, ...)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 HEALTH_TIMEOUT_S = 3.0
 # MLflow's REST client retries 7 times with exponential backoff (minutes) before giving up;
 # a server that is down should cost seconds. Used only where the user has not set them.
@@ -108,12 +124,31 @@ class LogOutcome:
         }[self.status]
         ended = f" as {self.final_status}" if self.final_status in ("FAILED", "KILLED") else ""
         where = f"(experiment {self.experiment_id}) at {redact(self.tracking_uri)}"
-        return f"{verb} MLflow run {self.run_id}{ended} {where}"
+        page = runs_table_url(self.tracking_uri, self.experiment_id or "")
+        return f"{verb} MLflow run {self.run_id}{ended} {where}" + (f"; runs table: {page}" if page else "")
 
 
 def resolve_tracking_uri(explicit: Optional[str] = None) -> str:
     """``explicit`` (--tracking-uri), else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
     return explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+
+
+def run_kind(experiment: str, tags: dict[str, str]) -> str:
+    """What a run is: its ``aebench.kind`` tag where that is one of KINDS, else the kind whose
+    experiment prefix its experiment's name starts with (runs logged before the tag), else ""."""
+    kind = tags.get(KIND_TAG, "")
+    if kind in KINDS:
+        return kind
+    return next((k for k, prefix in EXPERIMENT_PREFIXES.items() if experiment.startswith(prefix)), "")
+
+
+def runs_table_url(server: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table on an MLflow server (``server``: an http(s)
+    tracking URI; "" for any other URI). ``workflowType=machine_learning`` makes MLflow 3.17's
+    UI open the runs table even where its sidebar switch is on GenAI."""
+    if urllib.parse.urlparse(server).scheme not in ("http", "https") or not experiment_id:
+        return ""
+    return f"{redact(server).rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def record(run: RunRecord, bundle_dir: Path, tracking_uri: Optional[str] = None, log: bool = True) -> LogOutcome:
@@ -355,7 +390,8 @@ def _log(bundle: Bundle, uri: str) -> LogOutcome:
     run_id = run.info.run_id
     known_params = run.data.params
     params = [Param(k, v) for k, v in rec.params.items() if known_params.get(k) != v]
-    tags = [RunTag(k, v) for k, v in rec.tags.items()]
+    kind = run_kind(rec.experiment, rec.tags)  # a bundle written before the kind tag gets it here
+    tags = [RunTag(k, v) for k, v in ({KIND_TAG: kind, **rec.tags} if kind else rec.tags).items()]
     logged_points = _logged_points(client, run_id, {m.key for m in rec.metrics} & set(run.data.metrics))
     metrics = [
         Metric(m.key, m.value, m.timestamp, m.step)
@@ -384,12 +420,13 @@ def quiet_mlflow_store_logs() -> None:
 
 
 def _experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if missing; either way it has EXPERIMENT_KIND_TAG."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created meanwhile by another process
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -400,6 +437,8 @@ def _experiment_id(client: Any, name: str) -> str:
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
             "or remove it for good (mlflow gc)"
         )
+    if not experiment.tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 

@@ -5,7 +5,8 @@ every epoch (status RUNNING), so a process that dies keeps a bundle that ``aeben
 log. At the end the test-split quality (quality.py), the loss curves and every figure are
 added, and the run is logged with tracking.record (or kept as a bundle where MLflow is
 missing or does not answer). A diverged or interrupted training is logged as FAILED or
-KILLED with everything measured before.
+KILLED with everything measured before. The run (tag ``aebench.kind`` = ``train``, experiment
+``aebench/<spec>``) starts when train_tracked is called and ends when its record is ended.
 
 A disk that fills up (ENOSPC, EDQUOT, or EFBIG under a file size limit) ends the bundle as
 FAILED with the reason, writing nothing more than run.json: the bundle holds a small space
@@ -41,13 +42,22 @@ from aebench.track.bundle import (
     reserve_space,
     write_bundle,
 )
-from aebench.track.tracking import END_REASON_TAG, LogOutcome, record, run_tags, spec_params
-from aebench.train.images import write_loss_curves
+from aebench.track.tracking import (
+    END_REASON_TAG,
+    EXPERIMENT_PREFIXES,
+    KIND_TAG,
+    LogOutcome,
+    record,
+    run_tags,
+    spec_params,
+)
+from aebench.train.images import run_heading, write_loss_curves
 from aebench.train.loop import train
 from aebench.train.quality import QualitySettings, quality_metrics
 
 BUNDLE_DIR = "mlflow_bundle"
 TRAIN_MODE = "train"
+KIND = "train"
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,18 @@ class TrackingOptions:
     quality: QualitySettings = QualitySettings()
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised once the run is ended as KILLED: its folder ``out``, the
+    ``epochs`` finished and ``outcome``, what became of its MLflow run."""
+
+    def __init__(self, out: Path, epochs: int, outcome: LogOutcome):
+        super().__init__(f"interrupted after {epochs} epoch(s); run folder {out}")
+        self.out, self.epochs, self.outcome = out, epochs, outcome
+
+
 def experiment_name(spec: Spec) -> str:
     """One MLflow experiment per spec for train runs."""
-    return f"aebench/{spec.name}"
+    return f"{EXPERIMENT_PREFIXES[KIND]}{spec.name}"
 
 
 def train_tracked(
@@ -74,17 +93,19 @@ def train_tracked(
     progress: Optional[Progress] = None,
     on_epoch: Optional[Callable[[dict], None]] = None,
 ) -> tuple[list[dict], LogOutcome]:
-    """train.train plus tracking: returns the metric rows and what became of the MLflow run.
+    """loop.train plus tracking: returns the metric rows and what became of the MLflow run.
 
     Besides train's files, ``out`` gets environment.json, quality.json, loss_curves.png and
     the bundle folder mlflow_bundle/. Exceptions of train (a diverged loss, Ctrl-C) are
-    re-raised after the run is recorded as FAILED or KILLED. A full disk raises DiskFull
-    after the run is recorded as FAILED (see the module docstring).
+    re-raised after the run is recorded as FAILED or KILLED (Ctrl-C as TrainingInterrupted).
+    A full disk raises DiskFull after the run is recorded as FAILED (see the module docstring).
     """
     progress = progress or Progress(enabled=False)
     out = Path(out)
+    started = now_ms()
     environment = environment_info(backend)
     run = new_train_record(spec, backend, data, environment)
+    run.start_time = started
     bundle_dir = out / BUNDLE_DIR
     try:
         bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -135,9 +156,9 @@ def _train_and_record(
 
     try:
         train(spec, backend, data, out, progress=progress, on_epoch=epoch_done, on_trained=trained)
-    except KeyboardInterrupt:
-        _finish(run, out, rows, spec, quality, "KILLED", bundle_dir, options)
-        raise
+    except KeyboardInterrupt as exc:
+        outcome = _finish(run, out, rows, spec, quality, "KILLED", bundle_dir, options)
+        raise TrainingInterrupted(out, rows[-1]["epoch"] if rows else 0, outcome) from exc
     except Exception as exc:
         if disk_full_cause(exc) is None:  # a full disk is ended by train_tracked, writing as little as it can
             _finish(run, out, rows, spec, quality, "FAILED", bundle_dir, options)
@@ -183,6 +204,7 @@ def new_train_record(spec: Spec, backend: Backend, data: Dataset, environment: d
     }
     tags = run_tags(spec, backend.name, framework_of(backend.name), TRAIN_MODE, precision, environment)
     tags["dataset"] = data.source
+    tags[KIND_TAG] = KIND
     tags["mlflow.note.content"] = (
         f"aebench train {spec.name} on {backend.name} ({tags['framework']}), "
         f"{spec.dtype}, {spec.train.epochs} epoch(s). {spec.description}"
@@ -225,7 +247,8 @@ def _finish(
         run.artifacts["metrics/quality.json"] = out / "quality.json"
     if rows:
         run.add_metrics({"time/train_seconds": sum(r["seconds"] for r in rows)}, step=last_epoch)
-        write_loss_curves(rows, loss_term_names(spec), out / "loss_curves.png", f"{spec.name}: loss per epoch")
+        heading = run_heading(spec.name, run.params["backend"], last_epoch)
+        write_loss_curves(rows, loss_term_names(spec), out / "loss_curves.png", heading)
     for name in ("spec.yaml", "metrics.csv", "metrics.json"):
         if (out / name).is_file():
             run.artifacts[name if name == "spec.yaml" else f"metrics/{name}"] = out / name

@@ -3,11 +3,14 @@ denoising triplets, code activations, the 2-D latent space and loss curves.
 
 Images are encoded and decoded by the backend; everything else (corrupting the shown
 inputs, drawing the prior samples, choosing the pairs to interpolate, tiling) is NumPy, so
-every backend is shown the same inputs.
+every backend is shown the same inputs. Every title names the spec, the backend and the
+epochs trained (run_heading), and tables are plotted against their feature names.
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from aebench.check.oracle import corrupt  # noqa: E402
@@ -34,17 +39,34 @@ SCATTER_POINTS = 2000  # test examples shown in the latent scatter and code hist
 INTERPOLATION_STEPS = 8  # decoded points between (and including) the two ends
 INTERPOLATION_PAIRS = 4
 TRIPLETS = 8
+TITLE_FONTSIZE = 9
+_CHAR_WIDTH_EM = 0.62  # a generous average character width of matplotlib's default font, in ems
+
+
+def run_heading(spec_name: str, backend_name: str, epochs: int) -> str:
+    """The first line of every training figure's title, e.g. 'vae_dense on torch, after 5 epochs'."""
+    return f"{spec_name} on {backend_name}, after {epochs} epoch{'' if epochs == 1 else 's'}"
 
 
 def write_figures(backend: Backend, model: object, spec: Spec, plan: ModelPlan, data: Dataset, out: Path) -> list[Path]:
-    """Writes into ``out`` and returns the files written:
+    """Writes the figures of training_figures into ``out``, each as it is drawn; returns the files written."""
+    return [_save(fig, out / name) for name, fig in training_figures(backend, model, spec, plan, data)]
+
+
+def training_figures(
+    backend: Backend, model: object, spec: Spec, plan: ModelPlan, data: Dataset
+) -> Iterator[tuple[str, Figure]]:
+    """The figures of a model trained for spec.train.epochs on ``backend``, as (file name, figure):
 
     reconstructions.png always; samples.png (family vae); interpolation.png (decoded straight
     lines between the latent points of test pairs; the one-hot label is interpolated too for
     conditional specs); denoising.png (specs with corruption: clean, corrupted, restored, with
     each image's PSNR); code_activations.png (specs with a sparsity term); latent_scatter.png
     (latent size 2: posterior means or codes of the test split, coloured by label).
+    Each title is run_heading (spec, backend, epochs) over what the figure shows; tabular
+    data is plotted against its feature names (Dataset.feature_names).
     """
+    heading = run_heading(spec.name, backend.name, spec.train.epochs)
     shown = SHOWN if _is_image(plan) else SHOWN_POINTS
     x = data.x_test[:shown]
     labels = _labels(spec, data.y_test[:shown] if data.y_test is not None else None)
@@ -54,25 +76,24 @@ def write_figures(backend: Backend, model: object, spec: Spec, plan: ModelPlan, 
     rows = {"input": x, "corrupted": shown_input, "reconstruction": restored}
     if spec.corruption is None:
         rows.pop("corrupted")
-    written = [_figure(rows, plan, out / "reconstructions.png", spec)]
+    yield "reconstructions.png", reconstructions_figure(rows, plan, heading, data.feature_names)
     if spec.model.family == "vae":
         z = stream(spec.train.seed, PRIOR_STREAM).standard_normal((SHOWN * SHOWN, plan.latent_size))
         sample_labels = _labels(spec, np.repeat(np.arange(SHOWN) % 10, SHOWN)) if spec.model.conditional else None
         samples = backend.decode(model, z, sample_labels)
-        written.append(_samples_figure(samples, plan, out / "samples.png", spec))
-    written.append(interpolation_figure(backend, model, spec, plan, data, out / "interpolation.png"))
+        yield "samples.png", samples_figure(samples, plan, spec, heading, data.feature_names)
+    yield "interpolation.png", interpolation_figure(backend, model, spec, plan, data, heading)
     if spec.corruption is not None:
-        written.append(denoising_figure(rows, plan, out / "denoising.png", spec))
+        yield "denoising.png", denoising_figure(rows, plan, heading, data.feature_names)
     if spec.loss.sparsity is not None:
-        written.append(code_activations_figure(backend, model, spec, data, out / "code_activations.png"))
+        yield "code_activations.png", code_activations_figure(backend, model, spec, data, heading)
     if plan.latent_size == 2:
-        written.append(latent_scatter_figure(backend, model, spec, data, out / "latent_scatter.png"))
-    return written
+        yield "latent_scatter.png", latent_scatter_figure(backend, model, spec, data, heading)
 
 
 def interpolation_figure(
-    backend: Backend, model: object, spec: Spec, plan: ModelPlan, data: Dataset, path: Path
-) -> Path:
+    backend: Backend, model: object, spec: Spec, plan: ModelPlan, data: Dataset, heading: str
+) -> Figure:
     """Decoded straight lines in latent space between test pairs (examples 2i and 2i+1)."""
     x = data.x_test[: 2 * INTERPOLATION_PAIRS]
     labels = _labels(spec, data.y_test[: len(x)] if data.y_test is not None else None)
@@ -85,9 +106,9 @@ def interpolation_figure(
         path_labels = labels[0::2, None, :] + t * (labels[1::2, None, :] - labels[0::2, None, :])
         path_labels = path_labels.reshape(-1, labels.shape[1])
     decoded = backend.decode(model, z, path_labels).reshape(len(start), INTERPOLATION_STEPS, -1)
-    title = f"{spec.name}: decoded straight lines between the latent points of test pairs"
+    what = "decoded straight lines between the latent points of test pairs"
     if not _is_image(plan):
-        return _path_scatter(data.x_test[:SHOWN_POINTS], decoded, x, path, title)
+        return _path_scatter(data.x_test[:SHOWN_POINTS], decoded, x, heading, what, data.feature_names)
     strips = [
         np.concatenate([x[2 * i : 2 * i + 1].reshape(1, -1), decoded[i], x[2 * i + 1 : 2 * i + 2].reshape(1, -1)])
         for i in range(len(start))
@@ -95,29 +116,30 @@ def interpolation_figure(
     canvas = _tile(np.concatenate(strips).reshape(-1, 28, 28), cols=INTERPOLATION_STEPS + 2)
     fig, ax = plt.subplots(figsize=((INTERPOLATION_STEPS + 2) * 0.9, len(strips) * 0.95 + 0.6))
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title + "\n(first and last column: the test images)", fontsize=8)
     ax.axis("off")
-    return _save(fig, path)
+    return _titled(fig, heading, what + " (first and last column: the test images)")
 
 
-def _path_scatter(points: np.ndarray, paths: np.ndarray, ends: np.ndarray, path: Path, title: str) -> Path:
+def _path_scatter(
+    points: np.ndarray, paths: np.ndarray, ends: np.ndarray, heading: str, what: str, names: tuple[str, ...]
+) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(points[:, 0], points[:, 1], s=8, color="0.75", label="test examples")
     for i, line in enumerate(paths):
         ax.plot(line[:, 0], line[:, 1], marker="o", markersize=3, label=f"pair {i + 1}")
-        ax.scatter(ends[2 * i : 2 * i + 2, 0], ends[2 * i : 2 * i + 2, 1], marker="x", color="black")
-    ax.set_xlabel("feature 0 (standardised)")
-    ax.set_ylabel("feature 1 (standardised)")
-    ax.set_title(title, fontsize=8)
+    pair_ends = ends[: 2 * len(paths)]
+    ax.scatter(pair_ends[:, 0], pair_ends[:, 1], marker="x", color="black", label="each pair's two test examples")
+    _feature_axes(ax, names)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _titled(fig, heading, what)
 
 
-def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, path: Path, spec: Spec) -> Path:
+def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, heading: str, names: tuple[str, ...]) -> Figure:
     """(clean, corrupted, restored) triplets with the PSNR of the corrupted and restored images."""
     clean, corrupted, restored = (rows[k][:TRIPLETS] for k in ("input", "corrupted", "reconstruction"))
     if not _is_image(plan):
-        return _scatter({"clean": clean, "corrupted": corrupted, "restored": restored}, path, f"{spec.name}: denoising")
+        series = {"clean": clean, "corrupted": corrupted, "restored": restored}
+        return _scatter(series, heading, "denoising: clean, corrupted, restored", names)
     psnr_in, psnr_out = per_image_psnr(clean, corrupted), per_image_psnr(clean, restored)
     cols = 2
     fig, axes = plt.subplots(-(-len(clean) // cols), cols, figsize=(cols * 3.2, -(-len(clean) // cols) * 1.35))
@@ -127,11 +149,10 @@ def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, path: Path, s
             triplet = np.stack([clean[i], corrupted[i], restored[i]]).reshape(-1, 28, 28)
             ax.imshow(_tile(triplet, cols=3), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"PSNR {psnr_in[i]:.1f} -> {psnr_out[i]:.1f} dB", fontsize=7)
-    fig.suptitle(f"{spec.name}: clean, corrupted, restored", fontsize=9)
-    return _save(fig, path)
+    return _titled(fig, heading, "clean, corrupted, restored")
 
 
-def code_activations_figure(backend: Backend, model: object, spec: Spec, data: Dataset, path: Path) -> Path:
+def code_activations_figure(backend: Backend, model: object, spec: Spec, data: Dataset, heading: str) -> Figure:
     """Histogram of every code activation, and each unit's mean activation against rho."""
     x = data.x_test[:SCATTER_POINTS]
     code = np.asarray(backend.encode(model, x, _labels(spec, _first(data.y_test, len(x))))["code"], np.float64)
@@ -148,11 +169,10 @@ def code_activations_figure(backend: Backend, model: object, spec: Spec, data: D
     right.set_ylabel("mean activation")
     right.set_title("each unit's mean activation (rho_hat)", fontsize=8)
     right.legend(fontsize=7)
-    fig.suptitle(f"{spec.name}: code activations", fontsize=9)
-    return _save(fig, path)
+    return _titled(fig, heading, "code activations")
 
 
-def latent_scatter_figure(backend: Backend, model: object, spec: Spec, data: Dataset, path: Path) -> Path:
+def latent_scatter_figure(backend: Backend, model: object, spec: Spec, data: Dataset, heading: str) -> Figure:
     """The 2-D posterior means (or codes) of the test split, coloured by label where there is one."""
     x = data.x_test[:SCATTER_POINTS]
     y = _first(data.y_test, len(x))
@@ -166,13 +186,17 @@ def latent_scatter_figure(backend: Backend, model: object, spec: Spec, data: Dat
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     what = "posterior means" if spec.model.family == "vae" else "codes"
-    ax.set_title(f"{spec.name}: {what} of {len(x)} test examples", fontsize=9)
-    return _save(fig, path)
+    return _titled(fig, heading, f"{what} of {len(x)} test examples")
 
 
-def write_loss_curves(rows: list[dict], terms: tuple[str, ...], path: Path, title: str = "") -> Path:
+def write_loss_curves(rows: list[dict], terms: tuple[str, ...], path: Path, heading: str) -> Path:
+    """loss_curves_figure saved to ``path``."""
+    return _save(loss_curves_figure(rows, terms, heading), path)
+
+
+def loss_curves_figure(rows: list[dict], terms: tuple[str, ...], heading: str) -> Figure:
     """One panel per loss term: the train mean per epoch and the test value after each epoch
-    (epoch 0: the untrained model), from train's metric rows."""
+    (epoch 0: the untrained model), from train's metric rows; titled ``heading`` (run_heading)."""
     fig, axes = plt.subplots(1, len(terms), figsize=(3.4 * len(terms), 3.2), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for split, style in (("train", "o-"), ("test", "s--")):
@@ -183,9 +207,7 @@ def write_loss_curves(rows: list[dict], terms: tuple[str, ...], path: Path, titl
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return _titled(fig, heading, "loss per epoch")
 
 
 def _first(y: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
@@ -205,39 +227,53 @@ def _is_image(plan: ModelPlan) -> bool:
     return int(np.prod(plan.data_shape)) == 784
 
 
-def _figure(rows: dict[str, np.ndarray], plan: ModelPlan, path: Path, spec: Spec) -> Path:
+def reconstructions_figure(
+    rows: dict[str, np.ndarray], plan: ModelPlan, heading: str, names: tuple[str, ...]
+) -> Figure:
+    """The shown test examples (corrupted ones too, where the spec corrupts) and their reconstructions."""
     if not _is_image(plan):
-        return _scatter(rows, path, f"{spec.name}: test examples and reconstructions")
+        return _scatter(rows, heading, "test examples and reconstructions", names)
     fig, axes = plt.subplots(len(rows), 1, figsize=(SHOWN * 0.9, len(rows) * 1.1))
     for ax, (title, images) in zip(np.atleast_1d(axes), rows.items()):
         ax.imshow(_tile(images.reshape(-1, 28, 28), cols=len(images)), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8, loc="left")
         ax.axis("off")
-    fig.suptitle(spec.name, fontsize=9)
-    return _save(fig, path)
+    return _titled(fig, heading, "test images and their reconstructions")
 
 
-def _samples_figure(samples: np.ndarray, plan: ModelPlan, path: Path, spec: Spec) -> Path:
+def samples_figure(samples: np.ndarray, plan: ModelPlan, spec: Spec, heading: str, names: tuple[str, ...]) -> Figure:
+    """Decoded draws from the prior N(0, I); one label per row for conditional specs."""
     if not _is_image(plan):
-        return _scatter({"prior samples": samples}, path, f"{spec.name}: decoded prior samples")
+        return _scatter({"prior samples": samples}, heading, "decoded prior samples z ~ N(0, I)", names)
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(_tile(samples.reshape(-1, 28, 28), cols=SHOWN), cmap="gray", vmin=0, vmax=1)
-    ax.set_title(
-        f"{spec.name}: decoded z ~ N(0, I)" + (", one label per row" if spec.model.conditional else ""), fontsize=9
-    )
     ax.axis("off")
-    return _save(fig, path)
+    return _titled(fig, heading, "decoded z ~ N(0, I)" + (", one label per row" if spec.model.conditional else ""))
 
 
-def _scatter(series: dict[str, np.ndarray], path: Path, title: str) -> Path:
+def _scatter(series: dict[str, np.ndarray], heading: str, what: str, names: tuple[str, ...]) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, points in series.items():
         ax.scatter(points[:, 0], points[:, 1], s=12, label=label, alpha=0.7)
-    ax.set_xlabel("feature 0 (standardised)")
-    ax.set_ylabel("feature 1 (standardised)")
-    ax.set_title(title, fontsize=9)
+    _feature_axes(ax, names)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _titled(fig, heading, what)
+
+
+def _feature_axes(ax: Axes, names: tuple[str, ...]) -> None:
+    """Axis labels of a scatter of a table's first two columns: the data set's feature names."""
+    x_name, y_name = names[:2] if len(names) >= 2 else ("feature 0", "feature 1")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+
+
+def _titled(fig: Figure, heading: str, what: str) -> Figure:
+    """``fig`` titled with the run heading over what it shows, each line wrapped to the
+    figure's width so that nothing is clipped, and laid out."""
+    chars = int(fig.get_figwidth() * 72 / (TITLE_FONTSIZE * _CHAR_WIDTH_EM))
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in (heading, what)), fontsize=TITLE_FONTSIZE)
+    fig.tight_layout()
+    return fig
 
 
 def _tile(images: np.ndarray, cols: int) -> np.ndarray:
@@ -250,8 +286,7 @@ def _tile(images: np.ndarray, cols: int) -> np.ndarray:
     return canvas
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

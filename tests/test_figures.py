@@ -1,0 +1,109 @@
+"""The training figures, drawn from small arrays without training or a framework: titles
+name the spec, the backend and the epochs and fit in the figure, tables are plotted against
+their feature names, and every marker of the interpolation figure is in its legend."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from aebench.data.datasets import load_dataset
+from aebench.spec.load import load_spec
+from aebench.spec.shapes import plan_model
+from aebench.spec.types import Spec
+from aebench.train.images import INTERPOLATION_PAIRS, loss_curves_figure, run_heading, training_figures
+
+BACKEND = "keras-torch"  # the longest shipped backend name: the widest title
+EPOCHS = 7
+# Together these draw every kind of figure: tabular (vae_toy), a 2-d latent scatter with
+# labels (vae_conv), a conditional model (cvae), denoising under the longest spec name
+# (denoising_ae_salt_pepper) and code activations (sparse_ae).
+SPECS = ["vae_toy", "vae_conv", "cvae", "denoising_ae_salt_pepper", "sparse_ae"]
+
+
+class ArrayBackend:
+    """Just enough of a Backend to draw the figures: encode keeps the first latent-size values
+    of each example, decode repeats a latent point across the example's shape."""
+
+    name = BACKEND
+
+    def __init__(self, spec: Spec):
+        self.spec, self.plan = spec, plan_model(spec)
+
+    def encode(self, model: object, x: np.ndarray, labels) -> dict[str, np.ndarray]:
+        flat = x.reshape(len(x), -1)
+        z = np.tile(flat, (1, -(-self.plan.latent_size // flat.shape[1])))[:, : self.plan.latent_size]
+        if self.spec.model.family == "vae":
+            return {"mean": z, "log_var": np.zeros_like(z)}
+        return {"code": 1 / (1 + np.exp(-z))}
+
+    def decode(self, model: object, z: np.ndarray, labels) -> np.ndarray:
+        size = math.prod(self.plan.data_shape)
+        out = np.tile(z, (1, -(-size // z.shape[1])))[:, :size]
+        return out.reshape(len(z), *self.plan.data_shape)
+
+
+def figures_of(spec_name: str) -> dict[str, Figure]:
+    spec = load_spec(spec_name)
+    spec = spec.replace(train=dataclasses.replace(spec.train, epochs=EPOCHS))
+    return dict(training_figures(ArrayBackend(spec), None, spec, plan_model(spec), load_dataset(spec)))
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def assert_nothing_clipped(name: str, fig: Figure) -> None:
+    """Every artist, titles included, lies inside the figure once it is drawn."""
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    slack = 0.02  # inches
+    assert box.x0 >= -slack and box.y0 >= -slack, f"{name}: clipped at the left or bottom: {box.bounds}"
+    assert box.x1 <= width + slack and box.y1 <= height + slack, f"{name}: clipped at the right or top: {box.bounds}"
+
+
+@pytest.mark.parametrize("drawn", SPECS)
+def test_every_training_figure_is_titled_with_spec_backend_and_epochs_and_fits(drawn: str) -> None:
+    figures = figures_of(drawn)
+    assert "interpolation.png" in figures and "reconstructions.png" in figures
+    heading = f"{drawn} on {BACKEND}, after {EPOCHS} epochs"
+    for name, fig in figures.items():
+        assert heading in " ".join(fig.get_suptitle().split()), f"{name}: {fig.get_suptitle()!r}"
+        assert_nothing_clipped(name, fig)
+
+
+def test_the_loss_curves_are_titled_with_spec_backend_and_epochs_and_fit() -> None:
+    rows = [{"epoch": e, "test_total": 3.0 - e, "test_kl": 0.1 * e} for e in range(4)]
+    rows[1:] = [{**r, "train_total": 3.2 - r["epoch"], "train_kl": 0.1} for r in rows[1:]]
+    fig = loss_curves_figure(rows, ("total", "kl"), run_heading("denoising_ae_salt_pepper", BACKEND, 3))
+    assert "denoising_ae_salt_pepper on keras-torch, after 3 epochs" in " ".join(fig.get_suptitle().split())
+    assert_nothing_clipped("loss_curves.png", fig)
+    assert run_heading("vae_dense", "torch", 1) == "vae_dense on torch, after 1 epoch"
+
+
+def test_tabular_figures_are_plotted_against_the_data_sets_feature_names() -> None:
+    names = load_dataset(load_spec("vae_toy")).feature_names
+    assert names[0].startswith("height") and names[1].startswith("weight")
+    for name, fig in figures_of("vae_toy").items():
+        if name == "latent_scatter.png":
+            continue  # latent coordinates, not features
+        ax = fig.axes[0]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == names, name
+
+
+def test_the_crosses_of_the_interpolation_figure_are_in_its_legend() -> None:
+    ax = figures_of("vae_toy")["interpolation.png"].axes[0]
+    ends = load_dataset(load_spec("vae_toy")).x_test[: 2 * INTERPOLATION_PAIRS]
+    crosses = [c for c in ax.collections if np.array_equal(c.get_offsets(), ends)]
+    assert len(crosses) == 1, "the pairs' test examples are drawn once, as one labelled set"
+    label = crosses[0].get_label()
+    assert "test examples" in label and not label.startswith("_")
+    assert label in [t.get_text() for t in ax.get_legend().get_texts()]
