@@ -101,8 +101,8 @@ def scripted_measure(step_ms: list[float], blocks: int) -> tuple:
 
 
 def test_a_wide_cell_measures_more_blocks_and_a_firm_one_does_not() -> None:
-    firm = scripted_measure([10.0, 10.1, 9.9, 10.0, 10.2], blocks=5)
-    assert len(firm.block_step_seconds) == 5 and firm.stability.firm
+    firm = scripted_measure([10.0, 10.1, 9.9, 10.0, 10.2, 10.0, 10.1], blocks=7)
+    assert len(firm.block_step_seconds) == 7 and firm.stability.firm
     noisy = [10.0, 14.0] * 20
     timing = scripted_measure(noisy, blocks=5)
     assert len(timing.block_step_seconds) == 5 * MAX_BLOCKS_FACTOR  # the budget, then reported as it is
@@ -118,8 +118,16 @@ def test_blocks_still_getting_faster_move_to_the_warm_up_and_fresh_ones_decide()
     assert timing.stability.firm
 
 
+def test_too_few_blocks_for_a_90_percent_interval_measure_more_and_are_never_firm() -> None:
+    timing = scripted_measure([10.0] * 5, blocks=3)
+    assert len(timing.block_step_seconds) == 5 and timing.stability.firm  # 2 more blocks reach 93.8%
+    few = judge([0.010, 0.010, 0.010])
+    assert not few.firm and few.reason() == "only 3 blocks: their interval covers the median with 75% (< 90%)"
+    assert few.interval_text() == "10-10 (75%)"
+
+
 def test_a_measured_cell_records_the_machine_load() -> None:
-    timing = scripted_measure([10.0] * 3, blocks=3)
+    timing = scripted_measure([10.0] * 7, blocks=7)
     assert timing.load is not None and timing.load.cpus >= 1
     assert timing.load.other_cores is None or timing.load.other_cores >= 0
 
@@ -149,7 +157,7 @@ def row(backend: str, mode: str, blocks_ms: list[float], verified: float = 1e-7)
 def issue_cells() -> pd.DataFrame:
     """The issue's campaign: torch compiled unstable and fastest by its median, jax compiled firm."""
     return pd.DataFrame(
-        [row("torch", "compiled", ISSUE_BLOCKS_MS), row("jax", "compiled", [30.0, 30.3, 29.9, 30.1, 30.0])]
+        [row("torch", "compiled", ISSUE_BLOCKS_MS), row("jax", "compiled", [30.0, 30.3, 29.9, 30.1, 30.0, 30.2])]
     )
 
 
@@ -163,14 +171,14 @@ def test_an_unstable_cell_is_never_ranked_as_firm() -> None:
 
 
 def test_the_answer_says_firm_when_every_cell_is() -> None:
-    cells = pd.DataFrame([row("torch", "eager", [20.0, 20.1, 19.9]), row("jax", "eager", [10.0, 10.1, 9.9])])
+    cells = pd.DataFrame([row("torch", "eager", [20.0, 20.1, 19.9] * 2), row("jax", "eager", [10.0, 10.1, 9.9] * 2)])
     answer = answer_line(cells)
     assert answer.startswith("Fastest: jax eager") and "torch eager 2.00x" in answer and answer.endswith("; firm.")
     assert "not separable" not in answer
 
 
 def test_the_answer_says_when_the_fastest_is_not_separable_from_the_next() -> None:
-    cells = pd.DataFrame([row("torch", "eager", [10.2, 10.3, 10.1]), row("jax", "eager", [10.0, 10.25, 9.9])])
+    cells = pd.DataFrame([row("torch", "eager", [10.2, 10.3, 10.1] * 2), row("jax", "eager", [10.0, 10.25, 9.9] * 2)])
     assert "Fastest: jax eager, 10 ms/step (not separable from torch eager: their intervals overlap)" in answer_line(
         cells
     )

@@ -194,7 +194,7 @@ def speed_table(group: pd.DataFrame) -> pd.DataFrame:
                 "mode": r["mode"],
                 "status": "ok" if stability.firm else "ok, UNSTABLE",
                 "step ms (median)": f"{r['median_step_ms']:.4g}",
-                "95% interval ms": f"{1e3 * stability.interval.low:.4g}-{1e3 * stability.interval.high:.4g}",
+                "interval ms": stability.interval_text(),
                 "x fastest": ratio if stability.firm else f"({ratio})" if ratio else "",
                 "samples/s": f"{r['samples_per_s']:,.0f}",
                 "CV %": f"{100 * r['cv']:.1f}",
@@ -214,12 +214,13 @@ def fastest_firm_ms(ok: pd.DataFrame) -> float:
     return float(min(firm)) if firm else float("nan")
 
 
-def compile_text(compile_s: float) -> str:
-    """The first call's extra cost in seconds, or 'below resolution' where the first call was no
-    slower than a steady one (the difference of two noisy times came out negative)."""
+def compile_text(compile_s: float, unit: str = "") -> str:
+    """The first call's extra cost in seconds (followed by ``unit``), or 'below resolution' where
+    the first call was no slower than a steady one (the difference of two noisy times came out
+    negative)."""
     if compile_s != compile_s:
         return ""
-    return f"{compile_s:.2f}" if compile_s >= 0 else "below resolution"
+    return f"{compile_s:.2f}{unit}" if compile_s >= 0 else "below resolution"
 
 
 def answer_line(group: pd.DataFrame) -> str:
@@ -481,8 +482,9 @@ def to_html(header: list[str], sections: list[Section]) -> str:
 
 
 FIGURES_NOTE = (
-    "Step time: median over timed blocks, each block synced once at its end, with a 95% "
-    "distribution-free interval of that median; a cell whose interval is wider than 10% of its median "
+    "Step time: median over timed blocks, each block synced once at its end; interval: a 95% "
+    "distribution-free confidence interval of that median (its coverage in parentheses where too few "
+    "blocks reach 95%); a cell with fewer than 5 blocks, or whose interval is wider than 10% of its median "
     "after extra blocks is UNSTABLE and not ranked (aebench.bench.stability); x fastest is against the "
     "fastest firm cell; compile s = first call minus a steady-state call ('below resolution' when the "
     "first call was no slower); GFLOP/s counts the layers' multiply-adds (aebench.bench.flops); "

@@ -23,8 +23,13 @@ from typing import Optional
 import numpy as np
 
 CONFIDENCE = 0.95
-"""Coverage asked of the median's interval (the usual 95%); with fewer than 6 blocks no pair
-of order statistics reaches it, and the widest pair (min, max) is used with its own coverage."""
+"""Coverage asked of the median's interval (the usual 95%). With fewer than 6 blocks no pair of
+order statistics reaches it: the widest pair (min, max) is reported with its own coverage."""
+
+MIN_COVERAGE = 0.90
+"""A cell is never firm on fewer blocks than give its interval this coverage: 5 blocks give
+(min, max) 93.8%, 4 blocks only 87.5%, 3 blocks 75%. (Requiring the full 95% would take 6
+blocks and call every 5-block campaign measured so far unstable on that ground alone.)"""
 
 MAX_RELATIVE_WIDTH = 0.10
 """A cell is firm when its interval is at most 10% of its median wide. Ratios between cells
@@ -139,6 +144,12 @@ class Stability:
         """The reasons in one phrase ('' when firm)."""
         return "; ".join(self.reasons)
 
+    def interval_text(self, scale: float = 1e3) -> str:
+        """'low-high' of the interval (in ms by default), with its coverage where it is below CONFIDENCE."""
+        low, high = self.interval.low * scale, self.interval.high * scale
+        below = f" ({self.interval.level:.0%})" if self.interval.level < CONFIDENCE else ""
+        return f"{low:.4g}-{high:.4g}{below}"
+
 
 def judge(blocks: Sequence[float], load: Optional[MachineLoad] = None) -> Stability:
     """Firm when the median's interval is at most MAX_RELATIVE_WIDTH wide; an unstable verdict
@@ -146,19 +157,24 @@ def judge(blocks: Sequence[float], load: Optional[MachineLoad] = None) -> Stabil
     interval = median_interval(blocks)
     median = float(np.median(blocks)) if len(blocks) else math.nan
     width = interval.relative_width(median)
-    if width <= MAX_RELATIVE_WIDTH:
+    enough = interval.level >= MIN_COVERAGE
+    if width <= MAX_RELATIVE_WIDTH and enough:
         return Stability(interval, width, True)
-    reasons = []
+    too_few = (
+        f"only {len(blocks)} blocks: their interval covers the median with {interval.level:.0%} (< {MIN_COVERAGE:.0%})"
+    )
+    reasons = [] if enough else [too_few]
     if warming_up(blocks):
         reasons.append(f"still warming up (blocks getting faster, trend {trend(blocks):.2f})")
     busy = load.busy_reason() if load is not None else ""
     if busy:
         reasons.append(busy)
     cv = float(np.std(blocks, ddof=1) / np.mean(blocks)) if len(blocks) > 1 else math.nan
-    reasons.append(
-        f"interval {100 * width:.0f}% of the median wide (limit {100 * MAX_RELATIVE_WIDTH:.0f}%), "
-        f"blocks spread {100 * cv:.0f}% (CV)"
-    )
+    if width > MAX_RELATIVE_WIDTH:
+        reasons.append(
+            f"interval {100 * width:.0f}% of the median wide (limit {100 * MAX_RELATIVE_WIDTH:.0f}%), "
+            f"blocks spread {100 * cv:.0f}% (CV)"
+        )
     return Stability(interval, width, False, tuple(reasons))
 
 

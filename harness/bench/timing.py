@@ -28,13 +28,16 @@ from aebench.plugins.bench_api import StepRunner
 class Protocol:
     """How long to measure: ``warmup_seconds`` (at least ``min_warmup_calls`` calls) after the
     first call, then ``blocks`` blocks of at least ``block_seconds`` each (the number of
-    calls per block is fixed from the warm-up's pace), never more than ``max_steps`` steps."""
+    calls per block is fixed from the warm-up's pace), never more than ``max_steps`` steps; a
+    cell that is not firm measures more blocks, up to ``max_blocks_factor`` times ``blocks`` in
+    all (1: never more than ``blocks``)."""
 
     warmup_seconds: float = 1.0
     min_warmup_calls: int = 3
     blocks: int = 7
     block_seconds: float = 1.0
     max_steps: int = 200_000
+    max_blocks_factor: int = MAX_BLOCKS_FACTOR
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def timed_calls(runner: StepRunner, calls: int) -> tuple[float, object]:
 def measure(runner: StepRunner, protocol: Protocol) -> Timing:
     """Run the protocol on a freshly prepared runner (its first call compiles). After the
     planned blocks, a cell that is not firm (aebench.bench.stability) measures more blocks, up
-    to MAX_BLOCKS_FACTOR times the planned number: blocks still getting faster are moved to the
+    to ``max_blocks_factor`` times the planned number: blocks still getting faster are moved to the
     warm-up and measured afresh; noisy ones are joined by more."""
     k = runner.steps_per_call
     first_seconds, handle = timed_calls(runner, 1)
@@ -121,7 +124,7 @@ def measure(runner: StepRunner, protocol: Protocol) -> Timing:
         losses.append(runner.losses([handle])[-1])
         steps.append(steps[-1] + calls * k)
 
-    budget = protocol.blocks * MAX_BLOCKS_FACTOR
+    budget = protocol.blocks * protocol.max_blocks_factor
     while len(blocks) < protocol.blocks or not judge(blocks).firm:
         if len(blocks) + len(discarded) >= budget or not room_for_block(steps, calls, k, protocol):
             break
@@ -151,7 +154,7 @@ def calls_per_block(call_seconds: float, steps_per_call: int, protocol: Protocol
     """Enough calls for a block to last ``block_seconds``, within the step budget (which leaves
     room for the extra blocks of an unstable cell)."""
     wanted = max(1, math.ceil(protocol.block_seconds / max(call_seconds, 1e-9)))
-    budget = (protocol.max_steps - steps_taken) // (protocol.blocks * MAX_BLOCKS_FACTOR * steps_per_call)
+    budget = (protocol.max_steps - steps_taken) // (protocol.blocks * protocol.max_blocks_factor * steps_per_call)
     if budget < 1:
         raise ValueError(f"max_steps {protocol.max_steps} leaves no room for {protocol.blocks} blocks")
     return min(wanted, budget)
