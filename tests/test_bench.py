@@ -235,6 +235,8 @@ def ResumeConfig(backend: str) -> CampaignConfig:
         ("specs: [vae_toy]\nbackends: [torch]\nmodes: [jit]\n", "modes[0]: must be one of eager, compiled, fast"),
         ("specs: [vae_toy]\nbackends: [torch]\nbatch_sizes: [0]\n", "batch_sizes[0]: must be >= 1"),
         ("specs: [vae_toy]\nbackends: [torch]\nblocks: 3\n", "blocks: unknown key"),
+        ("specs: [vae_toy]\nbackends: [torch]\nprotocol: {blocks: 0}\n", "protocol.blocks: must be >= 1, got 0"),
+        ("specs: [vae_toy]\nbackends: [torch]\nprotocol: {block_seconds: 0}\n", "protocol.block_seconds: must be > 0"),
     ],
 )
 def test_campaign_files_are_checked_up_front(text: str, message: str, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from aebench.bench.load import LoadProbe
 from aebench.bench.stability import MAX_BLOCKS_FACTOR, MachineLoad, Stability, judge, warming_up
 from aebench.plugins.bench_api import StepRunner
+from aebench.spec.schema import at_least, greater_than, rule
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,12 @@ class Protocol:
     cell that is not firm measures more blocks, up to ``max_blocks_factor`` times ``blocks`` in
     all (1: never more than ``blocks``)."""
 
-    warmup_seconds: float = 1.0
-    min_warmup_calls: int = 3
-    blocks: int = 7
-    block_seconds: float = 1.0
-    max_steps: int = 200_000
-    max_blocks_factor: int = MAX_BLOCKS_FACTOR
+    warmup_seconds: float = field(default=1.0, metadata=rule(at_least(0)))
+    min_warmup_calls: int = field(default=3, metadata=rule(at_least(1)))
+    blocks: int = field(default=7, metadata=rule(at_least(1)))
+    block_seconds: float = field(default=1.0, metadata=rule(greater_than(0)))
+    max_steps: int = field(default=200_000, metadata=rule(at_least(1)))
+    max_blocks_factor: int = field(default=MAX_BLOCKS_FACTOR, metadata=rule(at_least(1)))
 
 
 @dataclass(frozen=True)
