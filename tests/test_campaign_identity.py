@@ -112,3 +112,17 @@ def test_a_report_over_two_campaigns_names_each_and_overwrites_nothing(
     assert all(
         line.startswith("**Fastest:") or "No firm" in line for line in text.splitlines() if line.startswith("**")
     )
+
+
+def test_a_wrong_data_path_is_one_line_and_a_cell_failed_on_bad_data_reruns_with_good_data(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = run([*bench_command(results, "d", *SHORT), "--data", str(tmp_path / "missing.npz")])
+    assert proc.returncode == 2 and "--data: no MNIST file at" in proc.stderr and not results.exists()
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not an npz")
+    mnist_cell = [arg if arg != "vae_toy" else "ae" for arg in bench_command(results, "d", *SHORT)]
+    proc = run([*mnist_cell, "--data", str(garbage)])
+    assert proc.returncode == 1 and "not a readable npz file" in proc.stderr
+    proc = run(mnist_cell)  # the bundled subset: the failed cell's data setting changed, so it runs again
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert pd.read_csv(results / "d" / "cells.csv")["status"].tolist() == ["failed", "ok"]

@@ -237,7 +237,8 @@ def run_campaign(
     measures its peak again, once in this run, before its first cell is timed.
 
     A recorded cell whose settings differ from this run's (aebench.bench.identity) stops the
-    campaign before any cell with SettingsChanged, or with ``rerun_changed`` is measured again.
+    campaign before any cell with SettingsChanged, or with ``rerun_changed`` is measured again;
+    a failed cell whose settings changed (a --data path corrected) runs again without asking.
 
     Each row is stored before it is tracked, so a tracking failure cannot lose a result;
     ``on_start`` is told of each cell as it starts, ``on_cell`` gets each row as it finishes
@@ -257,8 +258,9 @@ def run_campaign(
         planned = shard.select(plan_cells(config, mnist))
         records = store.records().rows
         changed = changed_cells(planned, {key: row for key, row in records.items() if key in done})
+        measured = {key: found for key, found in changed.items() if records[key].get("status") != "failed"}
         if not rerun_changed:
-            refuse_changed(config.campaign_name(), changed)
+            refuse_changed(config.campaign_name(), measured)
         todo = [cell for cell in planned if cell.key not in done or cell.key in changed]
         if remeasure_peak:
             since = time.time()

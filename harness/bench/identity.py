@@ -55,9 +55,15 @@ def cell_settings(cell: Cell) -> dict[str, str]:
         if cell.dtype:
             spec = spec.replace(dtype=cell.dtype)
         settings["spec_sha256"] = spec_sha256(spec)
-        settings["data"] = "generated from the spec" if isinstance(spec.data, HeightWeight) else data_digest(cell.mnist)
     except AebenchError as exc:
         settings["spec_sha256"] = f"does not load: {exc}"
+        spec = None
+    if spec is not None:
+        try:
+            generated = isinstance(spec.data, HeightWeight)
+            settings["data"] = "generated from the spec" if generated else data_digest(cell.mnist)
+        except (AebenchError, OSError) as exc:
+            settings["data"] = f"not readable: {exc}"
     plugin = registered_plugins().get(cell.backend)
     distributions = plugin.distributions if plugin is not None else ()
     settings.update({f"version.{k}": v for k, v in installed_versions(distributions).items()})

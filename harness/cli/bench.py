@@ -29,6 +29,7 @@ from aebench.bench.ray_executor import RayExecutor
 from aebench.bench.report import compile_text, write_report
 from aebench.bench.stability import row_stability
 from aebench.cli.folders import refuse_unwritable, writable_folder
+from aebench.data.datasets import find_mnist
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.registry import available_backends
 from aebench.progress import Progress
@@ -102,6 +103,8 @@ def checked(args: argparse.Namespace, check: Callable[[], object]):
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run (or resume) a campaign in <results>/<name>/, holding its lock, then write its report."""
     shard = Shard.parse(args.shard) if args.shard else Shard()
+    if args.data:
+        find_mnist(args.data)  # a wrong path is one line now, not a failed row for every cell
     refuse_unwritable(Path(args.results), "--results")
     config = campaign_config(args)
     results = writable_folder(Path(args.results), "--results")
