@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -60,9 +61,21 @@ class Peak:
 
 
 def cache_path() -> Path:
-    """$AEBENCH_CACHE/device_peaks.json (default ~/.cache/aebench)."""
+    """$AEBENCH_CACHE/device_peaks.json (default ~/.cache/aebench); where that folder cannot be
+    made or written (a HOME that is not writable), this user's folder in the temporary directory."""
     root = Path(os.environ.get("AEBENCH_CACHE", Path.home() / ".cache" / "aebench"))
+    if not usable_folder(root):
+        root = Path(tempfile.gettempdir()) / f"aebench-{os.getuid()}"
     return root / "device_peaks.json"
+
+
+def usable_folder(folder: Path) -> bool:
+    """Whether ``folder`` exists or can be made, is a real folder (not a link) and is writable."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return folder.is_dir() and not folder.is_symlink() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def matmul_size(device: str) -> int:
@@ -176,11 +189,26 @@ def _store(path: Path, key: str, peak: Peak, earlier: list[Peak]) -> Peak:
         "history": history[-HISTORY_LENGTH:],
     }
     cache[DETAILS] = details
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        write_cache(path, cache)
+    except OSError as exc:
+        return replace(peak, reason=f"{peak.reason}; not cached ({exc.strerror or exc})")
     return peak
+
+
+def write_cache(path: Path, cache: dict) -> None:
+    """Write the cache through a temporary file made exclusively (never through a link), then rename it."""
+    if not usable_folder(path.parent):
+        raise OSError(f"{path.parent} is not a writable folder")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(cache, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def device_peak_gflops(plugin: Plugin, backend: Backend, dtype: str, precision: Precision) -> float:
