@@ -144,11 +144,12 @@ class Stability:
         """The reasons in one phrase ('' when firm)."""
         return "; ".join(self.reasons)
 
-    def interval_text(self, scale: float = 1e3) -> str:
-        """'low-high' of the interval (in ms by default), with its coverage where it is below CONFIDENCE."""
+    def interval_text(self, scale: float = 1e3, unit: str = "") -> str:
+        """'low-high' of the interval (in ms by default) followed by ``unit``, with its coverage
+        where it is below CONFIDENCE."""
         low, high = self.interval.low * scale, self.interval.high * scale
         below = f" ({self.interval.level:.0%})" if self.interval.level < CONFIDENCE else ""
-        return f"{low:.4g}-{high:.4g}{below}"
+        return f"{low:.4g}-{high:.4g}{unit}{below}"
 
 
 def judge(blocks: Sequence[float], load: Optional[MachineLoad] = None) -> Stability:

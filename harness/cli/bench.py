@@ -168,7 +168,7 @@ def cell_summary(row: dict) -> str:
     stability = row_stability(row)
     verdict = "firm" if stability.firm else f"UNSTABLE ({stability.reason()})"
     return (
-        f"{row['median_step_ms']:.3f} ms/step (interval {stability.interval_text()} ms), "
+        f"{row['median_step_ms']:.3f} ms/step, interval {stability.interval_text(unit=' ms')}, "
         f"{row['samples_per_s']:,.0f} samples/s, {verdict}, compile {compile_text(row['compile_s'], ' s')}, "
         f"{100 * row['peak_fraction']:.1f}% of peak"
     )
