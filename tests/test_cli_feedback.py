@@ -31,27 +31,33 @@ def installed_backend() -> str:
     return name
 
 
-def test_ctrl_c_during_training_names_the_run_folder_and_the_killed_run(tmp_path: Path) -> None:
-    """A real `aebench train vae_toy --no-mlflow` sent SIGINT once its first epoch is reported
-    (3 to 8 s on a 2-core CPU, mostly the framework's import)."""
-    out = tmp_path / "run"
+def stopped_training(out: Path, stop: signal.Signals) -> tuple[int, str]:
+    """A real `aebench train vae_toy --no-mlflow` writing to ``out``, sent ``stop`` once its first
+    epoch is reported (3 to 8 s on a 2-core CPU, mostly the framework's import): its exit code
+    and all it wrote to stderr."""
     command = [sys.executable, "-m", "aebench.cli", "train", "vae_toy", "--backend", installed_backend()]
     command += ["--epochs", "1000", "--out", str(out), "--no-mlflow"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out.parent)
     seen, deadline = [], threading.Timer(120, proc.kill)  # a training that never reports an epoch ends the test
     deadline.start()
     try:
         for line in proc.stderr:  # type: ignore[union-attr]
             seen.append(line)
             if line.startswith("epoch 1:"):
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(stop)
                 break
         rest = proc.communicate(timeout=120)[1]
     finally:
         deadline.cancel()
         proc.kill()
-    last = (rest or "".join(seen)).strip().splitlines()[-1]
-    assert proc.returncode == 130, "".join(seen) + rest
+    return proc.returncode, "".join(seen) + (rest or "")
+
+
+def test_ctrl_c_during_training_names_the_run_folder_and_the_killed_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, rest = stopped_training(out, signal.SIGINT)
+    last = rest.strip().splitlines()[-1]
+    assert code == 130, rest
     bundle = out / "mlflow_bundle"
     folder, kept = re.escape(str(out)), re.escape(str(bundle))
     assert re.fullmatch(

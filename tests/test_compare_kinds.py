@@ -5,6 +5,7 @@ warned about, runs that last as long as the cell or training did, experiments of
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,6 +156,21 @@ def test_cells_with_different_step_counts_are_compared_after_a_warning(tmp_path:
     assert f"{cells}: steps_run differs between the runs compared: jax 1935, torch 35" in warnings
     assert f"{cells}: steps_timed differs between the runs compared: jax 1930, torch 30" in warnings
     assert not any("tf32" in line for line in warnings)  # the tf32 cell has no other backend beside it
+
+
+def test_an_unstable_cell_is_tagged_and_compare_warns_about_it(tmp_path: Path) -> None:
+    mlflow = needs_mlflow()
+    noisy = {**cell_row("torch", 30, 0.07), "block_step_ms": json.dumps([262.8, 190.3, 14.6, 12.1, 62.0, 24.7, 18.4])}
+    quiet = {**cell_row("jax", 30, 0.07), "block_step_ms": json.dumps([1.5, 1.51, 1.49, 1.5, 1.5, 1.52, 1.5])}
+    outcome = log_cell(tmp_path, noisy)
+    log_cell(tmp_path, quiet)
+    tags = mlflow.MlflowClient(sqlite_uri(tmp_path)).get_run(outcome.run_id).data.tags
+    assert tags["stability"] == "unstable" and "interval" in tags["unstable_reason"]
+    warnings = compare(sqlite_uri(tmp_path)).warnings
+    unstable = [line for line in warnings if "UNSTABLE" in line]
+    assert len(unstable) == 1 and unstable[0].startswith(
+        "vae_toy (compiled, float32, batch 32, ieee-fp32): torch's step time is UNSTABLE (interval"
+    )
 
 
 # ---------------------------------------------------------------- 3: a run lasts as long as its cell or training

@@ -7,7 +7,8 @@ code is what is under test; tests/test_bench.py times real frameworks against ba
 from __future__ import annotations
 
 import json
-import time
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -204,19 +205,11 @@ def test_a_negative_compile_time_is_below_resolution() -> None:
 
 
 def test_the_load_probe_sees_another_busy_process() -> None:
-    import multiprocessing
-
     from aebench.bench.load import LoadProbe
 
-    def spin(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
-
+    spin = "import time\nend = time.perf_counter() + 1.5\nwhile time.perf_counter() < end: pass\n"
     probe = LoadProbe().start()
-    worker = multiprocessing.get_context("fork").Process(target=spin, args=(1.5,))
-    worker.start()
-    worker.join()
+    subprocess.run([sys.executable, "-c", spin], check=True, timeout=60)
     load = probe.stop()
     if load.other_cores is None:
         pytest.skip("no /proc/stat here")

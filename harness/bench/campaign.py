@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from aebench.environment import environment_info
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.bench_api import MODE_NAMES, Precision
 from aebench.plugins.discovery import registered_plugins
+from aebench.safe_files import own_folders, write_text
 from aebench.spec.load import load_spec, spec_path
 from aebench.spec.schema import Parser, at_least, did_you_mean, greater_than, rule
 from aebench.spec.yamlio import read_mapping
@@ -245,8 +245,7 @@ def run_campaign(
     and the tracker's line ("" without a tracker).
     """
     budget = budget or Budget()
-    store = ResultStore(results_root / config.campaign_name())
-    store.folder.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(own_folders(results_root, Path(config.campaign_name())))
     with campaign_lock(store.folder):
         clear_exchange(store.folder)
         repaired = store.repair(upgrade_layout=True)
@@ -301,9 +300,7 @@ def write_environment(path: Path, config: CampaignConfig) -> None:
     """The host's environment and the campaign's settings; each cell's row adds its backend's
     framework versions, device and thread pools."""
     payload = {"campaign": config.campaign_name(), "config": asdict(config), **environment_info()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def with_overrides(config: CampaignConfig, **changes) -> CampaignConfig:

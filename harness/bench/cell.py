@@ -13,6 +13,7 @@ trainer on the same batches, noise and weights (TRAJECTORY_LOSS_RTOL).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -72,15 +73,16 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Identifies the cell within a campaign (resuming skips keys already recorded)."""
+        """Identifies the cell within a campaign (resuming skips keys already recorded); its spec
+        part is ``spec_key(spec)``, so two spec files with one stem are two cells."""
         precision = self.precision.describe()
-        return f"{Path(self.spec).stem}|{self.backend}|{self.mode}|{self.batch_size}|{self.dtype or 'spec'}|{precision}"
+        return f"{spec_key(self.spec)}|{self.backend}|{self.mode}|{self.batch_size}|{self.dtype or 'spec'}|{precision}"
 
     def row_identity(self) -> dict:
         """The columns that name the cell in its result row, whatever became of it."""
         return {
             "key": self.key,
-            "spec": Path(self.spec).stem,
+            "spec": spec_key(self.spec),
             "backend": self.backend,
             "mode": self.mode,
             "batch_size": self.batch_size,
@@ -94,6 +96,24 @@ class Cell:
     def from_json(cls, text: str) -> Cell:
         raw = json.loads(text)
         return cls(**{**raw, "protocol": Protocol(**raw["protocol"]), "precision": Precision(**raw["precision"])})
+
+
+SPEC_DIGEST_CHARACTERS = 8
+
+
+def spec_key(spec: str) -> str:
+    """A spec's part of a cell key: a shipped spec's name as it is (``vae_toy``); a spec given as
+    a path, its file's stem and the first SPEC_DIGEST_CHARACTERS of the sha256 of the path as
+    given, normalised (``toy-f4dd5386`` for ``s1/toy.yaml``), so that ``s1/toy.yaml`` and
+    ``s2/toy.yaml`` never share a key. The path as given, not as resolved, is hashed: the
+    planner, the cell's own process and a Ray worker compute the same key whatever their
+    working folder; a spec edited in place keeps its key (its recorded spec_sha256 then says it
+    changed, aebench.bench.identity)."""
+    stem = Path(spec).stem
+    if spec == stem:
+        return spec
+    digest = hashlib.sha256(os.path.normpath(spec).encode()).hexdigest()[:SPEC_DIGEST_CHARACTERS]
+    return f"{stem}-{digest}"
 
 
 class CellFailed(AebenchError):

@@ -5,6 +5,10 @@ The cell's exchange files (the cell it is given, the result it writes) live in
 cell ends, and whatever a killed campaign left there is removed when the next campaign
 starts in the folder (``clear_exchange``). The cell process dies with its parent
 (aebench.bench.parent).
+
+Nothing is written through a link (aebench.safe_files): the logs and exchange folders must
+not be links (checked before the first cell: one error line), and a cell's log is made afresh,
+never opened through a link planted at ``logs/<key>.log`` (that cell fails, naming the link).
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from typing import Protocol as TypingProtocol
 from aebench.bench.cell import Cell, failure_reason
 from aebench.bench.identity import cell_settings
 from aebench.bench.parent import parent_environment
-from aebench.bench.store import safe_name
+from aebench.bench.store import EXCHANGE_FOLDER, safe_name
 from aebench.plugins.discovery import child_environment
-
-EXCHANGE_FOLDER = "tmp"
+from aebench.safe_files import fresh_file, own_folder, read_text, refuse_link, write_text
 
 
 class Executor(TypingProtocol):
@@ -58,7 +61,10 @@ class LocalExecutor:
         return self.scratch if self.scratch is not None else self.logs.parent / EXCHANGE_FOLDER
 
     def run_all(self, cells: Iterable[Cell], may_start: Callable[[Cell], bool]) -> Iterator[tuple[Cell, dict]]:
-        """One cell after the other; an error of the executor itself is that cell's failed row."""
+        """One cell after the other; an error of the executor itself is that cell's failed row.
+        A link in place of the logs or exchange folder is AebenchError before any cell."""
+        own_folder(self.logs)
+        own_folder(self.exchange_root)
         for cell in cells:
             if not may_start(cell):
                 return
@@ -70,26 +76,32 @@ class LocalExecutor:
 
     def run(self, cell: Cell) -> dict:
         """One cell in a fresh process: its row, or a failed row saying why there is none."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        exchange = self.exchange_root / safe_name(cell.key)
-        shutil.rmtree(exchange, ignore_errors=True)
-        exchange.mkdir(parents=True)
-        log_path = self.logs / f"{safe_name(cell.key)}.log"
+        log_path = own_folder(self.logs) / f"{safe_name(cell.key)}.log"
+        exchange = self._fresh_exchange(cell)
         try:
             cell_file, result_file = exchange / "cell.json", exchange / "result.json"
-            cell_file.write_text(cell.to_json())
+            write_text(cell_file, cell.to_json())
             failure = self._run_process(cell_file, result_file, log_path)
             if result_file.is_file():
-                return json.loads(result_file.read_text())
+                return json.loads(read_text(result_file))
         finally:
             shutil.rmtree(exchange, ignore_errors=True)
             remove_if_empty(self.exchange_root)
         return failed_row(cell, failure or "the cell process wrote no result", log_path)
 
+    def _fresh_exchange(self, cell: Cell) -> Path:
+        """An empty ``<exchange root>/<key>/``, made anew; AebenchError where a link stands there."""
+        exchange = own_folder(self.exchange_root) / safe_name(cell.key)
+        refuse_link(exchange)
+        shutil.rmtree(exchange, ignore_errors=True)
+        exchange.mkdir()
+        return exchange
+
     def _run_process(self, cell_file: Path, result_file: Path, log_path: Path) -> str:
+        """Run the cell process, its output into a fresh ``log_path``; "" or why it failed."""
         command = [sys.executable, "-m", "aebench.bench.cell", str(cell_file), str(result_file)]
         environment = {**child_environment(), **parent_environment()}
-        with open(log_path, "w") as log:
+        with os.fdopen(fresh_file(log_path), "w") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment
             )
@@ -123,7 +135,7 @@ def exit_description(code: int) -> str:
 
 def last_line(path: Path) -> str:
     """The last non-blank line of a log (at most 300 characters)."""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no output"
 
 

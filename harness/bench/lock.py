@@ -7,6 +7,10 @@ drops an flock when its holder's last descriptor closes, so a killed campaign (S
 included) never leaves the folder locked. Within one process the lock is re-entrant: the
 ``bench`` command holds it around the campaign and its report, and the campaign takes it
 again.
+
+The lock file is opened without following a link and never truncated unless it is a regular
+file of its own (aebench.safe_files.open_own): a link planted at ``campaign.lock`` is one error
+line naming it, and the file it points to is left as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from aebench.errors import AebenchError
+from aebench.safe_files import open_own, read_text
 
 LOCK_NAME = "campaign.lock"
 _held: dict[Path, list[int]] = {}  # resolved folder -> [descriptor, depth] of the locks this process holds
@@ -34,8 +39,8 @@ class CampaignBusy(AebenchError):
 def holder_description(lock_path: Path) -> str:
     """Who holds the lock, from the JSON its holder wrote (bounded, one line)."""
     try:
-        info = json.loads(lock_path.read_text(errors="replace")[:4000])
-    except (OSError, ValueError):
+        info = json.loads(read_text(lock_path)[:4000])
+    except (OSError, ValueError, AebenchError):
         info = None
     if not isinstance(info, dict):
         return "another process (it has not written its details yet)"
@@ -64,8 +69,9 @@ def campaign_lock(folder: Path) -> Iterator[None]:
 
 
 def _acquire(folder: Path) -> int:
+    """The locked descriptor of ``folder``'s lock file, holding this process' details."""
     lock_path = folder / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_own(lock_path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,6 +89,7 @@ def _acquire(folder: Path) -> int:
         "command": " ".join(sys.argv),
         "since": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(details) + "\n").encode(), 0)
+    text = (json.dumps(details) + "\n").encode()
+    os.pwrite(fd, text, 0)
+    os.ftruncate(fd, len(text))  # an earlier holder's longer details end here
     return fd

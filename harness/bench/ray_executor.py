@@ -35,6 +35,7 @@ from aebench.bench.cell import Cell
 from aebench.bench.executor import LocalExecutor, failed_row
 from aebench.bench.store import safe_name
 from aebench.errors import AebenchError
+from aebench.safe_files import own_folder, write_text
 
 CONNECT_TIMEOUT_S = 5.0  # a Ray head on a reachable network answers a TCP connect well within this
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
@@ -144,14 +145,13 @@ class RayExecutor:
 
     def _row(self, ray: Any, ref: Any, cell: Cell) -> dict:
         """The task's row with where and when it ran, its log written here; a lost task is a failed row."""
-        log_path = self.logs / f"{safe_name(cell.key)}.log"
-        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = own_folder(self.logs) / f"{safe_name(cell.key)}.log"
         try:
             result: CellResult = ray.get(ref)
         except ray.exceptions.RayError as exc:
             reason = f"the Ray task died: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
             return failed_row(cell, reason, log_path)
-        log_path.write_text(result.log)
+        write_text(log_path, result.log)
         row = dict(result.row)
         row.update(host=result.host, process_started=result.started, process_ended=result.ended, log=str(log_path))
         return row

@@ -12,11 +12,19 @@ them. Every plot colours a backend the same way. pytest-benchmark JSON files
 
 Before a campaign folder is read, its cells.csv is checked against the cell records and
 rebuilt from them where it disagrees (aebench.bench.store); the caller is told in one line.
+
+Nothing from a record or a table becomes part of a path unless it is a name
+(aebench.safe_files.is_name): a record whose naming fields are not names is damaged (kept aside
+when the table is rebuilt), a row of a table left as it is (a running campaign holds the
+folder) whose fields are not names is left out with one line, and every plot's file name is
+checked before it is written. The report, its plots and its plots/ folder are written without
+following links. Files in cells/ that aebench did not write are left as they are and named.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import textwrap
 from collections.abc import Callable, Iterable
@@ -36,8 +44,10 @@ from aebench.bench.lock import CampaignBusy, campaign_lock  # noqa: E402
 from aebench.bench.stability import row_stability  # noqa: E402
 from aebench.bench.store import ResultStore  # noqa: E402
 from aebench.errors import AebenchError  # noqa: E402
+from aebench.safe_files import is_name, own_folder, read_text, write_bytes, write_text  # noqa: E402
 
 SETTING = ["batch_size", "dtype", "precision"]
+NAMED_COLUMNS = ["spec", "backend", "mode", *SETTING]  # end up in plot file names and titles
 PALETTE = [f"C{i}" for i in range(10)]  # matplotlib's default cycle (tab10)
 MODE_LINES = {"eager": "-", "compiled": "--", "fast": ":"}
 
@@ -56,13 +66,14 @@ class Section:
 def write_report(sources: list[Path], out: Path, say: Callable[[str], None] = lambda line: None) -> tuple[Path, Path]:
     """report.md and report.html (and plots/) in ``out`` from campaign folders and
     pytest-benchmark JSON files; returns the two paths. A campaign's cells.csv that does not
-    match its records is rebuilt first; ``say`` gets the line saying so."""
+    match its records is rebuilt first; ``say`` gets the line saying so (and the line naming
+    rows left out, or files in cells/ that aebench did not write)."""
     stores = {source: campaign_store(source) for source in sources if source.is_dir()}
     for store in stores.values():
         repaired = repair_for_report(store)
         if repaired:
             say(repaired)
-    tables = {source: store.table() for source, store in stores.items()}
+    tables = {source: named_rows(store.table(), store, say) for source, store in stores.items()}
     colours = backend_colours(backend for table in tables.values() for backend in table["backend"])
     out.mkdir(parents=True, exist_ok=True)
     sections, header = [], []
@@ -77,8 +88,8 @@ def write_report(sources: list[Path], out: Path, say: Callable[[str], None] = la
         else:
             raise AebenchError(f"{source}: no such campaign folder or benchmark JSON file")
     md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(header, sections))
-    page.write_text(to_html(header, sections))
+    write_text(md, to_markdown(header, sections))
+    write_text(page, to_html(header, sections))
     return md, page
 
 
@@ -95,10 +106,12 @@ def campaign_store(folder: Path) -> ResultStore:
 def repair_for_report(store: ResultStore) -> str:
     """Rebuild a campaign's cells.csv from its records where they disagree; the line saying so.
     A folder a running campaign holds is left to it (it repaired the table when it started);
-    a damaged table in a folder that cannot be written is one error line."""
-    problems = store.problems(store.records())
+    a damaged table in a folder that cannot be written is one error line. Files in cells/ that
+    aebench did not write are left as they are; the line names them."""
+    records = store.records()
+    problems = store.problems(records)
     if not problems:
-        return ""
+        return records.foreign_note()
     try:
         with campaign_lock(store.folder):
             return store.repair()
@@ -109,6 +122,24 @@ def repair_for_report(store: ResultStore) -> str:
             f"{store.table_path}: does not match the cell records ({problems[0]}) and cannot be rebuilt "
             f"here ({exc.strerror or exc}); copy the folder somewhere writable and report on the copy"
         ) from None
+
+
+def named_rows(table: pd.DataFrame, store: ResultStore, say: Callable[[str], None]) -> pd.DataFrame:
+    """The rows of a campaign's table whose naming fields are names (a table that could not be
+    rebuilt may hold others); ``say`` gets one line on the rows left out."""
+    named = pd.Series([all(is_name(str(row[c])) for c in NAMED_COLUMNS) for _, row in table.iterrows()], dtype=bool)
+    if not named.all():
+        keys = ", ".join(repr(str(key))[:60] for key in table.loc[~named.to_numpy(), "key"][:3])
+        say(f"{store.table_path}: left out {int((~named).sum())} rows whose fields are not names (damaged): {keys}")
+    return table[named.to_numpy()].reset_index(drop=True)
+
+
+def plot_file(out: Path, *parts: object) -> Path:
+    """``out/plots/<parts joined by '-'>.png``, the folder made; AebenchError when that is not a name."""
+    name = "-".join(str(part) for part in parts) + ".png"
+    if not is_name(name):
+        raise AebenchError(f"{out}: a plot would be named {name[:80]!r}, which is not a file name; nothing written")
+    return own_folder(out / "plots") / name
 
 
 def backend_colours(backends: Iterable[str]) -> dict[str, str]:
@@ -122,7 +153,7 @@ def environment_line(folder: Path) -> str:
     path = folder / "environment.json"
     if not path.is_file():
         return f"{folder.name}: no environment.json"
-    env = json.loads(path.read_text())
+    env = json.loads(read_text(path))
     versions = ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))
     return (
         f"Campaign **{env.get('campaign', folder.name)}**, {env.get('time', '')}: CPU {env.get('cpu')} "
@@ -150,17 +181,16 @@ def campaign_sections(
     for spec, rows in table.groupby("spec", sort=True):
         for setting, group in rows.groupby(SETTING, dropna=False, sort=True):
             name = f"{spec}, batch {setting[0]}, {setting[1]}, {setting[2]}" + (f" ({campaign})" if campaign else "")
-            slug = "-".join(str(s) for s in (slug_prefix, spec, *setting))
             section = Section(name, speed_table(group), failure_notes(group) + unstable_notes(group))
             section.answer = answer_line(group)
             ok = group[group["status"] == "ok"]
             if len(ok):
                 figure = samples_figure(ok, name, colours)
-                section.figures.append(save(figure, out / "plots" / f"{slug}-samples.png", out))
+                section.figures.append(save(figure, plot_file(out, slug_prefix, spec, *setting, "samples"), out))
                 curves = {label(r): loss_curve(store.record(r["key"])) for _, r in ok.iterrows()}
                 styles = {label(r): line_style(r, colours) for _, r in ok.iterrows()}
                 figure = loss_figure(curves, label(ok.iloc[0]), styles, name)
-                section.figures.append(save(figure, out / "plots" / f"{slug}-loss.png", out))
+                section.figures.append(save(figure, plot_file(out, slug_prefix, spec, *setting, "loss"), out))
                 section.notes.append(curve_agreement(curves))
             sections.append(section)
     return sections
@@ -383,11 +413,12 @@ def curve_agreement(curves: dict[str, pd.Series]) -> str:
 
 
 def save(fig: Figure, path: Path, out: Path) -> str:
-    """Write a figure as PNG and close it; its path relative to the report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a figure as PNG (never through a link) and close it; its path relative to the report."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    write_bytes(path, png.getvalue())
     return str(path.relative_to(out))
 
 

@@ -33,6 +33,7 @@ from aebench.data.datasets import find_mnist
 from aebench.errors import AebenchError, SpecError
 from aebench.plugins.registry import available_backends
 from aebench.progress import Progress
+from aebench.safe_files import refuse_link
 from aebench.spec.load import list_specs
 from aebench.track.bench_run import CellTracker
 
@@ -108,6 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     refuse_unwritable(Path(args.results), "--results")
     config = campaign_config(args)
     results = writable_folder(Path(args.results), "--results")
+    refuse_link(results / config.campaign_name())  # a link planted on a shared results path is not followed
     folder = writable_folder(results / config.campaign_name(), "--results")
     executor = executor_for(config, folder)
     progress = Progress()

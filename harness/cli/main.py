@@ -1,18 +1,23 @@
 """The ``aebench`` command: list, validate, train, check, bench, report, log, compare, fetch-mnist.
 
 Every user error ends as one line on stderr and exit code 2 (1 for a diverged training),
-never a traceback.
+never a traceback. Ctrl-C ends a command with one line and exit 130; during ``train``, SIGTERM
+ends it as Ctrl-C does (the run ended as KILLED, one line) with exit 143 (128 + 15, what a shell
+reports for a process SIGTERM ended).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
 import math
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -32,7 +37,7 @@ from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
 from aebench.spec.schema import did_you_mean
 from aebench.spec.shapes import memory_need, plan_model
 from aebench.spec.types import Mnist
-from aebench.track.train_run import TrainingInterrupted, train_tracked
+from aebench.track.train_run import STOPPED, Terminated, TrainingInterrupted, signal_of, train_tracked
 
 
 def positive_int(text: str) -> int:
@@ -163,7 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_text = "" if train_total is None else f"train total {train_total:.4f}, "
         progress.line(f"epoch {row['epoch']}: {train_text}test total {row['test_total']:.4f} ({row['seconds']:.1f} s)")
 
-    _, outcome = train_tracked(spec, backend, data, out, tracking_options(args), progress=progress, on_epoch=report)
+    with sigterm_stops_training():
+        _, outcome = train_tracked(spec, backend, data, out, tracking_options(args), progress=progress, on_epoch=report)
     progress.line(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
     progress.line(outcome.message())
     return 0
@@ -263,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print(f"aebench: {interrupted_message(exc)}", file=sys.stderr)
-        return 130
+        return 128 + signal.Signals[signal_of(exc)].value
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
@@ -271,13 +277,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+@contextlib.contextmanager
+def sigterm_stops_training() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread,
+    so a training ends its run as KILLED as on Ctrl-C; the handler before is put back after.
+    Off the main thread, where Python takes no signal handlers, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def interrupted_message(exc: KeyboardInterrupt) -> str:
-    """One line for Ctrl-C; after a training, where its run folder is and what became of its run."""
+    """One line for Ctrl-C (or SIGTERM); after a training, where its run folder is and what became of its run."""
+    what = "interrupted" if signal_of(exc) == "SIGINT" else STOPPED[signal_of(exc)]
     if not isinstance(exc, TrainingInterrupted):
-        return "interrupted"
+        return what
     epochs = f"{exc.epochs} epoch{'' if exc.epochs == 1 else 's'}"
-    ended = "" if exc.outcome.logged else ", its run ended as KILLED"
-    return f"interrupted after {epochs}: the run folder {exc.out} is kept{ended}; {exc.outcome.message()}"
+    ended = "" if exc.outcome.logged else f", its run ended as {exc.outcome.final_status or 'KILLED'}"
+    return f"{what} after {epochs}: the run folder {exc.out} is kept{ended}; {exc.outcome.message()}"
 
 
 def disk_full_message(exc: OSError) -> str:

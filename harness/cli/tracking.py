@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aebench.track.bundle import find_bundles
 from aebench.track.compare import compare
-from aebench.track.tracking import KINDS, log_bundle
+from aebench.track.tracking import KINDS, log_bundle, not_tried_again
 from aebench.track.train_run import TrackingOptions
 from aebench.train.quality import QualitySettings
 
@@ -62,11 +62,13 @@ def tracking_options(args: argparse.Namespace):
 
 def cmd_log(args: argparse.Namespace) -> int:
     """Log every bundle named; exit 1 if one was kept for an MLflow problem (a bundle whose
-    training still runs is left for later, which is not a failure)."""
+    training still runs is left for later, which is not a failure). Once the server is found
+    hung, the bundles after are kept without trying it again (one line each, no wait)."""
     bundles = [bundle for path in args.bundles for bundle in find_bundles(Path(path))]
-    kept = 0
+    kept, not_tried = 0, ""
     for bundle in bundles:
-        outcome = log_bundle(bundle, args.tracking_uri)
+        outcome = log_bundle(bundle, args.tracking_uri, not_tried)
+        not_tried = not_tried or (not_tried_again(outcome) if outcome.hung else "")
         kept += outcome.status == "kept"
         print(f"{bundle}: {outcome.message()}")
     return 1 if kept else 0

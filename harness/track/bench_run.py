@@ -8,25 +8,40 @@ results/<campaign>/mlflow`` logs what was kept. Runs carry the same tags as trai
 ``aebench.kind`` = ``bench``. A run starts when its cell started (the row's ``started``) and
 lasts the cell's ``cell_seconds``, not the time it took to log. Its params name the steps its
 loss curve covers: ``steps_timed`` (the timed steps) and ``steps_run`` (the curve's last step:
-warm-up and timed), which ``aebench compare`` warns about where they differ.
+warm-up and timed), which ``aebench compare`` warns about where they differ. A failed cell
+carries its reason as the tag ``aebench.end_reason`` (tracking.end_tags, as train runs).
+
+A tracking server found hung (a deadline passed, LogOutcome.hung) is not tried again for the
+rest of the campaign: later cells keep their bundles with one line saying so, without waiting.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from aebench.bench.cell import Cell
+from aebench.bench.stability import row_stability
 from aebench.bench.store import safe_name
 from aebench.errors import AebenchError
 from aebench.plugins.registry import framework_of
 from aebench.spec.load import load_spec
 from aebench.spec.types import Spec
 from aebench.track.bundle import RunRecord, now_ms
-from aebench.track.tracking import EXPERIMENT_PREFIXES, KIND_TAG, LogOutcome, record, run_tags, spec_params
+from aebench.track.tracking import (
+    EXPERIMENT_PREFIXES,
+    KIND_TAG,
+    MAX_TAG_CHARS,
+    LogOutcome,
+    end_tags,
+    not_tried_again,
+    record,
+    run_tags,
+    spec_params,
+)
 
 TIMING_METRICS = {
     "median_step_ms": "time/step_median_ms",
@@ -42,12 +57,16 @@ TIMING_METRICS = {
     "peak_memory_mb": "memory/peak_mb",
     "verify_max_rel_diff": "verify/max_rel_diff",
     "cell_seconds": "time/cell_seconds",
+    "ci_low_ms": "time/step_ci_low_ms",
+    "ci_high_ms": "time/step_ci_high_ms",
+    "ci_rel_width": "time/step_ci_rel_width",
 }
 
 
 KIND = "bench"
 LOSS_METRIC = "train/total"  # the loss curve, by step
 STEPS_TIMED, STEPS_RUN = "steps_timed", "steps_run"  # params: the steps timed, the loss curve's last step
+STABILITY_TAG, UNSTABLE_REASON_TAG = "stability", "unstable_reason"  # a measured cell's verdict
 
 
 def experiment_name(campaign: str) -> str:
@@ -82,6 +101,14 @@ def step_params(row: dict) -> dict[str, str]:
     return params
 
 
+def stability_tags(row: dict) -> dict[str, str]:
+    """A measured cell's verdict (aebench.bench.stability: firm or unstable, and why) as tags."""
+    if row.get("status") != "ok" or not isinstance(row.get("block_step_ms"), str):
+        return {}
+    stability = row_stability(row)
+    return {STABILITY_TAG: stability.label, UNSTABLE_REASON_TAG: stability.reason()[:MAX_TAG_CHARS]}
+
+
 def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, files: dict[str, Path]) -> RunRecord:
     """The MLflow run of one cell's row: params, tags, timing metrics, the loss curve
     (metric train/total by step: every warm-up step, then each timed block's last) and ``files``
@@ -111,14 +138,17 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
     else:
         tags = {"spec": row["spec"], "backend": row["backend"], "mode": row["mode"]}
     reason = row.get("reason") or ""
+    status = "FINISHED" if row["status"] in ("ok", "unsupported") else "FAILED"
     tags.update(
         {
             KIND_TAG: KIND,
             "campaign": campaign,
             "cell": row["key"],
             "status": row["status"],
-            "reason": reason[:5000],
+            "reason": reason[:MAX_TAG_CHARS],
+            **stability_tags(row),
             "mlflow.note.content": f"{row['key']}: {row['status']} {reason}".strip(),
+            **end_tags(status, reason),
         }
     )
     start, end = cell_times(row)
@@ -127,7 +157,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
         run_name=row["key"].replace("|", " "),
         params=params,
         tags=tags,
-        status="FINISHED" if row["status"] in ("ok", "unsupported") else "FAILED",
+        status=status,
         artifacts=dict(files),
         start_time=start,
         end_time=end,
@@ -154,26 +184,34 @@ def loaded_spec(name: str, dtype: Optional[str]) -> Optional[Spec]:
     return spec.replace(dtype=dtype) if dtype else spec
 
 
-def track_cell(row: dict, cell_spec: str, campaign_folder: Path, tracking_uri: Optional[str], log: bool) -> LogOutcome:
-    """Bundle the cell (results/<campaign>/mlflow/<cell>/) and log it unless ``log`` is False."""
+def track_cell(
+    row: dict, cell_spec: str, campaign_folder: Path, tracking_uri: Optional[str], log: bool, not_tried: str = ""
+) -> LogOutcome:
+    """Bundle the cell (results/<campaign>/mlflow/<cell>/) and log it unless ``log`` is False
+    (``not_tried``: tracking.record's)."""
     environment = json.loads((campaign_folder / "environment.json").read_text())
     files = {
         "cell.json": campaign_folder / "cells" / f"{safe_name(row['key'])}.json",
         "environment.json": campaign_folder / "environment.json",
     }
     run = cell_record(row, cell_spec, campaign_folder.name, environment, files)
-    return record(run, campaign_folder / "mlflow" / safe_name(row["key"]), tracking_uri, log=log)
+    return record(run, campaign_folder / "mlflow" / safe_name(row["key"]), tracking_uri, log=log, not_tried=not_tried)
 
 
 @dataclass(frozen=True)
 class CellTracker:
     """A campaign's tracker (aebench.bench.campaign.CellTracker): each cell is bundled under
     results/<campaign>/mlflow/ and logged to MLflow at ``uri`` (None:
-    tracking.resolve_tracking_uri) unless ``log`` is False."""
+    tracking.resolve_tracking_uri) unless ``log`` is False. Once a cell finds the server hung,
+    the later cells are kept without trying it (``hung`` holds that outcome)."""
 
     uri: Optional[str] = None
     log: bool = True
+    hung: list[LogOutcome] = field(default_factory=list, init=False, compare=False, repr=False)
 
     def __call__(self, row: dict, cell: Cell, campaign_folder: Path) -> str:
-        outcome = track_cell(row, cell.spec, campaign_folder, self.uri, self.log)
+        not_tried = not_tried_again(self.hung[0]) if self.hung else ""
+        outcome = track_cell(row, cell.spec, campaign_folder, self.uri, self.log, not_tried)
+        if outcome.hung:
+            self.hung.append(outcome)
         return outcome.message() if self.log else f"MLflow bundle: {outcome.bundle_dir}"

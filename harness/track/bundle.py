@@ -19,6 +19,15 @@ which is how logging the same bundle twice finds the run it made the first time.
 tells it, the boot and start time that tell a reused pid apart), so a RUNNING bundle whose
 process is gone is known as killed (writer_gone). Older bundles without it are judged by
 the age of run.json alone.
+
+A bundle may come from anyone, so nothing here follows a link (aebench.safe_files): files are
+written to exclusively made temporary files and renamed into place, and a link where the
+bundle keeps its own file or folder is one error line naming it. Only the bundle's own regular
+files are sent: ``read_bundle`` refuses an artifact that is a link (or lies below one), that
+resolves outside the bundle or, once no process writes the bundle any more, whose bytes do not
+match the sha256 run.json lists for it; the whole run is then left unlogged and kept as it is.
+``staged_artifacts`` copies the artifacts to a private folder, checking each copy's sha256
+again, and MLflow is given those copies.
 """
 
 from __future__ import annotations
@@ -29,16 +38,27 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from aebench.environment import file_sha256
 from aebench.errors import DISK_FULL_ERRNOS, AebenchError, DiskFull
+from aebench.safe_files import (
+    copy_file,
+    fresh_file,
+    own_folder,
+    own_folders,
+    read_text,
+    refuse_link,
+    regular_sha256,
+    write_text,
+)
 
 FORMAT = 1
 RUN_FILE = "run.json"
@@ -140,13 +160,15 @@ class Writer:
 class Bundle:
     """A bundle as read back: its folder, the record (artifacts point into the folder), a
     digest of its content (run.json plus every artifact's bytes), the process that wrote it
-    (None for bundles from before writers were recorded) and when run.json was last written."""
+    (None for bundles from before writers were recorded), when run.json was last written, and
+    the sha256 run.json lists for each artifact."""
 
     path: Path
     record: RunRecord
     digest: str
     writer: Optional[Writer] = None
     updated_ms: int = 0
+    artifact_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def this_writer() -> Writer:
@@ -206,10 +228,12 @@ def write_bundle(record: RunRecord, bundle_dir: Path) -> Path:
 
 
 def _write(record: RunRecord, bundle_dir: Path) -> None:
-    (bundle_dir / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+    """The artifacts, then run.json; no folder or file of the bundle is a link (AebenchError)."""
+    artifacts = own_folder(own_folder(bundle_dir) / ARTIFACTS_DIR)
     hashes = {}
     for artifact_path, source in sorted(record.artifacts.items()):
-        target = bundle_dir / ARTIFACTS_DIR / _safe_relative(artifact_path)
+        relative = _safe_relative(artifact_path)
+        target = own_folders(artifacts, relative.parent) / relative.name
         hashes[artifact_path] = _copy_if_changed(Path(source), target)
     payload = {
         "format": FORMAT,
@@ -225,13 +249,7 @@ def _write(record: RunRecord, bundle_dir: Path) -> None:
         "artifacts": hashes,
         "writer": dataclasses.asdict(this_writer()),
     }
-    tmp = bundle_dir / (RUN_FILE + ".tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a cut-off copy would only hold space the disk lacks
-        raise
-    os.replace(tmp, bundle_dir / RUN_FILE)
+    write_text(bundle_dir / RUN_FILE, json.dumps(payload, indent=1) + "\n")  # a cut-off copy is removed
 
 
 def copied_artifacts(record: RunRecord, bundle_dir: Path) -> dict[str, Path]:
@@ -240,7 +258,8 @@ def copied_artifacts(record: RunRecord, bundle_dir: Path) -> dict[str, Path]:
     kept = {}
     for artifact_path, source in record.artifacts.items():
         target = Path(bundle_dir) / ARTIFACTS_DIR / _safe_relative(artifact_path)
-        if Path(source).is_file() and target.is_file() and file_sha256(Path(source)) == file_sha256(target):
+        copied = _sha256_or_none(target)
+        if copied is not None and copied == _sha256_or_none(Path(source)):
             kept[artifact_path] = source
     return kept
 
@@ -248,11 +267,11 @@ def copied_artifacts(record: RunRecord, bundle_dir: Path) -> dict[str, Path]:
 def reserve_space(bundle_dir: Path) -> None:
     """Hold RESERVE_BYTES in ``bundle_dir`` so the bundle can still be ended when the disk fills
     up (release_space gives it back first). Best effort: on a disk already short of space, or
-    under a file size limit, it keeps what it got."""
+    under a file size limit, it keeps what it got. Made afresh, never through a link."""
     path = Path(bundle_dir) / RESERVE_FILE
     block = b"\0" * (64 * 1024)
     try:
-        with open(path, "wb") as f:
+        with os.fdopen(fresh_file(path), "wb") as f:
             for _ in range(RESERVE_BYTES // len(block)):
                 f.write(block)
                 f.flush()
@@ -267,25 +286,23 @@ def release_space(bundle_dir: Path) -> None:
 
 
 def read_bundle(bundle_dir: Path) -> Bundle:
-    """The bundle in ``bundle_dir``; AebenchError naming the file and field when it is not one."""
+    """The bundle in ``bundle_dir``; AebenchError naming the file and field when it is not one,
+    or naming the artifact that is not the bundle's own (see the module docstring)."""
     bundle_dir = Path(bundle_dir)
     run_file = bundle_dir / RUN_FILE
+    refuse_link(run_file)
     if not run_file.is_file():
         raise AebenchError(
             f"{bundle_dir}: not a run bundle (no {RUN_FILE}); bundles are the "
             f"mlflow_bundle folders that 'aebench train' writes"
         )
     try:
-        text = run_file.read_text()
+        text = read_text(run_file)
         data = json.loads(text)
         if data.get("format") != FORMAT:
             raise AebenchError(f"{run_file}: format: {data.get('format')!r}; this aebench reads format {FORMAT}")
-        artifacts = {}
-        for artifact_path in data["artifacts"]:
-            source = bundle_dir / ARTIFACTS_DIR / _safe_relative(artifact_path)
-            if not source.is_file():
-                raise AebenchError(f"{run_file}: artifacts: {artifact_path} is listed but {source} is missing")
-            artifacts[artifact_path] = source
+        hashes = {str(path): str(sha) for path, sha in dict(data["artifacts"]).items()}
+        artifacts = {path: _artifact_file(bundle_dir, path) for path in hashes}
         record = RunRecord(
             experiment=str(data["experiment"]),
             run_name=str(data["run_name"]),
@@ -305,7 +322,57 @@ def read_bundle(bundle_dir: Path) -> Bundle:
     if record.status not in STATUSES:
         raise AebenchError(f"{run_file}: status: {record.status!r}; allowed: {', '.join(STATUSES)}")
     # run.json lists every artifact's sha256, so its text identifies the whole bundle
-    return Bundle(bundle_dir, record, hashlib.sha256(text.encode()).hexdigest(), writer, updated_ms)
+    bundle = Bundle(bundle_dir, record, hashlib.sha256(text.encode()).hexdigest(), writer, updated_ms, hashes)
+    if record.status != "RUNNING" or writer_gone(bundle):  # no process changes its artifacts any more
+        for artifact_path, source in artifacts.items():
+            _check_sha256(bundle, artifact_path, regular_sha256(source))
+    return bundle
+
+
+def _artifact_file(bundle_dir: Path, artifact_path: str) -> Path:
+    """The file of an artifact run.json lists: a regular file inside the bundle, no link on the
+    way to it; AebenchError naming it otherwise (nothing of the run is logged)."""
+    relative = _safe_relative(artifact_path)
+    folder = bundle_dir / ARTIFACTS_DIR
+    on_the_way = [folder, *(folder.joinpath(*relative.parts[: n + 1]) for n in range(len(relative.parts)))]
+    for step in on_the_way:
+        if step.is_symlink():
+            raise _not_own(bundle_dir, artifact_path, f"{step} is a symbolic link")
+    path = on_the_way[-1]
+    if not path.is_file():
+        raise AebenchError(f"{bundle_dir / RUN_FILE}: artifacts: {artifact_path} is listed but {path} is missing")
+    if not path.resolve().is_relative_to(bundle_dir.resolve()):
+        raise _not_own(bundle_dir, artifact_path, f"{path} lies outside the bundle")
+    return path
+
+
+def _check_sha256(bundle: Bundle, artifact_path: str, sha: str) -> None:
+    """AebenchError when ``sha`` is not the sha256 run.json lists for the artifact."""
+    if sha != bundle.artifact_sha256.get(artifact_path):
+        raise _not_own(bundle.path, artifact_path, "its bytes do not match the sha256 run.json lists for it")
+
+
+def _not_own(bundle_dir: Path, artifact_path: str, why: str) -> AebenchError:
+    """The one line for an artifact that is not the bundle's own regular file."""
+    return AebenchError(
+        f"{bundle_dir}: artifact {artifact_path!r}: {why}; aebench sends only the bundle's own regular files, "
+        "so nothing of this run was logged and the bundle is kept as it is"
+    )
+
+
+@contextmanager
+def staged_artifacts(bundle: Bundle) -> Iterator[dict[str, Path]]:
+    """Artifact path -> a private copy of the artifact (same file name), for the block: each
+    copied without following a link and checked against the sha256 run.json lists, so what is
+    sent is what the bundle recorded even if the bundle changes after read_bundle."""
+    with tempfile.TemporaryDirectory(prefix="aebench-artifacts-") as staging:
+        staged = {}
+        for number, artifact_path in enumerate(sorted(bundle.record.artifacts)):
+            folder = own_folder(Path(staging) / str(number))
+            copy = folder / PurePosixPath(artifact_path).name
+            _check_sha256(bundle, artifact_path, copy_file(_artifact_file(bundle.path, artifact_path), copy))
+            staged[artifact_path] = copy
+        yield staged
 
 
 def _read_writer(data: object) -> Optional[Writer]:
@@ -335,45 +402,46 @@ def find_bundles(path: Path) -> list[Path]:
 
 def _looks_like_bundle(run_file: Path) -> bool:
     try:
-        data = json.loads(run_file.read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_text(run_file))
+    except (OSError, ValueError, AebenchError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT and "bundle_id" in data
 
 
 def note_logged(bundle_dir: Path, destination: dict) -> None:
-    """Record in logged.json where the bundle went (one entry per tracking URI)."""
+    """Record in logged.json where the bundle went (one entry per tracking URI); AebenchError
+    when logged.json is a link."""
     path = Path(bundle_dir) / LOGGED_FILE
+    refuse_link(path)
     try:
-        entries = json.loads(path.read_text()) if path.is_file() else {}
+        entries = json.loads(read_text(path)) if path.is_file() else {}
     except ValueError:
         entries = {}
+    entries = entries if isinstance(entries, dict) else {}
     entries[destination["tracking_uri"]] = destination
-    tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(json.dumps(entries, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(entries, indent=1) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
         # only a note: MLflow's run tags are what make logging again find this run
 
 
 def _copy_if_changed(source: Path, target: Path) -> str:
+    """Copy the regular file ``source`` to ``target`` unless ``target`` holds its bytes already;
+    the sha256 of the artifact. Neither is read or written through a link."""
     if not source.is_file():
         raise AebenchError(f"artifact {source}: no such file")
-    sha = file_sha256(source)
-    if not (target.is_file() and file_sha256(target) == sha):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        try:
-            shutil.copyfile(source, tmp)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
-    return sha
+    sha = regular_sha256(source)
+    return sha if _sha256_or_none(target) == sha else copy_file(source, target)
+
+
+def _sha256_or_none(path: Path) -> Optional[str]:
+    """sha256 of the regular file ``path``; None when it is missing, a link or not a regular file."""
+    try:
+        return regular_sha256(path)
+    except (OSError, AebenchError):
+        return None
 
 
 def _safe_relative(artifact_path: str) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from aebench.errors import AebenchError
-from aebench.track.bench_run import LOSS_METRIC, STEPS_RUN
+from aebench.track.bench_run import LOSS_METRIC, STABILITY_TAG, STEPS_RUN, UNSTABLE_REASON_TAG
 from aebench.track.tracking import KINDS, open_client, redact, resolve_tracking_uri, run_kind, server_silence
 
 KEYS = ("spec", "mode", "dtype")  # the row key of a training (and of runs of no known kind)
@@ -98,6 +98,8 @@ def fetch_runs(tracking_uri: Optional[str] = None, experiment: Optional[str] = N
                 **{key: tags.get(key, "") for key in RUN_KEYS},
                 "batch_size": run.data.params.get("batch_size", "") if kind == "bench" else "",
                 "precision": tags.get("precision", "") if kind == "bench" else "",
+                STABILITY_TAG: tags.get(STABILITY_TAG, ""),
+                UNSTABLE_REASON_TAG: tags.get(UNSTABLE_REASON_TAG, ""),
                 "params": _params(client, run, kind),
                 **run.data.metrics,
             }
@@ -179,6 +181,18 @@ def setting_warnings(settings) -> list[str]:
     return lines
 
 
+def unstable_warnings(runs) -> list[str]:
+    """One line per latest bench cell whose step time is unstable (aebench.bench.stability):
+    its time figures and their ratios are not firm."""
+    latest = latest_runs(runs, BENCH_KEYS)
+    lines = []
+    for _, run in latest[latest[STABILITY_TAG] == "unstable"].iterrows():
+        label = group_label(BENCH_KEYS, [run[k] for k in BENCH_KEYS])
+        reason = f" ({run[UNSTABLE_REASON_TAG]})" if run[UNSTABLE_REASON_TAG] else ""
+        lines.append(f"{label}: {run['backend']}'s step time is UNSTABLE{reason}; its time/ figures are not firm")
+    return lines
+
+
 def group_label(names: Sequence[str], values: Sequence[object]) -> str:
     """'SPEC (MODE, DTYPE)' for a row group; a cell's adds 'batch B, PRECISION'."""
     named = dict(zip(names, values))
@@ -242,6 +256,7 @@ def compare(
         for g in groups
     ]
     warnings = [line for g in groups if not g.settings.empty for line in setting_warnings(g.settings)]
+    warnings += [line for g in groups if g.kind == "bench" for line in unstable_warnings(g.runs)]
     return Comparison(head + "\n\n" + "\n\n".join(sections), warnings)
 
 

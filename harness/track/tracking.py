@@ -14,6 +14,15 @@ that process runs, it is left for later (status ``running``). A new SQLite store
 and migrated under an inter-process lock (``<db>.lock`` beside the database), so processes
 that log to one new store at once do not race through MLflow's schema migrations.
 
+Deadlines: nothing waits on MLflow without one. A SQLite store that cannot be used (a folder,
+a file that is not a database, a folder that takes no new file) is found before MLflow opens
+it (store_problem), and the run is kept. A server's /health request has HEALTH_DEADLINE_S in
+all, name lookup included, and gets the host name only, never the URI's user or password;
+each MLflow call to a server (or database server) has call_deadline_s() in all, retries
+included: $MLFLOW_HTTP_REQUEST_TIMEOUT, else 15 s. A server past a deadline is "hung" (the
+outcome's ``hung``): a campaign or an ``aebench log`` of many bundles keeps the rest without
+trying it again. Messages show URIs through redact and never quote a password.
+
 Grouping: one experiment per spec for train runs (``aebench/<spec>``) and one per campaign for
 bench cells (``aebench-bench/<campaign>``), and the tags ``spec``, ``backend``, ``framework``,
 ``mode``, ``dtype``, ``precision`` on every run, which the MLflow UI filters and groups by.
@@ -32,17 +41,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from aebench.environment import spec_sha256
+from aebench.errors import AebenchError
 from aebench.spec.types import Spec
 from aebench.track.bundle import (
     STALE_AFTER_S,
@@ -52,6 +65,7 @@ from aebench.track.bundle import (
     now_ms,
     read_bundle,
     release_space,
+    staged_artifacts,
     write_bundle,
     writer_gone,
 )
@@ -73,14 +87,25 @@ KINDS = tuple(EXPERIMENT_PREFIXES)
 # values: mlflow/server/js, enum of experiment kinds (custom_model_development, genai_development, ...)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-HEALTH_TIMEOUT_S = 3.0
+HEALTH_DEADLINE_S = 5.0
+"""Seconds for the whole /health request, name lookup included. A server answers it in
+milliseconds; 5 s leaves room for a slow lookup and connect, and is all a server that is down
+or hung costs a run."""
+REQUEST_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 # MLflow's REST client retries 7 times with exponential backoff (minutes) before giving up;
 # a server that is down should cost seconds. Used only where the user has not set them.
+# REQUEST_TIMEOUT_ENV also bounds each MLflow call to a server as a whole (call_deadline_s).
+# MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT: MLflow prints each ended run's address, the tracking
+# URI's password included; aebench prints its own line (redact, runs_table_url).
 HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    REQUEST_TIMEOUT_ENV: "15",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value (older servers); a reason is cut to it
+_T = TypeVar("_T")
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000  # per log_batch call (MLflow's limits)
 
 
@@ -93,7 +118,9 @@ class LogOutcome:
     ``kept`` (not logged: ``reason`` says why; the bundle holds the whole run) or ``running``
     (not logged: the process writing the bundle still runs; ``reason`` names it).
     ``final_status``: the MLflow status the run was given (KILLED for a RUNNING bundle whose
-    process is gone).
+    process is gone), or for a kept bundle the status it holds. ``hung``: the tracking server
+    passed a deadline (ServerHung); whoever logs more runs in the same campaign or command
+    keeps them without trying it again (``not_tried`` of record and log_bundle).
     """
 
     status: str
@@ -103,6 +130,7 @@ class LogOutcome:
     experiment_id: Optional[str] = None
     reason: str = ""
     final_status: str = ""
+    hung: bool = False
 
     @property
     def logged(self) -> bool:
@@ -128,6 +156,13 @@ class LogOutcome:
         return f"{verb} MLflow run {self.run_id}{ended} {where}" + (f"; runs table: {page}" if page else "")
 
 
+class ServerHung(AebenchError):
+    """A tracking server took longer than its deadline to answer (it may be trickling bytes or
+    hung). Exit code 1: nothing is wrong with the user's input."""
+
+    exit_code = 1
+
+
 def resolve_tracking_uri(explicit: Optional[str] = None) -> str:
     """``explicit`` (--tracking-uri), else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
     return explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
@@ -151,15 +186,18 @@ def runs_table_url(server: str, experiment_id: str) -> str:
     return f"{redact(server).rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def record(run: RunRecord, bundle_dir: Path, tracking_uri: Optional[str] = None, log: bool = True) -> LogOutcome:
+def record(
+    run: RunRecord, bundle_dir: Path, tracking_uri: Optional[str] = None, log: bool = True, not_tried: str = ""
+) -> LogOutcome:
     """Write ``run`` as a bundle in ``bundle_dir``, then log it to MLflow.
 
     The bundle is written whatever happens next (bundle.write_bundle), so no result depends
     on MLflow. Then, with ``log`` true, it is logged to ``resolve_tracking_uri(tracking_uri)``
     (log_bundle: idempotent, never raises for an MLflow that is missing, unreachable or
-    failing: the outcome is ``kept`` with the reason). Call it again with the same record
-    (same bundle_id) after adding metrics or artifacts, and the same MLflow run is completed.
-    Raises AebenchError only for a record that cannot be written (a missing artifact file).
+    failing: the outcome is ``kept`` with the reason; ``not_tried``: see log_bundle). Call it
+    again with the same record (same bundle_id) after adding metrics or artifacts, and the same
+    MLflow run is completed. Raises AebenchError only for a record that cannot be written (a
+    missing artifact file).
 
     A benchmark cell, for example::
 
@@ -176,19 +214,24 @@ def record(run: RunRecord, bundle_dir: Path, tracking_uri: Optional[str] = None,
     """
     write_bundle(run, bundle_dir)
     if not log:
-        return LogOutcome(
-            "kept", Path(bundle_dir), resolve_tracking_uri(tracking_uri), reason="MLflow logging switched off"
-        )
-    return log_bundle(bundle_dir, tracking_uri)
+        uri = resolve_tracking_uri(tracking_uri)
+        return LogOutcome("kept", Path(bundle_dir), uri, reason="MLflow logging switched off", final_status=run.status)
+    return log_bundle(bundle_dir, tracking_uri, not_tried)
 
 
-def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None) -> LogOutcome:
+def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None, not_tried: str = "") -> LogOutcome:
     """Log the bundle in ``bundle_dir`` to MLflow; safe to repeat (see the module docstring).
 
     Raises AebenchError for a folder that is not a readable bundle; every MLflow problem
     becomes a ``kept`` outcome with the reason. A RUNNING bundle whose process still runs is
     left alone (a ``running`` outcome); one whose process is gone (bundle.writer_gone: killed,
     or out of space) becomes a KILLED MLflow run with everything measured until then.
+
+    Nothing waits without a deadline: an unusable SQLite store is found before MLflow opens it
+    (store_problem), a server's /health request has HEALTH_DEADLINE_S in all and each MLflow
+    call to a server call_deadline_s(); a server past a deadline gives a kept outcome with
+    ``hung`` set. ``not_tried`` (not_tried_again of such an outcome): MLflow is not contacted,
+    the bundle is kept with that reason.
     """
     uri = resolve_tracking_uri(tracking_uri)
     bundle = read_bundle(Path(bundle_dir))
@@ -196,16 +239,23 @@ def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None) -> LogOutco
         if not writer_gone(bundle):
             return LogOutcome("running", bundle.path, uri, reason=_still_written(bundle))
         bundle = _as_killed(bundle)
+    if not_tried:
+        return _kept(bundle, uri, not_tried)
     try:
         import mlflow  # noqa: F401
     except ImportError:
         return _kept(bundle, uri, "MLflow is not installed; pip install 'aebench[tracking]'")
-    silent = server_silence(uri)
+    problem = store_problem(uri)
+    if problem:
+        return _kept(bundle, uri, problem)
+    silent, hung = server_health(uri)
     if silent:
-        return _kept(bundle, uri, silent)
+        return _kept(bundle, uri, silent, hung)
     with _bounded_http_retries():
         try:
             outcome = _log(bundle, uri)
+        except ServerHung as exc:
+            return _kept(bundle, uri, str(exc), hung=True)
         except Exception as exc:  # noqa: BLE001 - any MLflow failure keeps the bundle for later
             return _kept(bundle, uri, f"MLflow at {redact(uri)} failed: {_one_line(exc)}")
     note_logged(
@@ -219,6 +269,12 @@ def log_bundle(bundle_dir: Path, tracking_uri: Optional[str] = None) -> LogOutco
         },
     )
     return outcome
+
+
+def not_tried_again(hung: LogOutcome) -> str:
+    """The reason a later bundle is kept without trying the server that ``hung`` found hung
+    (one line naming it), for ``not_tried`` of record and log_bundle."""
+    return f"not tried again: {hung.reason}, for an earlier run"
 
 
 def _still_written(bundle: Bundle) -> str:
@@ -239,7 +295,7 @@ def _as_killed(bundle: Bundle) -> Bundle:
         end_time=bundle.updated_ms,
         tags={
             **bundle.record.tags,
-            END_REASON_TAG: f"the run stopped while RUNNING: {writer} was gone when the bundle was logged",
+            **end_tags("KILLED", f"the run stopped while RUNNING: {writer} was gone when the bundle was logged"),
         },
     )
     with contextlib.suppress(OSError):  # a bundle in a read-only folder keeps it
@@ -259,7 +315,7 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.with_name(path.name + ".lock"), "a")
+        lock = open(_lock_path(path), "a")
     except OSError:
         yield
         return
@@ -279,39 +335,203 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(path) if path and path != ":memory:" else None
 
 
+def _lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
+
+
+def store_problem(uri: str, writing: bool = True) -> str:
+    """Why the SQLite store of a ``sqlite:///PATH`` URI cannot be used, in one line ("" where it
+    can, and for any other URI): PATH is a folder, not a regular file, unreadable or not an
+    SQLite database, or (``writing``) its folder cannot be made or takes no new file (SQLite
+    writes its journal beside the database; the file tried is store_lock's lock). MLflow retries
+    a store it cannot open for about two minutes, with a warning each time; this answers at once."""
+    path = sqlite_path(uri)
+    if path is None:
+        return ""
+    problem = _not_a_database(path) if path.exists() or path.is_symlink() else ""
+    if not problem and writing:
+        problem = _unwritable(path)
+    return f"the MLflow store {os.path.abspath(path)} {problem}" if problem else ""
+
+
+def _not_a_database(path: Path) -> str:
+    if path.is_dir():
+        return "is a folder, not a database file"
+    if not path.is_file():
+        return "is not a regular file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return "is not an SQLite database" if head and head != SQLITE_HEADER else ""
+
+
+def _unwritable(path: Path) -> str:
+    folder = Path(os.path.abspath(path.parent))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be made: its folder {folder} cannot be made ({exc.strerror})"
+    try:
+        open(_lock_path(path), "a").close()
+    except OSError as exc:
+        return f"cannot be written: no file can be made in its folder {folder} ({exc.strerror})"
+    if path.is_file() and not os.access(path, os.R_OK | os.W_OK):
+        return "cannot be written: the file is read-only"
+    return ""
+
+
 def open_client(uri: str) -> Any:
-    """An MlflowClient whose store is open: created and migrated under store_lock (MLflow opens
-    a store at its first call, racing any other process that opens the same new SQLite file)."""
+    """An MlflowClient whose store is open. A SQLite store is checked first (store_problem, read
+    only: AebenchError), then created and migrated under store_lock (MLflow opens a store at its
+    first call, racing any other process that opens the same new SQLite file). For a store
+    reached over a network (an http(s) server, a database server) each call of the client, its
+    making included, ends within call_deadline_s(), else raises ServerHung."""
     from mlflow import MlflowClient
 
+    problem = store_problem(uri, writing=False)
+    if problem:
+        raise AebenchError(problem)
     quiet_mlflow_store_logs()
-    with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    return client
+    if not _over_network(uri):
+        with store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        return client
+    seconds = call_deadline_s()
+    late = f"MLflow at {redact(uri)} did not answer within {seconds:g} s (${REQUEST_TIMEOUT_ENV} sets how long)"
+    bounded = _DeadlineClient(call_within(seconds, lambda: MlflowClient(tracking_uri=uri), late), seconds, late)
+    bounded.search_experiments(max_results=1)
+    return bounded
+
+
+def _over_network(uri: str) -> bool:
+    return urllib.parse.urlsplit(uri).scheme not in ("", "file", "sqlite")
+
+
+def call_deadline_s() -> float:
+    """Seconds one MLflow call to a server may take in all, retries and uploads included:
+    $MLFLOW_HTTP_REQUEST_TIMEOUT (MLflow's own setting, which bounds each socket read) where it
+    is a positive number, else HTTP_LIMITS' value."""
+    try:
+        seconds = float(os.environ.get(REQUEST_TIMEOUT_ENV, ""))
+    except ValueError:
+        seconds = 0.0
+    return seconds if 0 < seconds < math.inf else float(HTTP_LIMITS[REQUEST_TIMEOUT_ENV])
+
+
+def call_within(seconds: float, call: Callable[[], _T], late: str) -> _T:
+    """``call()``, waited for ``seconds`` at most: its result, or its exception raised again;
+    ServerHung(``late``) once the deadline passes. It runs in a daemon thread, because what it
+    waits on (a name lookup, a server sending a byte now and then) takes no deadline of its own;
+    one past the deadline is left to end there, so a server found hung is not to be tried again."""
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["value"] = call()
+        except Exception as exc:  # noqa: BLE001 - raised again in the waiting thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True, name="aebench-tracking-call")
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise ServerHung(late)
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
+
+
+class _DeadlineClient:
+    """An MlflowClient each of whose method calls ends within ``seconds`` (call_within, ServerHung
+    with ``late``); its other attributes pass through."""
+
+    def __init__(self, client: Any, seconds: float, late: str):
+        self._client, self._seconds, self._late = client, seconds, late
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        return functools.partial(self._call, attr) if callable(attr) else attr
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return call_within(self._seconds, functools.partial(method, *args, **kwargs), self._late)
 
 
 def server_silence(uri: str) -> str:
     """Why an http(s) tracking server does not answer its /health endpoint ("" if it answers
-    or the URI is not a server)."""
-    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
-        return ""
+    or the URI is not a server); see server_health."""
+    return server_health(uri)[0]
+
+
+def server_health(uri: str) -> tuple[str, bool]:
+    """(why an http(s) tracking server does not answer /health, whether it was found hung: the
+    request, name lookup included, took over HEALTH_DEADLINE_S); ("", False) where it answers,
+    even with an HTTP error (MLflow will say what is wrong), or the URI is not a server. The
+    request carries no user or password, and name lookup gets the host name alone (health_url)."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S):  # noqa: S310
-            return ""
+        url = health_url(uri)
+    except ValueError as exc:
+        return f"the tracking URI {redact(uri)} is not a server address ({exc})", False
+    if not url:
+        return "", False
+    late = f"the MLflow server at {redact(uri)} did not answer /health within {HEALTH_DEADLINE_S:g} s"
+    try:
+        call_within(HEALTH_DEADLINE_S, functools.partial(_get, url), late)
+    except ServerHung as exc:
+        return str(exc), True
     except urllib.error.HTTPError:
-        return ""  # it answered; MLflow itself will say what is wrong
-    except (urllib.error.URLError, OSError) as exc:
-        return f"the MLflow server at {redact(uri)} does not answer ({getattr(exc, 'reason', exc)})"
+        return "", False
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = hide_password(str(getattr(exc, "reason", exc)), uri)
+        return f"the MLflow server at {redact(uri)} does not answer ({reason})", False
+    return "", False
+
+
+def health_url(uri: str) -> str:
+    """The /health address of an http(s) tracking URI, with no user or password: scheme, host
+    name, port and path only ("" for any other URI). ValueError for one without a host or with a
+    port that is not a number."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return ""
+    if not parts.hostname:
+        raise ValueError("no host name")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+
+
+def _get(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=HEALTH_DEADLINE_S):  # noqa: S310 - http(s) only (health_url)
+        pass
 
 
 def redact(uri: str) -> str:
-    """The URI without a password, for messages and logged.json."""
+    """The URI with its password (or a user name alone, which may be a token) shown as ***, for
+    messages and logged.json."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
         return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def hide_password(text: str, uri: str) -> str:
+    """``text`` (a message that may quote ``uri``, as MLflow's errors do) with the URI's user
+    information, as written and percent-decoded, shown as redact shows it."""
+    parts = urllib.parse.urlsplit(uri)
+    userinfo = parts.netloc.rpartition("@")[0]
+    if not userinfo:
+        return text
+    shown = redact(uri).partition("//")[2].rpartition("@")[0]
+    for secret in sorted({userinfo, urllib.parse.unquote(userinfo)}, key=len, reverse=True):
+        text = text.replace(secret + "@", shown + "@")
+    password = parts.password and urllib.parse.unquote(parts.password)
+    return text.replace(password, "***") if password and len(password) >= 4 else text
 
 
 # ---------------------------------------------------------------- params and tags
@@ -368,6 +588,23 @@ def run_tags(spec: Spec, backend: str, framework: str, mode: str, precision: str
     return tags
 
 
+def end_tags(status: str, reason: str) -> dict[str, str]:
+    """The tag saying why a run ended as ``status``: END_REASON_TAG = ``reason`` (cut to
+    MAX_TAG_CHARS) for a FAILED or KILLED run with a reason, none otherwise. Train runs and
+    bench cells alike carry it, so one filter finds every failure's reason."""
+    if status not in ("FAILED", "KILLED") or not reason:
+        return {}
+    return {END_REASON_TAG: reason[:MAX_TAG_CHARS]}
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line on why a run failed: an AebenchError's own message, else the exception's type
+    and message."""
+    if isinstance(exc, AebenchError):
+        return " ".join(str(exc).split())[:MAX_TAG_CHARS]
+    return _one_line(exc)
+
+
 # ---------------------------------------------------------------- logging
 
 
@@ -404,9 +641,10 @@ def _log(bundle: Bundle, uri: str) -> LogOutcome:
         client.log_batch(run_id, tags=tags[start : start + MAX_TAGS])
     for start in range(0, len(metrics), MAX_METRICS):
         client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS])
-    for artifact_path, source in sorted(rec.artifacts.items()):
-        folder = str(PurePosixPath(artifact_path).parent)
-        client.log_artifact(run_id, str(source), artifact_path=None if folder == "." else folder)
+    with staged_artifacts(bundle) as staged:  # private copies, each checked against run.json's sha256
+        for artifact_path, source in sorted(staged.items()):
+            folder = str(PurePosixPath(artifact_path).parent)
+            client.log_artifact(run_id, str(source), artifact_path=None if folder == "." else folder)
     if rec.status != "RUNNING":
         client.set_terminated(run_id, rec.status, end_time=rec.end_time)
     client.set_tag(run_id, BUNDLE_DIGEST_TAG, bundle.digest)
@@ -452,12 +690,16 @@ def _logged_points(client: Any, run_id: str, keys: set[str]) -> set[tuple[str, i
     return {(key, m.step, m.timestamp) for key in keys for m in client.get_metric_history(run_id, key)}
 
 
-def _kept(bundle: Bundle, uri: str, reason: str) -> LogOutcome:
-    return LogOutcome("kept", bundle.path, uri, reason=reason)
+def _kept(bundle: Bundle, uri: str, reason: str, hung: bool = False) -> LogOutcome:
+    """A ``kept`` outcome; ``reason`` is shown without the URI's password (hide_password)."""
+    return LogOutcome(
+        "kept", bundle.path, uri, reason=hide_password(reason, uri), final_status=bundle.record.status, hung=hung
+    )
 
 
 @contextlib.contextmanager
 def _bounded_http_retries() -> Iterator[None]:
+    """HTTP_LIMITS in os.environ while the block runs, each where the user has not set it."""
     added = {k: v for k, v in HTTP_LIMITS.items() if k not in os.environ}
     os.environ.update(added)
     try:

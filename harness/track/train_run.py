@@ -5,8 +5,14 @@ every epoch (status RUNNING), so a process that dies keeps a bundle that ``aeben
 log. At the end the test-split quality (quality.py), the loss curves and every figure are
 added, and the run is logged with tracking.record (or kept as a bundle where MLflow is
 missing or does not answer). A diverged or interrupted training is logged as FAILED or
-KILLED with everything measured before. The run (tag ``aebench.kind`` = ``train``, experiment
+KILLED with everything measured before, and the reason as the tag ``aebench.end_reason``
+(tracking.end_tags, as bench cells). The run (tag ``aebench.kind`` = ``train``, experiment
 ``aebench/<spec>``) starts when train_tracked is called and ends when its record is ended.
+
+Stopping: Ctrl-C (SIGINT) or, where the command turns it into Terminated, SIGTERM ends the run
+as KILLED. However a run ends, its final status is written to the bundle first, before the
+figures and before MLflow is contacted, so a second signal during that finishing cuts it
+short (TrainingInterrupted) but never leaves the bundle RUNNING.
 
 A disk that fills up (ENOSPC, EDQUOT, or EFBIG under a file size limit) ends the bundle as
 FAILED with the reason, writing nothing more than run.json: the bundle holds a small space
@@ -43,11 +49,13 @@ from aebench.track.bundle import (
     write_bundle,
 )
 from aebench.track.tracking import (
-    END_REASON_TAG,
     EXPERIMENT_PREFIXES,
     KIND_TAG,
     LogOutcome,
+    end_tags,
+    failure_text,
     record,
+    resolve_tracking_uri,
     run_tags,
     spec_params,
 )
@@ -70,13 +78,29 @@ class TrackingOptions:
     quality: QualitySettings = QualitySettings()
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, raised once the run is ended as KILLED: its folder ``out``, the
-    ``epochs`` finished and ``outcome``, what became of its MLflow run."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the handler the ``train`` command installs, so a
+    training stops as on Ctrl-C and its run ends as KILLED."""
 
-    def __init__(self, out: Path, epochs: int, outcome: LogOutcome):
+    signal_name = "SIGTERM"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A training stopped by a signal, raised once its run is ended: its folder ``out``, the
+    ``epochs`` finished, ``outcome`` (what became of its MLflow run; ``final_status`` its
+    status) and ``signal_name``, SIGINT (Ctrl-C) or SIGTERM (Terminated)."""
+
+    def __init__(self, out: Path, epochs: int, outcome: LogOutcome, signal_name: str = "SIGINT"):
         super().__init__(f"interrupted after {epochs} epoch(s); run folder {out}")
-        self.out, self.epochs, self.outcome = out, epochs, outcome
+        self.out, self.epochs, self.outcome, self.signal_name = out, epochs, outcome, signal_name
+
+
+STOPPED = {"SIGINT": "interrupted (SIGINT, Ctrl-C)", "SIGTERM": "terminated (SIGTERM)"}
+
+
+def signal_of(exc: KeyboardInterrupt) -> str:
+    """SIGTERM for Terminated (or a training it stopped), else SIGINT."""
+    return getattr(exc, "signal_name", "SIGINT")
 
 
 def experiment_name(spec: Spec) -> str:
@@ -99,6 +123,8 @@ def train_tracked(
     the bundle folder mlflow_bundle/. Exceptions of train (a diverged loss, Ctrl-C) are
     re-raised after the run is recorded as FAILED or KILLED (Ctrl-C as TrainingInterrupted).
     A full disk raises DiskFull after the run is recorded as FAILED (see the module docstring).
+    A signal during the finishing raises TrainingInterrupted; the bundle holds the run's final
+    status, written first.
     """
     progress = progress or Progress(enabled=False)
     out = Path(out)
@@ -133,7 +159,6 @@ def _train_and_record(
     progress: Progress,
     on_epoch: Optional[Callable[[dict], None]],
 ) -> tuple[list[dict], LogOutcome]:
-    write_bundle(run, bundle_dir)
     rows: list[dict] = []
     quality: dict[str, float] = {}
 
@@ -154,16 +179,24 @@ def _train_and_record(
             )
         quality.update(quality_metrics(backend, model, spec, plan_model(spec), data, settings))
 
+    def finish(status: str, reason: str = "") -> LogOutcome:
+        try:
+            return _finish(run, out, rows, spec, quality, status, reason, bundle_dir, options)
+        except KeyboardInterrupt as exc:
+            raise _stopped_while_finishing(exc, run, out, rows, options.tracking_uri) from exc
+
     try:
+        write_bundle(run, bundle_dir)
         train(spec, backend, data, out, progress=progress, on_epoch=epoch_done, on_trained=trained)
     except KeyboardInterrupt as exc:
-        outcome = _finish(run, out, rows, spec, quality, "KILLED", bundle_dir, options)
-        raise TrainingInterrupted(out, rows[-1]["epoch"] if rows else 0, outcome) from exc
+        epochs, name = (rows[-1]["epoch"] if rows else 0), signal_of(exc)
+        outcome = finish("KILLED", f"{STOPPED[name]} after {epochs} epoch(s)")
+        raise TrainingInterrupted(out, epochs, outcome, name) from exc
     except Exception as exc:
         if disk_full_cause(exc) is None:  # a full disk is ended by train_tracked, writing as little as it can
-            _finish(run, out, rows, spec, quality, "FAILED", bundle_dir, options)
+            finish("FAILED", failure_text(exc))
         raise
-    return rows, _finish(run, out, rows, spec, quality, "FINISHED", bundle_dir, options)
+    return rows, finish("FINISHED")
 
 
 def _end_on_full_disk(run: RunRecord, bundle_dir: Path, out: Path, cause: OSError, options: TrackingOptions) -> str:
@@ -173,7 +206,7 @@ def _end_on_full_disk(run: RunRecord, bundle_dir: Path, out: Path, cause: OSErro
     reason = disk_full_message(cause, out)
     release_space(bundle_dir)
     run.artifacts = copied_artifacts(run, bundle_dir)
-    run.tags[END_REASON_TAG] = reason
+    run.tags.update(end_tags("FAILED", reason))
     run.status, run.end_time = "FAILED", now_ms()
     try:
         outcome = record(run, bundle_dir, options.tracking_uri, log=options.log)
@@ -230,6 +263,27 @@ def epoch_metrics(row: dict) -> dict[str, float]:
     return metrics
 
 
+def _stopped_while_finishing(
+    exc: KeyboardInterrupt, run: RunRecord, out: Path, rows: list[dict], tracking_uri: Optional[str]
+) -> TrainingInterrupted:
+    """What a signal during _finish raises: the bundle holds ``run.status``, written first (or
+    is still RUNNING where the signal came within the milliseconds before that write)."""
+    name = signal_of(exc)
+    reason = f"{STOPPED[name]} while the run was being finished"
+    kept = LogOutcome(
+        "kept", out / BUNDLE_DIR, resolve_tracking_uri(tracking_uri), reason=reason, final_status=run.status
+    )
+    return TrainingInterrupted(out, rows[-1]["epoch"] if rows else 0, kept, name)
+
+
+def _end(run: RunRecord, status: str, reason: str, bundle_dir: Path) -> None:
+    """Write the run's final ``status`` and why it ended (tracking.end_tags) to its bundle now:
+    a quick write (run.json; the artifacts listed so far are copied already)."""
+    run.status, run.end_time = status, now_ms()
+    run.tags.update(end_tags(status, reason))
+    write_bundle(run, bundle_dir)
+
+
 def _finish(
     run: RunRecord,
     out: Path,
@@ -237,9 +291,13 @@ def _finish(
     spec: Spec,
     quality: dict[str, float],
     status: str,
+    reason: str,
     bundle_dir: Path,
     options: TrackingOptions,
 ) -> LogOutcome:
+    """End the run as ``status`` (_end, before anything slow), add quality, curves, figures
+    and files, then record it (bundle, and MLflow unless switched off)."""
+    _end(run, status, reason, bundle_dir)
     last_epoch = rows[-1]["epoch"] if rows else 0
     if quality:
         (out / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
@@ -254,5 +312,4 @@ def _finish(
             run.artifacts[name if name == "spec.yaml" else f"metrics/{name}"] = out / name
     for figure in sorted(out.glob("*.png")):
         run.artifacts[f"figures/{figure.name}"] = figure
-    run.status, run.end_time = status, now_ms()
     return record(run, bundle_dir, options.tracking_uri, log=options.log)
