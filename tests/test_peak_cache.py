@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aebench.bench.peak import Peak, _store, cache_path, read_cache
+from aebench.bench.peak import Peak, _store, cache_path
 
 
 def test_an_unwritable_cache_folder_falls_back_to_the_temporary_folder(
@@ -41,7 +41,6 @@ def test_the_cache_is_never_written_through_a_link(tmp_path: Path) -> None:
     victim.write_text("keep me")
     folder = tmp_path / "cache"
     folder.mkdir()
-    (folder / f".device_peaks.json.{os.getpid()}.tmp").symlink_to(victim)
+    (folder / "device_peaks.json").symlink_to(victim)  # planted where the cache is kept
     peak = _store(folder / "device_peaks.json", "k", Peak(1.0), [])
-    assert victim.read_text() == "keep me" and "not cached" in peak.reason
-    assert read_cache(folder / "device_peaks.json") == {}
+    assert victim.read_text() == "keep me" and "not cached" in peak.reason and "link" in peak.reason

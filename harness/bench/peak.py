@@ -26,9 +26,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from aebench.errors import AebenchError
 from aebench.plugins.backend_api import Backend
 from aebench.plugins.bench_api import Precision
 from aebench.plugins.plugin import PeakModule, Plugin
+from aebench.safe_files import read_text, write_text
 
 REPEATS, BLOCKS = 10, 3
 DETAILS = "details"
@@ -89,10 +91,11 @@ def peak_key(backend: Backend, dtype: str, precision: Precision) -> str:
 
 
 def read_cache(path: Path) -> dict:
-    """The cache's content; {} when it is missing or not a JSON object (it is then rewritten)."""
+    """The cache's content; {} when it is missing, a link, not a regular file or not a JSON object
+    (it is then rewritten, or the peak is used uncached)."""
     try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
+        cache = json.loads(read_text(path))
+    except (OSError, ValueError, AebenchError):
         return {}
     return cache if isinstance(cache, dict) else {}
 
@@ -191,24 +194,17 @@ def _store(path: Path, key: str, peak: Peak, earlier: list[Peak]) -> Peak:
     cache[DETAILS] = details
     try:
         write_cache(path, cache)
-    except OSError as exc:
-        return replace(peak, reason=f"{peak.reason}; not cached ({exc.strerror or exc})")
+    except (OSError, AebenchError) as exc:
+        return replace(peak, reason=f"{peak.reason}; not cached ({getattr(exc, 'strerror', None) or exc})")
     return peak
 
 
 def write_cache(path: Path, cache: dict) -> None:
-    """Write the cache through a temporary file made exclusively (never through a link), then rename it."""
+    """Write the cache atomically, never through a link (aebench.safe_files); OSError or
+    AebenchError when it cannot be written."""
     if not usable_folder(path.parent):
         raise OSError(f"{path.parent} is not a writable folder")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(cache, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(cache, indent=2, sort_keys=True))
 
 
 def device_peak_gflops(plugin: Plugin, backend: Backend, dtype: str, precision: Precision) -> float:
