@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import Any, BinaryIO, Optional
 
 from aebench.errors import AebenchError
 
@@ -36,6 +37,7 @@ FILE_MODE = 0o644
 TEMPORARY_TRIES = 16  # fresh random names tried before a temporary file is given up
 NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 CONTROL_CHARACTERS = frozenset(chr(c) for c in [*range(32), 127])
+MAX_READ_BYTES = 64 << 20  # a file aebench reads back (a record, run.json, a cache) is far smaller
 
 
 def link_refused(path: Path) -> AebenchError:
@@ -137,10 +139,28 @@ def open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def read_text(path: Path) -> str:
-    """The text of the regular file ``path`` (undecodable bytes replaced), never through a link."""
+def read_text(path: Path, limit: int = MAX_READ_BYTES) -> str:
+    """The text of the regular file ``path`` (undecodable bytes replaced), never through a link;
+    AebenchError when it holds more than ``limit`` bytes (nothing aebench writes comes near)."""
     with open_regular(path) as handle:
-        return handle.read().decode(errors="replace")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise AebenchError(f"{path}: larger than {limit / 2**20:g} MiB; not a file aebench wrote")
+    return data.decode(errors="replace")
+
+
+def read_json(path: Path, limit: int = MAX_READ_BYTES) -> Any:
+    """The JSON value of the regular file ``path`` (read as read_text); ValueError when it is not
+    JSON or is nested too deeply to parse."""
+    return parse_json(read_text(path, limit), path)
+
+
+def parse_json(text: str, source: Path) -> Any:
+    """json.loads, with a value nested too deeply for the parser a ValueError naming ``source``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
 
 
 def _temporary_beside(path: Path) -> tuple[int, Path]:

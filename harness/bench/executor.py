@@ -30,7 +30,7 @@ from aebench.bench.identity import cell_settings
 from aebench.bench.parent import parent_environment
 from aebench.bench.store import EXCHANGE_FOLDER, safe_name
 from aebench.plugins.discovery import child_environment
-from aebench.safe_files import fresh_file, own_folder, read_text, refuse_link, write_text
+from aebench.safe_files import fresh_file, own_folder, read_json, read_text, refuse_link, write_text
 
 
 class Executor(TypingProtocol):
@@ -83,7 +83,7 @@ class LocalExecutor:
             write_text(cell_file, cell.to_json())
             failure = self._run_process(cell_file, result_file, log_path)
             if result_file.is_file():
-                return json.loads(read_text(result_file))
+                return read_json(result_file)
         finally:
             shutil.rmtree(exchange, ignore_errors=True)
             remove_if_empty(self.exchange_root)

@@ -30,7 +30,7 @@ from aebench.errors import AebenchError
 from aebench.plugins.backend_api import Backend
 from aebench.plugins.bench_api import Precision
 from aebench.plugins.plugin import PeakModule, Plugin
-from aebench.safe_files import read_text, write_text
+from aebench.safe_files import read_json, write_text
 
 REPEATS, BLOCKS = 10, 3
 DETAILS = "details"
@@ -94,7 +94,7 @@ def read_cache(path: Path) -> dict:
     """The cache's content; {} when it is missing, a link, not a regular file or not a JSON object
     (it is then rewritten, or the peak is used uncached)."""
     try:
-        cache = json.loads(read_text(path))
+        cache = read_json(path)
     except (OSError, ValueError, AebenchError):
         return {}
     return cache if isinstance(cache, dict) else {}

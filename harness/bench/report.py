@@ -44,7 +44,7 @@ from aebench.bench.lock import CampaignBusy, campaign_lock  # noqa: E402
 from aebench.bench.stability import row_stability  # noqa: E402
 from aebench.bench.store import ResultStore  # noqa: E402
 from aebench.errors import AebenchError  # noqa: E402
-from aebench.safe_files import is_name, own_folder, read_text, write_bytes, write_text  # noqa: E402
+from aebench.safe_files import is_name, own_folder, read_json, write_bytes, write_text  # noqa: E402
 
 SETTING = ["batch_size", "dtype", "precision"]
 NAMED_COLUMNS = ["spec", "backend", "mode", *SETTING]  # end up in plot file names and titles
@@ -153,7 +153,12 @@ def environment_line(folder: Path) -> str:
     path = folder / "environment.json"
     if not path.is_file():
         return f"{folder.name}: no environment.json"
-    env = json.loads(read_text(path))
+    try:
+        env = read_json(path)
+    except (ValueError, OSError, AebenchError) as exc:
+        return f"{folder.name}: environment.json not readable ({str(exc)[:200]})"
+    if not isinstance(env, dict) or not isinstance(env.get("versions", {}), dict):
+        return f"{folder.name}: environment.json is not one aebench wrote"
     versions = ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))
     return (
         f"Campaign **{env.get('campaign', folder.name)}**, {env.get('time', '')}: CPU {env.get('cpu')} "
@@ -425,7 +430,7 @@ def save(fig: Figure, path: Path, out: Path) -> str:
 def benchmark_json_sections(path: Path) -> list[Section]:
     """A table per spec from a pytest-benchmark ``--benchmark-json`` file."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         benchmarks = data["benchmarks"]
     except (ValueError, KeyError) as exc:
         raise AebenchError(f"{path}: not a pytest-benchmark JSON file ({exc})") from None

@@ -32,7 +32,16 @@ import pandas as pd
 
 from aebench.bench.lock import LOCK_NAME
 from aebench.errors import AebenchError
-from aebench.safe_files import is_name, open_own, own_folder, read_text, refuse_link, refuse_links, write_text
+from aebench.safe_files import (
+    is_name,
+    open_own,
+    own_folder,
+    read_json,
+    read_text,
+    refuse_link,
+    refuse_links,
+    write_text,
+)
 
 LEGACY_COLUMNS = [
     "key",
@@ -249,7 +258,7 @@ class ResultStore:
 
     def record(self, key: str) -> dict:
         """The full record of one cell (never read through a link)."""
-        return json.loads(read_text(self.record_path(key)))
+        return read_json(self.record_path(key))
 
     def records(self) -> Records:
         """Every readable record in cells/, oldest first (the order their rows were appended), and
@@ -344,7 +353,7 @@ def read_record(path: Path) -> Optional[dict]:
     """A cell record, or None when the file is not one (unparseable, a link, no key, naming
     fields that are not names, or another cell's name)."""
     try:
-        row = json.loads(read_text(path))
+        row = read_json(path)
     except (ValueError, OSError, AebenchError):
         return None
     if not isinstance(row, dict) or naming_problem(row):

@@ -40,3 +40,16 @@ def writable_folder(path: Path, flag: str) -> Path:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise AebenchError(f"{flag}: cannot write to {shown(path)} ({reason})") from None
     return path
+
+
+def writable_file(path: Path, flag: str) -> Path:
+    """``path`` as a file that can be written: not a folder, in a folder that exists and can be
+    written; one line naming ``flag`` otherwise (checked before any work)."""
+    if path.is_dir():
+        raise AebenchError(f"{flag}: {shown(path)} is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise AebenchError(f"{flag}: cannot write {shown(path)} (no folder {shown(folder)})")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise AebenchError(f"{flag}: cannot write {shown(path)} (Permission denied)")
+    return path

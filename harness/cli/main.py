@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
 
-    add_train_arguments(p, positive_int)
+    add_train_arguments(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("check", help="compare the installed backends with the oracle and with each other")

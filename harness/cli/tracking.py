@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from aebench.cli.folders import writable_file
 from aebench.track.bundle import find_bundles
 from aebench.track.compare import compare
 from aebench.track.tracking import KINDS, log_bundle, not_tried_again
@@ -24,6 +25,16 @@ COMPARE_DESCRIPTION = (
 )
 
 
+MAX_NLL_K = 100_000  # importance samples per example: 20x the k = 5000 of the IWAE paper's NLL
+
+
+def nll_k(text: str) -> int:
+    """--nll-k: a whole number from 1 to MAX_NLL_K (each sample decodes every scored example)."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_NLL_K:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_NLL_K:,}, got {text!r}")
+    return int(text)
+
+
 def nll_examples(text: str):
     """--nll-examples: a whole number >= 1, or 'all'."""
     if text == "all":
@@ -33,12 +44,12 @@ def nll_examples(text: str):
     return int(text)
 
 
-def add_train_arguments(p: argparse.ArgumentParser, positive_int) -> None:
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The tracking flags of ``aebench train``."""
     p.add_argument("--tracking-uri", metavar="URI", help=URI_HELP)
     p.add_argument("--no-mlflow", action="store_true", help="write the run bundle only (log it later with aebench log)")
     p.add_argument(
-        "--nll-k", type=positive_int, metavar="K", help="importance samples per example for the VAE NLL (default 200)"
+        "--nll-k", type=nll_k, metavar="K", help="importance samples per example for the VAE NLL (default 200)"
     )
     p.add_argument(
         "--nll-examples",
@@ -76,6 +87,9 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the comparison; a warning line on stderr for each setting that differs between runs side by side."""
+    for flag, path in (("--csv", args.csv), ("--markdown", args.markdown)):
+        if path:
+            writable_file(Path(path), flag)
     comparison = compare(args.tracking_uri, args.experiment, args.metrics or (), args.csv, args.markdown, args.kind)
     for warning in comparison.warnings:
         print(f"aebench: warning: {warning}", file=sys.stderr)

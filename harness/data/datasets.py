@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,18 +79,37 @@ def read_mnist_npz(path: Path) -> dict[str, np.ndarray]:
     """The four arrays of a Keras-layout mnist.npz, checked; DataError naming the file otherwise."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            check_npz_size(path, npz)
             arrays = {key: npz[key] for key in _MNIST_LAYOUT if key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable npz file ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable npz file ({type(exc).__name__}: {str(exc)[:200]})") from None
     for key, shape in _MNIST_LAYOUT.items():
         if key not in arrays:
             raise DataError(f"{path}: {key}: missing; a Keras-layout mnist.npz holds {', '.join(_MNIST_LAYOUT)}")
-        if arrays[key].shape[1:] != shape or arrays[key].dtype != np.uint8:
+        if arrays[key].ndim != 1 + len(shape) or arrays[key].shape[1:] != shape or arrays[key].dtype != np.uint8:
             raise DataError(
                 f"{path}: {key}: expected uint8 of shape (N, {', '.join(map(str, shape))}), "
                 f"got {arrays[key].dtype} {arrays[key].shape}"
             )
+        if len(arrays[key]) == 0:
+            raise DataError(f"{path}: {key}: holds no examples")
     return arrays
+
+
+MAX_NPZ_MEMBERS = 16  # a Keras-layout mnist.npz holds 4 arrays
+MAX_NPZ_BYTES = 1 << 30  # uncompressed; the full MNIST is 55 MB, so 1 GiB refuses only a bomb
+
+
+def check_npz_size(path: Path, npz: object) -> None:
+    """DataError when an npz holds more members or more uncompressed bytes than MNIST could
+    (a zip bomb is refused before anything is expanded)."""
+    members = getattr(npz, "zip", None)
+    infos = members.infolist() if members is not None else []
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise DataError(f"{path}: holds {len(infos)} arrays; a Keras-layout mnist.npz holds 4")
+    size = sum(info.file_size for info in infos)
+    if size > MAX_NPZ_BYTES:
+        raise DataError(f"{path}: expands to {size / 2**30:.1f} GiB; MNIST is 55 MB (refused, nothing expanded)")
 
 
 def load_dataset(spec: Spec, mnist_path: Optional[str | Path] = None) -> Dataset:

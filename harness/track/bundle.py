@@ -54,6 +54,8 @@ from aebench.safe_files import (
     fresh_file,
     own_folder,
     own_folders,
+    parse_json,
+    read_json,
     read_text,
     refuse_link,
     regular_sha256,
@@ -298,7 +300,7 @@ def read_bundle(bundle_dir: Path) -> Bundle:
         )
     try:
         text = read_text(run_file)
-        data = json.loads(text)
+        data = parse_json(text, run_file)
         if data.get("format") != FORMAT:
             raise AebenchError(f"{run_file}: format: {data.get('format')!r}; this aebench reads format {FORMAT}")
         hashes = {str(path): str(sha) for path, sha in dict(data["artifacts"]).items()}
@@ -402,7 +404,7 @@ def find_bundles(path: Path) -> list[Path]:
 
 def _looks_like_bundle(run_file: Path) -> bool:
     try:
-        data = json.loads(read_text(run_file))
+        data = read_json(run_file)
     except (OSError, ValueError, AebenchError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT and "bundle_id" in data
@@ -414,7 +416,7 @@ def note_logged(bundle_dir: Path, destination: dict) -> None:
     path = Path(bundle_dir) / LOGGED_FILE
     refuse_link(path)
     try:
-        entries = json.loads(read_text(path)) if path.is_file() else {}
+        entries = read_json(path) if path.is_file() else {}
     except ValueError:
         entries = {}
     entries = entries if isinstance(entries, dict) else {}

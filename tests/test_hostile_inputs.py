@@ -1,0 +1,119 @@
+"""Files aebench reads but did not write are read within bounds (issue 18, items 6 and 11): a
+corrupt, half-written or bomb npz, an npz without test images, JSON nested too deeply or too
+large, and an environment.json of the wrong shape are each one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aebench.bench.report import environment_line
+from aebench.bench.store import read_record
+from aebench.data import datasets
+from aebench.errors import AebenchError, DataError
+from aebench.safe_files import read_json, read_text
+from aebench.track.bundle import read_bundle
+
+DEEP = "[" * 200_000 + "]" * 200_000  # deeper than Python's parser recursion allows
+
+
+def mnist_arrays(test_images: int = 3) -> dict[str, np.ndarray]:
+    return {
+        "x_train": np.zeros((5, 28, 28), np.uint8),
+        "y_train": np.zeros(5, np.uint8),
+        "x_test": np.zeros((test_images, 28, 28), np.uint8),
+        "y_test": np.zeros(test_images, np.uint8),
+    }
+
+
+def test_a_corrupt_or_half_written_npz_is_one_line(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.npz"
+    np.savez_compressed(whole, **mnist_arrays())
+    half = tmp_path / "half.npz"
+    half.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    for path in (half, garbage):
+        with pytest.raises(DataError, match=r"not a readable npz file"):
+            datasets.read_mnist_npz(path)
+
+
+def test_an_npz_without_test_images_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "empty_test.npz"
+    np.savez(path, **mnist_arrays(test_images=0))
+    with pytest.raises(DataError, match=r"x_test: holds no examples"):
+        datasets.read_mnist_npz(path)
+
+
+def test_an_npz_bomb_is_refused_before_it_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, **mnist_arrays())  # 8 KB of pixels compress to almost nothing
+    monkeypatch.setattr(datasets, "MAX_NPZ_BYTES", 4096)  # as a 17 GiB npz is to the real 1 GiB bound
+    with pytest.raises(DataError, match=r"expands to .* GiB; MNIST is 55 MB \(refused, nothing expanded\)"):
+        datasets.read_mnist_npz(path)
+    many = tmp_path / "many.npz"
+    with zipfile.ZipFile(many, "w") as archive:
+        for i in range(datasets.MAX_NPZ_MEMBERS + 1):
+            archive.writestr(f"a{i}.npy", b"")
+    with pytest.raises(DataError, match=r"holds 17 arrays"):
+        datasets.read_mnist_npz(many)
+
+
+def test_json_nested_too_deeply_or_too_large_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_json(deep)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps("x" * 2048))
+    with pytest.raises(AebenchError, match="larger than"):
+        read_text(big, limit=1024)
+
+
+def test_a_deeply_nested_cell_record_is_not_a_record(tmp_path: Path) -> None:
+    path = tmp_path / "vae_toy__torch__eager__16__spec__ieee-fp32.json"
+    path.write_text(DEEP)
+    assert read_record(path) is None  # reported as damaged, no RecursionError
+
+
+def test_a_deeply_nested_run_json_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(DEEP)
+    with pytest.raises(AebenchError, match=r"run.json: not a readable run bundle \(ValueError: .*nested too deeply"):
+        read_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"versions": "torch"}', "{", DEEP])
+def test_an_environment_json_of_the_wrong_shape_is_one_line_of_the_report(tmp_path: Path, text: str) -> None:
+    (tmp_path / "environment.json").write_text(text)
+    line = environment_line(tmp_path)
+    assert line.startswith(f"{tmp_path.name}: environment.json") and "\n" not in line
+
+
+def exit_code(argv: list[str]) -> int:
+    """``aebench ARGV`` in this process: its exit code (argparse's errors exit by SystemExit)."""
+    from aebench.cli.main import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def test_compare_refuses_an_output_it_cannot_write_before_it_reads_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"sqlite:///{tmp_path / 'never.db'}"
+    assert exit_code(["compare", "--tracking-uri", store, "--csv", str(tmp_path)]) == 2
+    assert "--csv: " in (err := capsys.readouterr().err) and "is a folder" in err
+    assert exit_code(["compare", "--tracking-uri", store, "--markdown", str(tmp_path / "no" / "t.md")]) == 2
+    assert "--markdown: cannot write" in capsys.readouterr().err
+    assert not (tmp_path / "never.db").exists()  # refused before MLflow opened the store
+
+
+def test_an_nll_k_beyond_any_use_is_refused_before_training(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(["train", "vae_toy", "--backend", "torch", "--nll-k", "2000000000"]) == 2
+    assert "--nll-k: must be a whole number from 1 to 100,000" in capsys.readouterr().err
