@@ -117,3 +117,21 @@ def test_compare_refuses_an_output_it_cannot_write_before_it_reads_anything(
 def test_an_nll_k_beyond_any_use_is_refused_before_training(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_code(["train", "vae_toy", "--backend", "torch", "--nll-k", "2000000000"]) == 2
     assert "--nll-k: must be a whole number from 1 to 100,000" in capsys.readouterr().err
+
+
+def test_a_number_that_does_not_fit_the_dtype_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("extends: vae_toy\noptimizer: {learning_rate: 1.0e308}\n")
+    assert exit_code(["validate", str(spec)]) == 2
+    assert "optimizer.learning_rate: 1e+308 does not fit float32 (largest 3.403e+38)" in capsys.readouterr().err
+    spec.write_text("extends: vae_toy\noptimizer: {learning_rate: 1.0e308}\ndtype: float64\n")
+    assert exit_code(["validate", str(spec)]) == 0
+
+
+def test_labels_beyond_num_classes_are_one_line() -> None:
+    labels = np.array([0, 3, 9])
+    assert datasets.one_hot(labels, 10).tolist()[1] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(
+        DataError, match=r"num_classes: 2 classes, but the data's labels run from 0 to 9; allowed: at least 10"
+    ):
+        datasets.one_hot(labels, 2)

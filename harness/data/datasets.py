@@ -162,7 +162,18 @@ def height_weight(cfg: HeightWeight) -> Dataset:
 
 
 def one_hot(labels: Optional[np.ndarray], num_classes: int) -> Optional[np.ndarray]:
-    return None if labels is None else np.eye(num_classes)[labels]
+    """Labels as one-hot rows of ``num_classes`` (None without labels); DataError when a label
+    does not fit (model.conditioning.num_classes fewer than the data's classes)."""
+    if labels is None:
+        return None
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"model.conditioning.num_classes: {num_classes} classes, but the data's labels run from "
+            f"{labels.min()} to {labels.max()}; allowed: at least {labels.max() + 1}"
+        )
+    rows = np.zeros((len(labels), num_classes))
+    rows[np.arange(len(labels)), labels] = 1.0
+    return rows
 
 
 def fetch_mnist(dest: Optional[Path] = None, url: str = MNIST_URL, timeout: float = 10.0) -> Path:

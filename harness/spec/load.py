@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
+import numpy as np
+
 from aebench.errors import SpecError
 from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
 from aebench.spec.shapes import check_memory_fits, plan_model
@@ -76,6 +78,7 @@ def load_spec(name_or_path: str | Path) -> Spec:
     parser = Parser(str(path))
     spec = parser.parse_dataclass(Spec, merged, "")
     _check_consistency(parser, spec)
+    _check_representable(parser, spec.to_dict(), spec.dtype)
     check_memory_fits(spec, str(path), plan_model(spec, file=str(path)))
     return spec
 
@@ -168,6 +171,20 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 def _retagged(base: dict, override: dict) -> bool:
     return any(tag in override and override[tag] != base.get(tag) for tag in _TAGS)
+
+
+def _check_representable(p: Parser, value: object, dtype: str, path: str = "") -> None:
+    """Every number of the resolved spec fits the spec's dtype (a learning rate of 1e308 is
+    infinite in float32, and the frameworks fail on it in their own ways)."""
+    largest = float(np.finfo(dtype).max)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_representable(p, item, dtype, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_representable(p, item, dtype, f"{path}[{i}]")
+    elif isinstance(value, float) and abs(value) > largest:
+        p.fail(path, f"{value:g} does not fit {dtype} (largest {largest:.4g})")
 
 
 def _check_consistency(p: Parser, spec: Spec) -> None:
