@@ -77,6 +77,8 @@ def own_folder(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise AebenchError(f"{path}: is not a folder; aebench keeps a folder of its own here") from None
+    except OSError as exc:  # a file above it, no permission, a read-only place
+        raise AebenchError(f"{path}: cannot make this folder ({exc.strerror or exc})") from None
     refuse_link(path)  # made a link between the look and the mkdir
     return path
 

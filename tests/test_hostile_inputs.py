@@ -135,3 +135,24 @@ def test_labels_beyond_num_classes_are_one_line() -> None:
         DataError, match=r"num_classes: 2 classes, but the data's labels run from 0 to 9; allowed: at least 10"
     ):
         datasets.one_hot(labels, 2)
+
+
+def test_an_unknown_tracking_scheme_and_an_unusable_merge_out_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(["compare", "--tracking-uri", "foo://bar"]) == 2
+    assert "foo://bar: not a tracking URI; allowed schemes: file, sqlite, http" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    plain.write_text("a file")
+    assert exit_code(["merge", str(tmp_path), "--out", str(plain)]) == 2
+    assert f"--out: {plain} is a file, not a folder" in capsys.readouterr().err
+    assert exit_code(["merge", str(tmp_path), "--out", str(plain / "below")]) == 2
+    assert "--out: cannot write to" in capsys.readouterr().err
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    from aebench.safe_files import own_folder
+
+    (tmp_path / "plain").write_text("a file")
+    with pytest.raises(AebenchError, match=r"plain/cells: cannot make this folder \(Not a directory\)"):
+        own_folder(tmp_path / "plain" / "cells")

@@ -178,7 +178,9 @@ def cell_summary(row: dict) -> str:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     sources = [Path(s) for s in args.sources]
-    store, conflicts = merge_results(sources, Path(args.out))
+    out = writable_folder(Path(args.out), "--out")
+    with campaign_lock(out):  # no campaign or other merge writes there meanwhile
+        store, conflicts = merge_results(sources, out)
     for conflict in conflicts:
         print(f"{conflict.key}: kept the record of {conflict.kept}, dropped {', '.join(conflict.dropped)}")
     md, page = write_report([store.folder], store.folder)

@@ -390,7 +390,7 @@ def open_client(uri: str) -> Any:
     making included, ends within call_deadline_s(), else raises ServerHung."""
     from mlflow import MlflowClient
 
-    problem = store_problem(uri, writing=False)
+    problem = store_problem(uri, writing=False) or scheme_problem(uri)
     if problem:
         raise AebenchError(problem)
     quiet_mlflow_store_logs()
@@ -404,6 +404,17 @@ def open_client(uri: str) -> Any:
     bounded = _DeadlineClient(call_within(seconds, lambda: MlflowClient(tracking_uri=uri), late), seconds, late)
     bounded.search_experiments(max_results=1)
     return bounded
+
+
+TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def scheme_problem(uri: str) -> str:
+    """One line when ``uri`` has a scheme MLflow cannot track to ("" when it can)."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+    if scheme in TRACKING_SCHEMES or len(scheme) == 1:  # one letter: a Windows drive
+        return ""
+    return f"{redact(uri)}: not a tracking URI; allowed schemes: {', '.join(s for s in TRACKING_SCHEMES if s)}"
 
 
 def _over_network(uri: str) -> bool:
