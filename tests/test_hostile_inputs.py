@@ -156,3 +156,12 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("a file")
     with pytest.raises(AebenchError, match=r"plain/cells: cannot make this folder \(Not a directory\)"):
         own_folder(tmp_path / "plain" / "cells")
+
+
+def test_a_time_budget_spent_before_the_first_cell_is_said_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "--specs", "vae_toy", "--backends", "torch", "--modes", "eager", "--name", "spent"]
+    assert exit_code([*argv, "--results", str(tmp_path), "--max-minutes", "0.00001", "--no-mlflow"]) == 0
+    err = capsys.readouterr().err
+    assert "1 cells not started; the same command resumes them" in err and "no cell is recorded" in err

@@ -149,6 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "the same command resumes them"
             )
         table = store.table()
+        if table.empty:
+            progress.line(f"no cell is recorded in {store.folder} yet: no report")
+            return 0
         md, page = write_report([store.folder], store.folder, say=progress.line)
     failed = table[table["status"] == "failed"]
     progress.line(f"{len(table)} cells recorded in {store.table_path} ({len(failed)} failed); report: {md}, {page}")
