@@ -165,3 +165,26 @@ def test_a_time_budget_spent_before_the_first_cell_is_said_plainly(
     assert exit_code([*argv, "--results", str(tmp_path), "--max-minutes", "0.00001", "--no-mlflow"]) == 0
     err = capsys.readouterr().err
     assert "1 cells not started; the same command resumes them" in err and "no cell is recorded" in err
+
+
+def test_text_in_a_number_field_of_a_campaign_reads_as_missing(tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    from aebench.bench.report import write_report
+    from aebench.bench.store import ResultStore
+
+    folder = tmp_path / "campaign"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "cpu-2026-11-22", folder)
+    store = ResultStore(folder)
+    key = store.table()["key"][0]
+    record = store.record(key)
+    record["median_step_ms"] = "fast"  # the record and its row agree, so nothing is rebuilt
+    store.record_path(key).write_text(json.dumps(record))
+    table = pd.read_csv(folder / "cells.csv", dtype=str, keep_default_na=False)
+    table.loc[table["key"] == key, "median_step_ms"] = "fast"
+    table.to_csv(folder / "cells.csv", index=False)
+    assert pd.isna(store.table().set_index("key").loc[key, "median_step_ms"])
+    md, _ = write_report([folder], tmp_path / "out")
+    assert "## vae_dense" in md.read_text()

@@ -101,6 +101,13 @@ COLUMNS = [
 ]
 """The columns of cells.csv; every other field of a row is kept in its record only."""
 
+TEXT_COLUMNS = frozenset(
+    "key spec backend mode dtype precision optimizer status reason block_step_ms memory_source device versions "
+    "mode_description threads data started peak_measured stability unstable_reason".split()
+)
+NUMBER_COLUMNS = [c for c in COLUMNS if c not in TEXT_COLUMNS]
+"""The columns of cells.csv that hold numbers."""
+
 OLDER_LAYOUTS = (LEGACY_COLUMNS, COLUMNS[: COLUMNS.index("peak_load") + 1])
 """Headers of cells.csv written by earlier aebench versions: read as they are, upgraded before appending."""
 
@@ -233,6 +240,8 @@ class ResultStore:
                 f"{self.table_path}: cannot be read ({reason}); `aebench report {self.folder}` rebuilds it from cells/"
             ) from None
         table = table.reindex(columns=COLUMNS)
+        for column in NUMBER_COLUMNS:  # text in a number field (an edited table) reads as missing
+            table[column] = pd.to_numeric(table[column], errors="coerce")
         return table.drop_duplicates("key", keep="last").reset_index(drop=True)
 
     def recorded(self, retry_failed: bool) -> set[str]:
