@@ -188,3 +188,12 @@ def test_text_in_a_number_field_of_a_campaign_reads_as_missing(tmp_path: Path) -
     assert pd.isna(store.table().set_index("key").loc[key, "median_step_ms"])
     md, _ = write_report([folder], tmp_path / "out")
     assert "## vae_dense" in md.read_text()
+
+
+def test_validate_refuses_fewer_classes_than_mnist_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "two.yaml"
+    spec.write_text("extends: cvae\nmodel: {conditioning: {num_classes: 2}}\n")
+    assert exit_code(["validate", str(spec)]) == 2
+    assert "model.conditioning.num_classes: MNIST's labels are the digits 0-9; allowed: >= 10, got 2" in (
+        capsys.readouterr().err
+    )

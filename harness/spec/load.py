@@ -187,6 +187,9 @@ def _check_representable(p: Parser, value: object, dtype: str, path: str = "") -
         p.fail(path, f"{value:g} does not fit {dtype} (largest {largest:.4g})")
 
 
+MNIST_CLASSES = 10  # the digits 0-9 label MNIST's images
+
+
 def _check_consistency(p: Parser, spec: Spec) -> None:
     """Rules that tie fields together (shapes are checked by shapes.plan_model)."""
     model, loss = spec.model, spec.loss
@@ -219,3 +222,8 @@ def _check_consistency(p: Parser, spec: Spec) -> None:
             p.fail("corruption.clip", f"must be [low, high] with low < high; got [{low:g}, {high:g}]")
     if model.conditional and not isinstance(spec.data, Mnist):
         p.fail("model.conditioning", f"needs labelled data (mnist); {spec.data.name} has no labels")
+    if model.conditional and isinstance(spec.data, Mnist) and model.conditioning.num_classes < MNIST_CLASSES:
+        p.fail(
+            "model.conditioning.num_classes",
+            f"MNIST's labels are the digits 0-9; allowed: >= {MNIST_CLASSES}, got {model.conditioning.num_classes}",
+        )
