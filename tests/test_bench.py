@@ -221,7 +221,8 @@ def test_a_killed_campaign_resumes_with_only_the_missing_cells(tmp_path: Path) -
     after = pd.read_csv(table)
     assert sorted(after["key"]) == sorted(c.key for c in plan_cells(ResumeConfig(cheap_backend())))
     assert after["key"].is_unique  # nothing measured twice
-    pd.testing.assert_frame_equal(after.iloc[: len(before)], before)  # the first rows are untouched
+    # the first rows are untouched (a column empty in them all reads as float there, as text beside later rows)
+    pd.testing.assert_frame_equal(after.iloc[: len(before)], before, check_dtype=False)
     assert (tmp_path / "resume" / "report.md").is_file() and (tmp_path / "resume" / "report.html").is_file()
 
 

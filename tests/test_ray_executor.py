@@ -87,7 +87,7 @@ def test_ray_writes_the_table_of_the_local_executor(ray_address: str, tmp_path: 
     remote = remote_store.table()
     assert len(local) >= 4 and len(remote) == len(local)
     assert sorted(zip(local["key"], local["status"])) == sorted(zip(remote["key"], remote["status"]))
-    assert set(remote.loc[remote["spec"] == "nan_lr", "status"]) == {"failed"}
+    assert set(remote.loc[remote["spec"].str.startswith("nan_lr-"), "status"]) == {"failed"}  # keyed stem-hash
     assert set(remote.loc[remote["spec"] == "vae_toy", "status"]) == {"ok"}
     records = [remote_store.record(key) for key in remote["key"]]
     assert all(Path(r["log"]).is_file() for r in records if "log" in r)
@@ -122,7 +122,7 @@ def test_the_command_line_runs_on_ray_and_resumes_after_the_driver_is_killed(ray
     table = pd.read_csv(table_path)
     planned = 3
     assert len(table) == table["key"].nunique() == planned, table[["key", "status"]]
-    ran_again = [line for line in out.splitlines() if line.startswith("[")]
+    ran_again = [line for line in out.splitlines() if line.startswith("[") and not line.endswith("minute per cell)")]
     assert len(ran_again) == planned - len(done_before), out
 
 

@@ -127,6 +127,12 @@ def test_too_few_blocks_for_a_90_percent_interval_measure_more_and_are_never_fir
     assert few.interval_text() == "10-10 (75%)"
 
 
+def test_blocks_are_moved_to_the_warm_up_only_while_the_budget_leaves_room_for_fresh_ones() -> None:
+    timing = scripted_measure([30.0, 25.0, 20.0, 16.0, 12.0, 11.0], blocks=2)  # budget: 6 blocks
+    assert timing.warmup_block_seconds == () and len(timing.block_step_seconds) == 6
+    assert "still warming up" in timing.stability.reason()
+
+
 def test_a_measured_cell_records_the_machine_load() -> None:
     timing = scripted_measure([10.0] * 7, blocks=7)
     assert timing.load is not None and timing.load.cpus >= 1

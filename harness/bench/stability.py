@@ -161,9 +161,8 @@ def judge(blocks: Sequence[float], load: Optional[MachineLoad] = None) -> Stabil
     enough = interval.level >= MIN_COVERAGE
     if width <= MAX_RELATIVE_WIDTH and enough:
         return Stability(interval, width, True)
-    too_few = (
-        f"only {len(blocks)} blocks: their interval covers the median with {interval.level:.0%} (< {MIN_COVERAGE:.0%})"
-    )
+    counted = f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}"
+    too_few = f"only {counted}: their interval covers the median with {interval.level:.0%} (< {MIN_COVERAGE:.0%})"
     reasons = [] if enough else [too_few]
     if warming_up(blocks):
         reasons.append(f"still warming up (blocks getting faster, trend {trend(blocks):.2f})")

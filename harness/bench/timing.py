@@ -129,8 +129,9 @@ def measure(runner: StepRunner, protocol: Protocol) -> Timing:
     while len(blocks) < protocol.blocks or not judge(blocks).firm:
         if len(blocks) + len(discarded) >= budget or not room_for_block(steps, calls, k, protocol):
             break
-        if len(blocks) >= protocol.blocks and warming_up(blocks):
-            discarded += blocks
+        room = budget - len(blocks) - len(discarded)
+        if len(blocks) >= protocol.blocks and warming_up(blocks) and room >= protocol.blocks:
+            discarded += blocks  # still getting faster: a warm-up, measured afresh while the budget allows
             blocks.clear()
         one_block()
     return Timing(
