@@ -15,7 +15,6 @@ import importlib.resources
 import os
 import socket
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +28,7 @@ from urllib.error import HTTPError
 
 import numpy as np
 
+from aebench.deadline import within
 from aebench.errors import DataError
 from aebench.spec.types import HeightWeight, Mnist, Spec
 
@@ -220,30 +220,22 @@ def is_http_url(url: str) -> bool:
 
 
 def _download_by_deadline(url: str, fd: int, part: Path, deadline: float, timeout: float) -> str:
-    """_download into the open file ``fd`` in a daemon thread, waited for until ``deadline``.
+    """_download into the open file ``fd``, waited for until ``deadline`` (aebench.deadline).
 
-    Socket reads and connects already end at the deadline; the thread bounds what they cannot,
+    Socket reads and connects already end at the deadline; the wait bounds what they cannot,
     above all the host name lookup (getaddrinfo blocks and takes no timeout). A lookup still
     hanging is left behind in its daemon thread, writing, if ever, into a removed file.
     """
-    outcome: dict[str, object] = {}
 
-    def download() -> None:
-        try:
-            with os.fdopen(fd, "wb") as out:
-                outcome["digest"] = _download(url, out, deadline, timeout)
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
-            outcome["error"] = exc
+    def download() -> str:
+        with os.fdopen(fd, "wb") as out:
+            return _download(url, out, deadline, timeout)
 
-    worker = threading.Thread(target=download, daemon=True, name="aebench-fetch-mnist")
-    worker.start()
-    worker.join(max(deadline - time.monotonic(), 0) + _DEADLINE_GRACE_S)
-    if worker.is_alive():
-        size = part.stat().st_size if part.exists() else 0
-        raise _network_error(TimeoutError(), url, timeout, size)
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return str(outcome["digest"])
+    def late() -> BaseException:
+        return _network_error(TimeoutError(), url, timeout, part.stat().st_size if part.exists() else 0)
+
+    seconds = max(deadline - time.monotonic(), 0) + _DEADLINE_GRACE_S
+    return within(seconds, download, late, name="aebench-fetch-mnist")
 
 
 _DEADLINE_GRACE_S = 0.25

@@ -45,7 +45,6 @@ import functools
 import logging
 import math
 import os
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -54,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional, TypeVar
 
+from aebench.deadline import within
 from aebench.environment import spec_sha256
 from aebench.errors import AebenchError
 from aebench.spec.types import Spec
@@ -433,26 +433,10 @@ def call_deadline_s() -> float:
 
 
 def call_within(seconds: float, call: Callable[[], _T], late: str) -> _T:
-    """``call()``, waited for ``seconds`` at most: its result, or its exception raised again;
-    ServerHung(``late``) once the deadline passes. It runs in a daemon thread, because what it
-    waits on (a name lookup, a server sending a byte now and then) takes no deadline of its own;
-    one past the deadline is left to end there, so a server found hung is not to be tried again."""
-    done: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            done["value"] = call()
-        except Exception as exc:  # noqa: BLE001 - raised again in the waiting thread
-            done["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True, name="aebench-tracking-call")
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise ServerHung(late)
-    if "error" in done:
-        raise done["error"]
-    return done["value"]
+    """``call()``, waited for ``seconds`` at most (aebench.deadline): its result, or its exception
+    raised again; ServerHung(``late``) once the deadline passes. A call past the deadline is left
+    to end in its thread, so a server found hung is not to be tried again."""
+    return within(seconds, call, lambda: ServerHung(late), name="aebench-tracking-call")
 
 
 class _DeadlineClient:
