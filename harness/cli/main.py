@@ -34,8 +34,9 @@ from aebench.plugins.plugin import Plugin
 from aebench.plugins.registry import list_backends, load_backend
 from aebench.progress import Progress
 from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
+from aebench.spec.memory import memory_need
 from aebench.spec.schema import did_you_mean
-from aebench.spec.shapes import memory_need, plan_model
+from aebench.spec.shapes import plan_model
 from aebench.spec.types import Mnist
 from aebench.track.train_run import STOPPED, Terminated, TrainingInterrupted, signal_of, train_tracked
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from aebench.errors import SpecError
+from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
-from aebench.spec.shapes import check_memory_fits, plan_model
+from aebench.spec.shapes import plan_model
 from aebench.spec.types import LINEAR, Dense, Gaussian, Mnist, Spec
 from aebench.spec.yamlio import read_mapping
 
