@@ -2,8 +2,15 @@
 
 A host name lookup (getaddrinfo) and a server sending a byte now and then bound each read but
 not the whole request. ``within`` runs such a call in a daemon thread and waits for it at most
-``seconds``: past that it raises the caller's exception and leaves the call to end in its thread
-(nothing can stop a blocked lookup from outside), so the caller must not try that peer again.
+``seconds``: past that it raises the caller's exception and leaves the call to end in its thread.
+
+That thread cannot be cancelled: Python has no way to stop a thread blocked in a lookup or a
+read, so it lingers, holding its socket and what the call allocated, until the peer answers, a
+read's own timeout ends it, or the process exits (a daemon thread does not hold up the exit).
+What bounds the lingering threads is the callers' rule: a peer found past a deadline is not
+tried again by the same command, so each hung peer leaves at most one. The tracking calls keep
+it (LogOutcome.hung: ``aebench log`` and a campaign's cells keep the later bundles without
+trying; train logs one run; compare stops at the first), and fetch-mnist makes one download.
 """
 
 from __future__ import annotations

@@ -37,3 +37,11 @@ class DiskFull(AebenchError):
     file size limit (EFBIG). Exit code 1: nothing is wrong with the user's input."""
 
     exit_code = 1
+
+
+class LayerNotImplemented(AebenchError):
+    """A spec uses a layer kind that a backend has no builder for: 'BACKEND does not implement LAYER'."""
+
+    def __init__(self, backend: str, kind: str, where: str):
+        self.backend, self.kind, self.where = backend, kind, where
+        super().__init__(f"{backend} does not implement layer {kind} ({where})")

@@ -117,8 +117,17 @@ def open_own(path: Path, flags: int) -> int:
     """A descriptor on aebench's own file ``path`` (made when missing and ``flags`` has
     O_CREAT), opened without following a link and never truncated: a lock (O_RDWR|O_CREAT) or
     an appended table (O_WRONLY|O_APPEND|O_CREAT). AebenchError when it is a link, not a
-    regular file, or has another name (a hard link would carry aebench's writes elsewhere)."""
-    return _check_own(_open(path, flags & ~os.O_TRUNC), Path(path), single=True)
+    regular file (a FIFO is refused without waiting for a reader), or has another name (a hard
+    link would carry aebench's writes elsewhere)."""
+    try:
+        fd = _open(path, (flags & ~os.O_TRUNC) | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: a FIFO no process reads, opened for writing only
+            raise
+        raise AebenchError(f"{path}: is not a regular file; aebench does not write through it (remove it)") from None
+    fd = _check_own(fd, Path(path), single=True)
+    os.set_blocking(fd, True)
+    return fd
 
 
 def fresh_file(path: Path) -> int:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from aebench.check import equivalence as eq
+from aebench.layers import kind_of
+from aebench.layers.base import LayerPlan, Where
+from aebench.layers.conv import Conv
+from aebench.layers.conv_transpose import ConvTranspose
 from aebench.plugins.registry import available_backends
 from aebench.spec.load import load_spec
 
@@ -17,6 +23,27 @@ from aebench.spec.load import load_spec
 def case_for(spec_name: str, dtype: str) -> eq.Case:
     """The shipped spec's equivalence case in ``dtype``, built once per test session."""
     return eq.make_case(load_spec(spec_name).replace(dtype=dtype))
+
+
+def oracle_layer(layer: Any, x: np.ndarray, **weights: np.ndarray) -> np.ndarray:
+    """The oracle of one layer (before its activation) on the batch ``x``, planned at x's
+    shape, with its parameters given by role (kernel=..., bias=...)."""
+    kind = kind_of(layer)
+    out_shape, params = kind.plan(layer, x.shape[1:], Where("<test>", "layer", "layer"))
+    plan = LayerPlan("layer", layer, x.shape[1:], out_shape, params)
+    return kind.oracle(plan, {f"layer.{role}": value for role, value in weights.items()}, x)
+
+
+def conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int, padding: str) -> np.ndarray:
+    """The oracle's convolution of x by an HWIO kernel."""
+    layer = Conv("conv", kernel.shape[3], kernel.shape[0], stride, padding)
+    return oracle_layer(layer, x, kernel=kernel, bias=bias)
+
+
+def conv2d_transpose(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int, padding: str) -> np.ndarray:
+    """The oracle's transposed convolution of x by a (kh, kw, out, in) kernel."""
+    layer = ConvTranspose("conv_transpose", kernel.shape[2], kernel.shape[0], stride, padding)
+    return oracle_layer(layer, x, kernel=kernel, bias=bias)
 
 
 def cheap_backend() -> str:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,10 @@ def installed_backend() -> str:
     return name
 
 
-def stopped_training(out: Path, stop: signal.Signals) -> tuple[int, str]:
+def stopped_training(out: Path, stop: signal.Signals, *more: signal.Signals, gap: float = 0.0) -> tuple[int, str]:
     """A real `aebench train vae_toy --no-mlflow` writing to ``out``, sent ``stop`` once its first
-    epoch is reported (3 to 8 s on a 2-core CPU, mostly the framework's import): its exit code
-    and all it wrote to stderr."""
+    epoch is reported (3 to 8 s on a 2-core CPU, mostly the framework's import), then each of
+    ``more`` ``gap`` seconds apart: its exit code and all it wrote to stderr."""
     command = [sys.executable, "-m", "aebench.cli", "train", "vae_toy", "--backend", installed_backend()]
     command += ["--epochs", "1000", "--out", str(out), "--no-mlflow"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out.parent)
@@ -45,6 +46,9 @@ def stopped_training(out: Path, stop: signal.Signals) -> tuple[int, str]:
             seen.append(line)
             if line.startswith("epoch 1:"):
                 proc.send_signal(stop)
+                for then in more:
+                    time.sleep(gap)
+                    proc.send_signal(then)
                 break
         rest = proc.communicate(timeout=120)[1]
     finally:

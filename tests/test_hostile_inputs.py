@@ -5,6 +5,9 @@ large, and an environment.json of the wrong shape are each one line, never a tra
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from aebench.bench.report import environment_line
 from aebench.bench.store import read_record
 from aebench.data import datasets
 from aebench.errors import AebenchError, DataError
-from aebench.safe_files import read_json, read_text
+from aebench.safe_files import MAX_READ_BYTES, open_own, read_json, read_text
 from aebench.track.bundle import read_bundle
 
 DEEP = "[" * 200_000 + "]" * 200_000  # deeper than Python's parser recursion allows
@@ -111,6 +114,9 @@ def test_compare_refuses_an_output_it_cannot_write_before_it_reads_anything(
     assert "--csv: " in (err := capsys.readouterr().err) and "is a folder" in err
     assert exit_code(["compare", "--tracking-uri", store, "--markdown", str(tmp_path / "no" / "t.md")]) == 2
     assert "--markdown: cannot write" in capsys.readouterr().err
+    if Path("/proc/self").is_dir():  # Linux: a folder whose permissions allow what it refuses (root most of all)
+        assert exit_code(["compare", "--tracking-uri", store, "--markdown", "/proc/t.md"]) == 2
+        assert "--markdown: cannot write /proc/t.md (" in capsys.readouterr().err
     assert not (tmp_path / "never.db").exists()  # refused before MLflow opened the store
 
 
@@ -197,3 +203,53 @@ def test_validate_refuses_fewer_classes_than_mnist_has(tmp_path: Path, capsys: p
     assert "model.conditioning.num_classes: MNIST's labels are the digits 0-9; allowed: >= 10, got 2" in (
         capsys.readouterr().err
     )
+
+
+def aebench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aebench.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def plant(table: Path, kind: str) -> None:
+    """Something other than a table aebench wrote, at ``table``."""
+    if kind == "link to /dev/zero":
+        table.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(table)
+    elif kind == "folder":
+        table.mkdir()
+    else:
+        with open(table, "wb") as handle:  # sparse: 64 MiB and a byte more without writing them
+            handle.truncate(MAX_READ_BYTES + 1)
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo", "folder", "over the size cap"])
+def test_a_cells_csv_that_is_not_a_table_aebench_wrote_is_one_line(tmp_path: Path, kind: str) -> None:
+    """Before, a FIFO was taken for a missing table and replaced by a rebuilt one, and a bench
+    appending to it waited for a reader without end."""
+    folder = tmp_path / "campaign"
+    (folder / "cells").mkdir(parents=True)
+    plant(folder / "cells.csv", kind)
+    planted = os.lstat(folder / "cells.csv")
+    proc = aebench("report", str(folder))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"aebench: error: {folder / 'cells.csv'}: "), proc.stderr
+    assert os.lstat(folder / "cells.csv").st_ino == planted.st_ino  # left as it was, not replaced
+
+
+def test_a_campaign_whose_cells_csv_is_a_fifo_is_refused_before_any_cell_runs(tmp_path: Path) -> None:
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "cells.csv")
+    flags = ["--specs", "vae_toy", "--backends", "torch", "--modes", "eager", "--blocks", "2", "--no-mlflow"]
+    proc = aebench("bench", *flags, "--results", str(tmp_path), "--name", "fifo")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == (
+        f"aebench: error: {tmp_path / 'fifo' / 'cells.csv'}: is not a regular file; "
+        "aebench does not write through it (remove it)"
+    )
+    assert not (tmp_path / "fifo" / "cells").exists()
+
+
+def test_appending_to_a_fifo_is_refused_without_waiting_for_a_reader(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "table.csv")
+    with pytest.raises(AebenchError, match="table.csv: is not a regular file"):
+        open_own(tmp_path / "table.csv", os.O_WRONLY | os.O_APPEND | os.O_CREAT)

@@ -194,7 +194,8 @@ def test_a_hung_api_costs_one_deadline_per_campaign_and_per_log(
 ) -> None:
     """/health answers, the API trickles: the first cell waits one call deadline
     ($MLFLOW_HTTP_REQUEST_TIMEOUT, lowered to 2 s here), the next sends nothing and says why;
-    ``aebench log`` of both bundles does the same."""
+    ``aebench log`` of both bundles does the same. The call past its deadline cannot be stopped
+    and lingers in its thread (aebench.deadline): one per campaign, one per log, never one per run."""
     needs_mlflow()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     server = serve("hung-api")
@@ -205,17 +206,25 @@ def test_a_hung_api_costs_one_deadline_per_campaign_and_per_log(
     for row in rows:
         (folder / "cells" / f"{safe_name(row['key'])}.json").write_text(json.dumps(row))
     tracker, cell = CellTracker(uri=f"http://127.0.0.1:{server.port}"), SimpleNamespace(spec="vae_toy")
+    before = set(threading.enumerate())
     first, first_s = finishes_within(20, lambda: tracker(rows[0], cell, folder))
     second, second_s = finishes_within(20, lambda: tracker(rows[1], cell, folder))
     assert "did not answer within 2 s ($MLFLOW_HTTP_REQUEST_TIMEOUT sets how long)" in first and first_s < 5, first
     assert "not tried again: MLflow at http://127.0.0.1:" in second and second_s < 1, second
     assert [path for _, path, _ in server.seen].count("/health") == 1
     assert len(list((folder / "mlflow").glob("*/run.json"))) == 2
+    assert len(lingering(before)) == 1
 
     code, took = finishes_within(20, lambda: main(["log", str(folder / "mlflow"), "--tracking-uri", tracker.uri]))
     lines = capsys.readouterr().out.splitlines()
     assert code == 1 and took < 5 and len(lines) == 2, lines
     assert "did not answer within 2 s" in lines[0] and "not tried again" in lines[1], lines
+    assert len(lingering(before)) == 2
+
+
+def lingering(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The tracking calls left waiting in their threads since ``before``."""
+    return [t for t in threading.enumerate() if t not in before and t.name == "aebench-tracking-call"]
 
 
 @pytest.mark.parametrize("store", ["a folder", "a file that is not a database"])
@@ -275,6 +284,20 @@ def test_sigterm_ends_a_training_as_killed_with_one_line_and_exit_143(tmp_path: 
     bundle = read_bundle(out / "mlflow_bundle")
     assert bundle.record.status == "KILLED"
     assert re.fullmatch(r"terminated \(SIGTERM\) after \d+ epoch\(s\)", bundle.record.tags[END_REASON_TAG])
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.001])
+def test_a_second_signal_milliseconds_after_the_first_still_leaves_the_run_killed(tmp_path: Path, gap: float) -> None:
+    """SIGTERM, then SIGINT ``gap`` seconds later, to a real `aebench train`: before, the second cut
+    the write of the KILLED status short, leaving the bundle RUNNING (every try at 0 and 1 ms),
+    and the one line said only 'terminated (SIGTERM)' or claimed the run ended as KILLED."""
+    out = tmp_path / "run"
+    code, stderr = stopped_training(out, signal.SIGTERM, signal.SIGINT, gap=gap)
+    assert code in (130, 143) and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    folder = re.escape(str(out))
+    assert re.search(rf"after \d+ epochs?: the run folder {folder} is kept, its run ended as KILLED; ", last), last
+    assert read_bundle(out / "mlflow_bundle").record.status == "KILLED"
 
 
 @pytest.fixture(scope="module")

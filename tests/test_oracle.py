@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from cases import conv2d, conv2d_transpose
 
 from aebench.check import oracle
-from aebench.spec.shapes import same_pads
-from aebench.spec.types import KL, Activation, Contractive, Gaussian, Masking, Reconstruction, SaltAndPepper, Sparsity
+from aebench.layers.activations import Activation
+from aebench.layers.conv import same_pads
+from aebench.spec.types import KL, Contractive, Gaussian, Masking, Reconstruction, SaltAndPepper, Sparsity
 
 
 def test_kl_of_a_known_gaussian() -> None:
@@ -47,8 +49,9 @@ def test_sparsity_kl_is_zero_when_every_unit_averages_rho() -> None:
 
 
 def _sigmoid_code_plan(n_in: int, n_code: int):
-    from aebench.spec.shapes import LayerPlan, ModelPlan, Param
-    from aebench.spec.types import Dense
+    from aebench.layers.base import LayerPlan, Param
+    from aebench.layers.dense import Dense
+    from aebench.spec.shapes import ModelPlan
 
     head = LayerPlan(
         "code",
@@ -93,7 +96,7 @@ def test_same_padding_at_stride_2_puts_the_extra_row_and_column_after() -> None:
     assert same_pads(4, 3, 2) == (0, 1)
     assert same_pads(5, 3, 1) == (1, 1)
     x = np.arange(16.0).reshape(1, 4, 4, 1)  # rows [0 1 2 3] [4 5 6 7] [8 9 10 11] [12 13 14 15]
-    out = oracle.conv2d(x, np.ones((3, 3, 1, 1)), np.zeros(1), stride=2, padding="same")
+    out = conv2d(x, np.ones((3, 3, 1, 1)), np.zeros(1), stride=2, padding="same")
     # windows start at rows/cols 0 and 2; the window at 2 covers 2, 3 and one padded zero:
     # [0,0]: 0+1+2+4+5+6+8+9+10 = 45    [0,1]: 2+3+6+7+10+11 = 39
     # [1,0]: 8+9+10+12+13+14 = 66       [1,1]: 10+11+14+15 = 50
@@ -106,14 +109,14 @@ def test_valid_convolution_and_channels_by_hand() -> None:
     kernel = np.zeros((2, 2, 1, 2))
     kernel[0, 0, 0, 0] = 1.0  # channel 0 picks the top-left of each window
     kernel[1, 1, 0, 1] = 1.0  # channel 1 picks the bottom-right
-    out = oracle.conv2d(x, kernel, np.array([0.0, 100.0]), stride=1, padding="valid")
+    out = conv2d(x, kernel, np.array([0.0, 100.0]), stride=1, padding="valid")
     np.testing.assert_array_equal(out[0, :, :, 0], [[0, 1], [3, 4]])
     np.testing.assert_array_equal(out[0, :, :, 1], [[104, 105], [107, 108]])
 
 
 def test_transposed_convolution_same_at_stride_2_by_hand() -> None:
     x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 2, 1)
-    out = oracle.conv2d_transpose(x, np.ones((3, 3, 1, 1)), np.zeros(1), stride=2, padding="same")
+    out = conv2d_transpose(x, np.ones((3, 3, 1, 1)), np.zeros(1), stride=2, padding="same")
     # Each input value is spread over a 3x3 block at (2i, 2j) of a 5x5 canvas, which is cut to 4x4 at (0, 0).
     np.testing.assert_array_equal(out[0, :, :, 0], [[1, 1, 3, 2], [1, 1, 3, 2], [4, 4, 10, 6], [3, 3, 7, 4]])
 
@@ -121,7 +124,7 @@ def test_transposed_convolution_same_at_stride_2_by_hand() -> None:
 def test_transposed_convolution_does_not_flip_the_kernel() -> None:
     x = np.ones((1, 1, 1, 1))
     kernel = np.arange(9.0).reshape(3, 3, 1, 1)
-    out = oracle.conv2d_transpose(x, kernel, np.zeros(1), stride=1, padding="valid")
+    out = conv2d_transpose(x, kernel, np.zeros(1), stride=1, padding="valid")
     np.testing.assert_array_equal(out[0, :, :, 0], np.arange(9.0).reshape(3, 3))
 
 
@@ -129,7 +132,7 @@ def test_transposed_convolution_kernel_is_out_then_in() -> None:
     x = np.array([[[[1.0, 10.0]]]])  # one pixel, two input channels
     kernel = np.zeros((1, 1, 3, 2))  # (kh, kw, out=3, in=2)
     kernel[0, 0] = [[1, 0], [0, 1], [1, 1]]
-    out = oracle.conv2d_transpose(x, kernel, np.zeros(3), stride=1, padding="valid")
+    out = conv2d_transpose(x, kernel, np.zeros(3), stride=1, padding="valid")
     np.testing.assert_array_equal(out[0, 0, 0], [1.0, 10.0, 11.0])
 
 
@@ -163,8 +166,8 @@ def test_corruptions_from_injected_noise() -> None:
 
 
 def test_flatten_walks_height_width_channels() -> None:
-    from aebench.spec.shapes import LayerPlan
-    from aebench.spec.types import Flatten
+    from aebench.layers.base import LayerPlan
+    from aebench.layers.flatten import Flatten
 
     x = np.arange(12.0).reshape(1, 2, 2, 3)
     _, flat = oracle.apply_layer(LayerPlan("encoder.0", Flatten("flatten"), (2, 2, 3), (12,), ()), {}, x)

@@ -7,13 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0 'aebench[torch]')")
 
-from aebench.backends.torch.model import CroppedConvTranspose2d, SameConv2d  # noqa: E402
+from cases import conv2d, conv2d_transpose  # noqa: E402
+
+from aebench.backends.torch.model import CroppedConvTranspose2d, PaddedConv2d  # noqa: E402
 from aebench.backends.torch.train import ReferenceAdam, StockAdam  # noqa: E402
-from aebench.check.oracle import conv2d, conv2d_transpose  # noqa: E402
+from aebench.layers.conv import Conv  # noqa: E402
+from aebench.layers.conv_transpose import ConvTranspose  # noqa: E402
 from aebench.plugins.registry import load_backend  # noqa: E402
 from aebench.spec.load import load_spec  # noqa: E402
 from aebench.spec.shapes import plan_model  # noqa: E402
-from aebench.spec.types import Conv, ConvTranspose  # noqa: E402
 
 
 def conv_layers(spec_name: str, kind: type):
@@ -31,24 +33,20 @@ def run_nhwc(module, kernel: np.ndarray, bias: np.ndarray, x: np.ndarray):
 
 
 def test_same_conv_at_stride_2_pads_bottom_right_like_the_oracle() -> None:
-    from aebench.spec.types import Conv
-
     plan = conv_layers("vae_conv", Conv)[0]
-    module = SameConv2d(plan).double()
+    module = PaddedConv2d(plan).double()
     rng = np.random.default_rng(0)
     x, kernel, bias = rng.random((2, 28, 28, 1)), rng.normal(size=(3, 3, 1, 32)), rng.normal(size=32)
     ours, nchw = run_nhwc(module, kernel, bias, x)
     with torch.no_grad():
         symmetric = torch.nn.functional.conv2d(nchw, module.weight, module.bias, stride=2, padding=1)
-    expected = np.maximum(conv2d(x, kernel, bias, 2, "same"), 0)
+    expected = conv2d(x, kernel, bias, 2, "same")
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
     assert symmetric.shape == (2, 32, 14, 14)  # same shape, different values: the trap
-    assert np.abs(np.maximum(symmetric.permute(0, 2, 3, 1).numpy(), 0) - expected).max() > 1e-2
+    assert np.abs(symmetric.permute(0, 2, 3, 1).numpy() - expected).max() > 1e-2
 
 
 def test_transposed_conv_is_aligned_where_padding_1_output_padding_1_shifts() -> None:
-    from aebench.spec.types import ConvTranspose
-
     plan = conv_layers("vae_conv", ConvTranspose)[0]
     module = CroppedConvTranspose2d(plan).double()
     rng = np.random.default_rng(1)
@@ -62,10 +60,10 @@ def test_transposed_conv_is_aligned_where_padding_1_output_padding_1_shifts() ->
             .permute(0, 2, 3, 1)
             .numpy()
         )
-    expected = np.maximum(conv2d_transpose(x, kernel, bias, 2, "same"), 0)
+    expected = conv2d_transpose(x, kernel, bias, 2, "same")
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
     assert shifted.shape == expected.shape
-    assert np.abs(np.maximum(shifted, 0) - expected).max() > 1e-2
+    assert np.abs(shifted - expected).max() > 1e-2
 
 
 def test_reference_adam_is_bit_identical_to_torch_optim_adam() -> None:

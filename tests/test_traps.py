@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import conv2d_transpose
 
 from aebench.check import oracle
 from aebench.check.suite import run_check
@@ -77,7 +78,7 @@ def test_flax_conv_transpose_needs_transpose_kernel_for_the_keras_layout() -> No
 
     rng = np.random.default_rng(0)
     x, kernel = rng.random((1, 7, 7, 3)), rng.normal(size=(3, 3, 4, 3))  # (kh, kw, out, in)
-    expected = oracle.conv2d_transpose(x, kernel, np.zeros(4), 2, "same")
+    expected = conv2d_transpose(x, kernel, np.zeros(4), 2, "same")
 
     def run(transpose_kernel: bool, k: np.ndarray) -> np.ndarray:
         layer = nn.ConvTranspose(
@@ -175,7 +176,7 @@ def test_keras_leaky_relu_keeps_a_float64_slope() -> None:
     from keras import ops
 
     from aebench.backends.keras.model import activate
-    from aebench.spec.types import Activation
+    from aebench.layers.activations import Activation
 
     x = ops.convert_to_tensor(np.array([-1.0]))
     assert float(ops.convert_to_numpy(activate(Activation("leaky_relu", 0.3), x))[0]) == -0.3

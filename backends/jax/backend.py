@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Batch, Noise, Weights, loss_term_names
 from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import ENCODED_NAMES, ModelPlan, plan_model
@@ -21,7 +22,7 @@ from aebench.spec.types import Spec
 
 from . import weights as canonical
 from .losses import loss_terms, output
-from .model import Autoencoder, Params
+from .model import BUILDERS, Autoencoder, Params
 from .precision import set_precision
 from .train import JaxTrainer, grad_fn
 
@@ -59,7 +60,11 @@ class JaxBackend:
         d = self._device
         return d.platform if d.platform == "cpu" else f"{d.platform}:{d.id} ({d.device_kind})"
 
+    def layer_kinds(self) -> frozenset[str]:
+        return frozenset(BUILDERS)
+
     def build(self, spec: Spec) -> JaxModel:
+        check_implemented(self.name, BUILDERS, plan_model(spec).layers)
         if spec.dtype == "float64":
             jax.config.update("jax_enable_x64", True)
         dtype = jnp.float64 if spec.dtype == "float64" else jnp.float32

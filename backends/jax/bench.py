@@ -55,11 +55,7 @@ def _apply_precision(net, precision: Precision) -> None:
     """The default matmul precision and each layer's own (model.py sets HIGHEST per layer)."""
     from .precision import set_precision
 
-    layer_precision = set_precision(precision)
-    net.modules = {
-        layer: None if module is None else module.clone(precision=layer_precision)
-        for layer, module in net.modules.items()
-    }
+    net.set_layer_precision(set_precision(precision))
 
 
 def _device_tables(data: BenchData, device) -> dict:

@@ -5,6 +5,7 @@ Flax's own for Dense (in, out) and Conv (HWIO); ConvTranspose takes the Keras
 (kh, kw, out, in) kernel unchanged with ``transpose_kernel=True`` (with Flax's default the
 kernel would need a spatial flip and a channel swap). 'SAME' padding is lax's, which puts
 the extra row/column at the bottom/right, as TensorFlow does. Images are NHWC throughout.
+``BUILDERS`` maps each layer kind to a pure function of (its parameters, input).
 """
 
 from __future__ import annotations
@@ -17,48 +18,102 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aebench.layers.activations import Activation
+from aebench.layers.conv import explicit_pads
+from aebench.layers.conv_transpose import deconv_crop
 from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import LayerPlan, ModelPlan
-from aebench.spec.types import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape
 
 from .precision import layer_precision
 
 Params = dict[str, dict[str, jax.Array]]
+LayerFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
+"""(this layer's parameters, input) -> output before the activation."""
 
 
-def activation(act: Activation) -> Callable[[jax.Array], jax.Array]:
+def activation(act: Optional[Activation]) -> Callable[[jax.Array], jax.Array]:
+    """The activation as a JAX function (identity for a layer without one)."""
+    if act is None:
+        return lambda x: x
     return {
         "linear": lambda x: x,
         "relu": jax.nn.relu,
         "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=act.negative_slope or 0.0),
         "sigmoid": jax.nn.sigmoid,
         "tanh": jnp.tanh,
+        "elu": functools.partial(jax.nn.elu, alpha=act.elu_alpha),
+        "gelu": functools.partial(jax.nn.gelu, approximate=act.approximate == "tanh"),
+        "silu": jax.nn.silu,
     }[act.name]
 
 
-def flax_module(plan: LayerPlan, dtype: jnp.dtype) -> Optional[nn.Module]:
+def _flax(module: nn.Module) -> LayerFn:
+    return lambda params, x: module.apply({"params": params}, x)
+
+
+def _flax_padding(padding) -> str | list[tuple[int, int]]:
+    """'SAME' and 'VALID' (lax's 'SAME' is TensorFlow's), else the spec's (low, high) pairs."""
+    return padding.upper() if isinstance(padding, str) else list(explicit_pads(padding))
+
+
+def _conv(plan: LayerPlan, common: dict) -> LayerFn:
     layer = plan.layer
-    common = dict(dtype=dtype, param_dtype=dtype, precision=layer_precision(Precision()))
-    if isinstance(layer, Dense):
-        return nn.Dense(layer.units, **common)
-    if isinstance(layer, Conv):
-        return nn.Conv(
-            layer.filters,
-            (layer.kernel, layer.kernel),
-            strides=(layer.stride, layer.stride),
-            padding=layer.padding.upper(),
-            **common,
-        )
-    if isinstance(layer, ConvTranspose):
-        return nn.ConvTranspose(
-            layer.filters,
-            (layer.kernel, layer.kernel),
-            strides=(layer.stride, layer.stride),
-            padding=layer.padding.upper(),
-            transpose_kernel=True,
-            **common,
-        )
-    return None
+    window, strides = (layer.kernel, layer.kernel), (layer.stride, layer.stride)
+    return _flax(nn.Conv(layer.filters, window, strides=strides, padding=_flax_padding(layer.padding), **common))
+
+
+def _conv_transpose(plan: LayerPlan, common: dict) -> LayerFn:
+    """Flax's ConvTranspose for 'same' and 'valid'. torch's whole-number padding p (and
+    output_padding) is its unbiased 'VALID' output cropped by p and zero-extended where it
+    runs out, then the bias (which torch adds to the extended rows too)."""
+    layer = plan.layer
+    window, strides = (layer.kernel, layer.kernel), (layer.stride, layer.stride)
+    own = isinstance(layer.padding, str)
+    padding = layer.padding.upper() if own else "VALID"
+    module = nn.ConvTranspose(
+        layer.filters, window, strides=strides, padding=padding, transpose_kernel=True, use_bias=own, **common
+    )
+    if own:
+        return _flax(module)
+    (r0, nr), (c0, nc) = (deconv_crop(n, layer) for n in plan.in_shape[:2])
+
+    def cropped(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        y = module.apply({"params": {"kernel": params["kernel"]}}, x)[:, r0 : r0 + nr, c0 : c0 + nc]
+        return jnp.pad(y, ((0, 0), (0, nr - y.shape[1]), (0, nc - y.shape[2]), (0, 0))) + params["bias"]
+
+    return cropped
+
+
+def _max_pool(plan: LayerPlan, common: dict) -> LayerFn:
+    layer = plan.layer
+    window, strides, padding = (layer.size, layer.size), (layer.step, layer.step), layer.padding.upper()
+    return lambda params, x: nn.max_pool(x, window, strides=strides, padding=padding)
+
+
+def _avg_pool(plan: LayerPlan, common: dict) -> LayerFn:
+    layer = plan.layer
+    window, strides, padding = (layer.size, layer.size), (layer.step, layer.step), layer.padding.upper()
+    include = layer.count_include_pad is not False
+    return lambda params, x: nn.avg_pool(x, window, strides=strides, padding=padding, count_include_pad=include)
+
+
+def _upsample(plan: LayerPlan, common: dict) -> LayerFn:
+    method = "nearest" if plan.layer.interpolation == "nearest" else "linear"
+    return lambda params, x: jax.image.resize(x, (x.shape[0], *plan.out_shape), method=method)
+
+
+BUILDERS: dict[str, Callable[[LayerPlan, dict], LayerFn]] = {
+    "dense": lambda plan, common: _flax(nn.Dense(plan.layer.units, **common)),
+    "conv": _conv,
+    "conv_transpose": _conv_transpose,
+    "flatten": lambda plan, common: lambda params, x: x.reshape(x.shape[0], -1),
+    "reshape": lambda plan, common: lambda params, x: x.reshape(x.shape[0], *plan.layer.shape),
+    "max_pool": _max_pool,
+    "avg_pool": _avg_pool,
+    "upsample": _upsample,
+}
+"""Layer kind (aebench.layers) -> a pure function computing it before its activation, given
+the Flax module settings (dtype, param_dtype, precision) every layer is built with."""
 
 
 class Autoencoder:
@@ -66,18 +121,17 @@ class Autoencoder:
 
     def __init__(self, plan: ModelPlan, dtype: jnp.dtype):
         self.plan, self.dtype = plan, dtype
-        self.modules = {p.name: flax_module(p, dtype) for p in plan.layers}
-        self.acts = {p.name: activation(p.layer.activation) for p in plan.layers if hasattr(p.layer, "activation")}
+        self.set_layer_precision(layer_precision(Precision()))
+        self.acts = {p.name: activation(getattr(p.layer, "activation", None)) for p in plan.layers}
         self.by_name = {p.name: p for p in plan.layers}
 
+    def set_layer_precision(self, precision: jax.lax.Precision) -> None:
+        """(Re)build every layer with ``precision`` (aebench.backends.jax.precision)."""
+        common = dict(dtype=self.dtype, param_dtype=self.dtype, precision=precision)
+        self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in self.plan.layers}
+
     def apply_layer(self, params: Params, plan: LayerPlan, x: jax.Array) -> jax.Array:
-        if isinstance(plan.layer, Flatten):
-            return x.reshape(x.shape[0], -1)
-        if isinstance(plan.layer, Reshape):
-            return x.reshape(x.shape[0], *plan.layer.shape)
-        module = self.modules[plan.name]
-        assert module is not None, f"{plan.name} has no parameters to apply"
-        return self.acts[plan.name](module.apply({"params": params[plan.name]}, x))
+        return self.acts[plan.name](self.ops[plan.name](params.get(plan.name, {}), x))
 
     def hidden(self, params: Params, x_in: jax.Array, labels: Optional[jax.Array]) -> jax.Array:
         h = _join(x_in, labels)

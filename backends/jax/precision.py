@@ -10,7 +10,7 @@ MATMUL_PRECISION = {False: "highest", True: "tensorfloat32"}
 
 
 def layer_precision(precision: Precision) -> jax.lax.Precision:
-    """The precision Flax layers are built with (model.py gives it to every Dense and Conv)."""
+    """The precision Flax layers are built with (model.py builds every layer with it)."""
     return jax.lax.Precision(MATMUL_PRECISION[precision.tf32])
 
 

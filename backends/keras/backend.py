@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 from keras import ops
 
+from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Batch, Weights
 from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import ENCODED_NAMES, plan_model
@@ -15,7 +16,7 @@ from aebench.spec.types import Spec
 from . import engines
 from . import weights as canonical
 from .losses import loss_terms, output
-from .model import Autoencoder
+from .model import BUILDERS, Autoencoder
 from .precision import set_precision
 from .train import KerasTrainer
 
@@ -33,9 +34,14 @@ class KerasBackend:
     def device(self) -> str:
         return engines.device_name()
 
+    def layer_kinds(self) -> frozenset[str]:
+        return frozenset(BUILDERS)
+
     def build(self, spec: Spec) -> Autoencoder:
+        plan = plan_model(spec)
+        check_implemented(self.name, BUILDERS, plan.layers)
         set_precision(Precision(), float64=spec.dtype == "float64")
-        model = Autoencoder(plan_model(spec), spec.dtype)
+        model = Autoencoder(plan, spec.dtype)
         model.spec = spec
         return model
 

@@ -2,18 +2,31 @@
 
 Keras' own layouts are the canonical ones: Dense (in, out), Conv2D HWIO, Conv2DTranspose
 (kh, kw, out, in), NHWC images, Flatten in (H, W, C) order, 'same' padding with the extra
-row/column at the bottom/right on every engine (Keras >= 3.15 on torch).
+row/column at the bottom/right on every engine (Keras >= 3.15 on torch). ``BUILDERS`` maps
+each layer kind to its Keras layer.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Optional
 
 import keras
+import numpy as np
 from keras import ops
 
+from aebench.layers.activations import Activation
+from aebench.layers.conv import explicit_pads, same_pads
+from aebench.layers.upsample import source_positions
 from aebench.spec.shapes import LayerPlan, ModelPlan
-from aebench.spec.types import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape, Spec
+from aebench.spec.types import Spec
+
+
+def tanh(x):
+    """tanh as 2 sigmoid(2x) - 1. Not ops.tanh: on the JAX and torch engines it casts to
+    result_type(x, float), which Keras 3.15 makes float32, so a float64 model's tanh is float32."""
+    return 2 * ops.sigmoid(2 * x) - 1
 
 
 def activate(act: Activation, x):
@@ -26,7 +39,17 @@ def activate(act: Activation, x):
         return ops.where(x >= 0, x, x * act.negative_slope)
     if act.name == "sigmoid":
         return ops.sigmoid(x)
-    return ops.tanh(x)
+    if act.name == "elu":
+        return ops.elu(x, alpha=act.elu_alpha)
+    if act.name == "gelu" and act.approximate == "exact":
+        # Not ops.gelu: on TensorFlow its exact form is tf.nn.gelu, off by up to 4e-9 in float64.
+        return 0.5 * x * (1 + ops.erf(x / math.sqrt(2)))
+    if act.name == "gelu":
+        # Not ops.gelu either: tf.nn.gelu's tanh form is off by 4e-10 in float64.
+        return 0.5 * x * (1 + tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    if act.name == "silu":
+        return ops.silu(x)
+    return tanh(x)
 
 
 def activation_slope(act: Activation, pre):
@@ -41,27 +64,152 @@ def activation_slope(act: Activation, pre):
     if act.name == "sigmoid":
         s = ops.sigmoid(pre)
         return s * (1 - s)
-    return 1 - ops.tanh(pre) ** 2
+    if act.name == "elu":
+        return ops.where(pre > 0, one, act.elu_alpha * ops.exp(ops.minimum(pre, 0)))
+    if act.name == "silu":
+        s = ops.sigmoid(pre)
+        return s * (1 + pre * (1 - s))
+    if act.name == "gelu" and act.approximate == "exact":
+        return 0.5 * (1 + ops.erf(pre / math.sqrt(2))) + pre * ops.exp(-0.5 * pre**2) / math.sqrt(2 * math.pi)
+    if act.name == "gelu":
+        scale = math.sqrt(2 / math.pi)
+        t = tanh(scale * (pre + 0.044715 * pre**3))
+        return 0.5 * (1 + t) + 0.5 * pre * (1 - t**2) * scale * (1 + 3 * 0.044715 * pre**2)
+    return 1 - tanh(pre) ** 2
+
+
+class Framed(keras.layers.Layer):
+    """A convolution between a layer before and a layer after it (padding, cropping); its
+    ``kernel`` and ``bias`` are the convolution's."""
+
+    def __init__(self, before: keras.layers.Layer, conv: keras.layers.Layer, after: keras.layers.Layer, dtype: str):
+        super().__init__(dtype=dtype)
+        self.before, self.conv, self.after = before, conv, after
+
+    def build(self, input_shape) -> None:
+        self.conv.build(self.before.compute_output_shape(input_shape))
+
+    @property
+    def kernel(self):
+        return self.conv.kernel
+
+    @property
+    def bias(self):
+        return self.conv.bias
+
+    def call(self, x):
+        return self.after(self.conv(self.before(x)))
+
+
+def _conv(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
+    """Conv2D; a whole-number or per-side padding is ZeroPadding2D before a 'valid' Conv2D."""
+    layer = plan.layer
+    if isinstance(layer.padding, str):
+        return keras.layers.Conv2D(
+            layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
+        )
+    return Framed(
+        keras.layers.ZeroPadding2D(explicit_pads(layer.padding), dtype=dtype),
+        keras.layers.Conv2D(layer.filters, layer.kernel, strides=layer.stride, padding="valid", dtype=dtype),
+        keras.layers.Identity(dtype=dtype),
+        dtype,
+    )
+
+
+def _conv_transpose(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
+    """Conv2DTranspose; torch's whole-number padding p is a 'valid' one with its output_padding,
+    cropped by p on every side (Cropping2D)."""
+    layer = plan.layer
+    if isinstance(layer.padding, str):
+        return keras.layers.Conv2DTranspose(
+            layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
+        )
+    conv = keras.layers.Conv2DTranspose(
+        layer.filters,
+        layer.kernel,
+        strides=layer.stride,
+        padding="valid",
+        output_padding=layer.output_padding,
+        dtype=dtype,
+    )
+    crop = keras.layers.Cropping2D(layer.padding, dtype=dtype)
+    return Framed(keras.layers.Identity(dtype=dtype), conv, crop, dtype)
+
+
+class PaddedAveragePooling(keras.layers.Layer):
+    """ZeroPadding2D with TensorFlow's 'same' pads, AveragePooling2D 'valid', and for
+    ``real_cells`` each window's mean rescaled to its real cells (counted once, in NumPy)."""
+
+    def __init__(self, plan: LayerPlan, real_cells: bool, dtype: str):
+        super().__init__(dtype=dtype)
+        layer = plan.layer
+        pads = tuple(same_pads(n, layer.size, layer.step) for n in plan.in_shape[:2])
+        self.pad = keras.layers.ZeroPadding2D(pads, dtype=dtype)
+        self.pool = keras.layers.AveragePooling2D(layer.size, layer.step, padding="valid", dtype=dtype)
+        ones = np.pad(np.ones(plan.in_shape[:2]), pads)
+        windows = np.lib.stride_tricks.sliding_window_view(ones, (layer.size, layer.size))
+        counts = windows[:: layer.step, :: layer.step].sum(axis=(2, 3))
+        self.rescale = (layer.size**2 / counts)[None, :, :, None] if real_cells else None
+
+    def call(self, x):
+        pooled = self.pool(self.pad(x))
+        return pooled if self.rescale is None else pooled * ops.convert_to_tensor(self.rescale, self.compute_dtype)
+
+
+def _avg_pool(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
+    """AveragePooling2D, whose 'same' divides by the real cells. The whole-window divisor pads
+    first; so does the real-cell one on the torch engine, whose AveragePooling2D pads
+    asymmetric 'same' windows with zeros that it then counts as real (Keras 3.15)."""
+    layer = plan.layer
+    real_cells = layer.count_include_pad is False
+    if layer.padding == "valid" or (real_cells and keras.backend.backend() != "torch"):
+        return keras.layers.AveragePooling2D(layer.size, layer.step, padding=layer.padding, dtype=dtype)
+    return PaddedAveragePooling(plan, real_cells, dtype)
+
+
+class HalfPixelBilinear(keras.layers.Layer):
+    """Bilinear upsampling with half-pixel centres written out (separable, ops.take and weights)."""
+
+    def __init__(self, plan: LayerPlan, dtype: str):
+        super().__init__(dtype=dtype)
+        self.positions = [source_positions(n, plan.layer.factor) for n in plan.in_shape[:2]]
+
+    def call(self, x):
+        for axis, (low, high, frac) in zip((1, 2), self.positions):
+            shape = [1, 1, 1, 1]
+            shape[axis] = len(frac)
+            weight = ops.convert_to_tensor(frac.reshape(shape), self.compute_dtype)
+            x = ops.take(x, low, axis=axis) * (1 - weight) + ops.take(x, high, axis=axis) * weight
+        return x
+
+
+def _upsample(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
+    """UpSampling2D, except bilinear in float64 on TensorFlow: tf.image.resize computes in
+    float32 whatever its input (2.6e-7 off in float64)."""
+    layer = plan.layer
+    if layer.interpolation == "bilinear" and dtype == "float64" and keras.backend.backend() == "tensorflow":
+        return HalfPixelBilinear(plan, dtype)
+    return keras.layers.UpSampling2D(layer.factor, interpolation=layer.interpolation, dtype=dtype)
+
+
+BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
+    "dense": lambda plan, dtype: keras.layers.Dense(plan.layer.units, dtype=dtype),
+    "conv": _conv,
+    "conv_transpose": _conv_transpose,
+    "flatten": lambda plan, dtype: keras.layers.Flatten(dtype=dtype),
+    "reshape": lambda plan, dtype: keras.layers.Reshape(plan.layer.shape, dtype=dtype),
+    "max_pool": lambda plan, dtype: keras.layers.MaxPooling2D(
+        plan.layer.size, plan.layer.step, padding=plan.layer.padding, dtype=dtype
+    ),
+    "avg_pool": _avg_pool,
+    "upsample": _upsample,
+}
+"""Layer kind (aebench.layers) -> the Keras layer computing it before its activation."""
 
 
 def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
-    layer = plan.layer
-    if isinstance(layer, Dense):
-        made = keras.layers.Dense(layer.units, dtype=dtype)
-    elif isinstance(layer, Conv):
-        made = keras.layers.Conv2D(
-            layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
-        )
-    elif isinstance(layer, ConvTranspose):
-        made = keras.layers.Conv2DTranspose(
-            layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
-        )
-    elif isinstance(layer, Flatten):
-        made = keras.layers.Flatten(dtype=dtype)
-    elif isinstance(layer, Reshape):
-        made = keras.layers.Reshape(layer.shape, dtype=dtype)
-    else:  # pragma: no cover
-        raise TypeError(layer)
+    """The layer of ``plan``, built for its input shape."""
+    made = BUILDERS[plan.layer.type](plan, dtype)
     made.build((None, *plan.in_shape))
     return made
 

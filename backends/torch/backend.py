@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Batch, Weights, loss_term_names
 from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import ENCODED_NAMES, plan_model
@@ -18,7 +19,7 @@ from aebench.spec.types import Spec
 
 from . import weights as canonical
 from .losses import loss_terms, output
-from .model import Autoencoder
+from .model import BUILDERS, Autoencoder
 from .precision import set_precision
 from .train import TorchTrainer
 
@@ -40,8 +41,13 @@ class TorchBackend:
             return f"cuda:0 ({torch.cuda.get_device_name(0)})"
         return "cpu"
 
+    def layer_kinds(self) -> frozenset[str]:
+        return frozenset(BUILDERS)
+
     def build(self, spec: Spec) -> Autoencoder:
-        model = Autoencoder(spec, plan_model(spec))
+        plan = plan_model(spec)
+        check_implemented(self.name, BUILDERS, plan.layers)
+        model = Autoencoder(spec, plan)
         model.spec = spec
         return model.to(device=self._device, dtype=_DTYPES[spec.dtype])
 

@@ -9,15 +9,16 @@ one-channel weight and output are both layouts at once), cuDNN returned contiguo
 compiled backward failed its stride assertion (vae_conv, batch 1024, H100; pytorch#171622 is
 the same family). One layout everywhere leaves nothing for the two to disagree on.
 
-'same' convolutions pad as
-TensorFlow does (the extra row/column at the bottom/right: torch's padding=1 would pad both
-sides); transposed convolutions run unpadded and are cropped to Keras' output length
-(torch's padding=1, output_padding=1 has the right shape but is shifted one pixel).
+'same' convolutions pad as TensorFlow does (the extra row/column at the bottom/right:
+torch's padding=1 would pad both sides); transposed convolutions run unpadded and are
+cropped to Keras' output length (torch's padding=1, output_padding=1 has the right shape
+but is shifted one pixel). ``BUILDERS`` maps each layer kind to its module.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Optional
 
@@ -25,63 +26,79 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aebench.spec.shapes import LayerPlan, ModelPlan, deconv_crop, same_pads
-from aebench.spec.types import Activation, Conv, ConvTranspose, Dense, Flatten, Reshape, Spec
+from aebench.layers.activations import Activation
+from aebench.layers.conv import explicit_pads, same_pads
+from aebench.layers.conv_transpose import deconv_crop
+from aebench.spec.shapes import LayerPlan, ModelPlan
+from aebench.spec.types import Spec
 
 
-def activation(act: Activation) -> Callable[[torch.Tensor], torch.Tensor]:
+def activation(act: Optional[Activation]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation as a torch function (identity for a layer without one)."""
+    if act is None:
+        return lambda x: x
     return {
         "linear": lambda x: x,
         "relu": F.relu,
         "leaky_relu": functools.partial(F.leaky_relu, negative_slope=act.negative_slope or 0.0),
         "sigmoid": torch.sigmoid,
         "tanh": torch.tanh,
+        "elu": functools.partial(F.elu, alpha=act.elu_alpha),
+        "gelu": functools.partial(F.gelu, approximate="none" if act.approximate == "exact" else "tanh"),
+        "silu": F.silu,
     }[act.name]
 
 
-class DenseLayer(nn.Linear):
+def conv_pads(plan: LayerPlan) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a convolution: TensorFlow's for 'same', else the spec's."""
+    layer = plan.layer
+    if layer.padding == "same":
+        return tuple(same_pads(n, layer.kernel, layer.stride) for n in plan.in_shape[:2])
+    return explicit_pads(layer.padding)
+
+
+class PaddedConv2d(nn.Conv2d):
+    """Conv2d with the spec's padding: torch's own ``padding=`` where it is symmetric, else
+    F.pad first (TensorFlow's 'same' puts the odd extra row and column after)."""
+
     def __init__(self, plan: LayerPlan):
-        super().__init__(plan.in_shape[0], plan.layer.units)
-        self.act = activation(plan.layer.activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
-
-
-class SameConv2d(nn.Conv2d):
-    """Conv2d with explicit, possibly asymmetric, TensorFlow padding."""
-
-    def __init__(self, plan: LayerPlan):
-        layer: Conv = plan.layer
-        super().__init__(plan.in_shape[2], layer.filters, layer.kernel, layer.stride, padding=0)
-        self.act = activation(layer.activation)
-        self.pads = (0, 0, 0, 0)
-        if layer.padding == "same":
-            top, bottom = same_pads(plan.in_shape[0], layer.kernel, layer.stride)
-            left, right = same_pads(plan.in_shape[1], layer.kernel, layer.stride)
-            self.pads = (left, right, top, bottom)
+        layer = plan.layer
+        (top, bottom), (left, right) = conv_pads(plan)
+        symmetric = top == bottom and left == right
+        padding = (top, left) if symmetric else 0
+        super().__init__(plan.in_shape[2], layer.filters, layer.kernel, layer.stride, padding=padding)
+        self.pads = (0, 0, 0, 0) if symmetric else (left, right, top, bottom)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pads):
             x = F.pad(x, self.pads)
-        return self.act(super().forward(x.contiguous()))
+        return super().forward(x.contiguous())
 
 
 class CroppedConvTranspose2d(nn.ConvTranspose2d):
-    """ConvTranspose2d run unpadded, then cropped (or zero-extended) to Keras' length."""
+    """ConvTranspose2d: torch's own ``padding=p, output_padding=q`` for a whole-number padding;
+    for 'same' and 'valid', run unpadded and cropped (or zero-extended) to Keras' length."""
 
     def __init__(self, plan: LayerPlan):
-        layer: ConvTranspose = plan.layer
+        layer = plan.layer
         h, w = plan.in_shape[:2]
         k, s = layer.kernel, layer.stride
-        self.rows, self.cols = deconv_crop(h, k, s, layer.padding), deconv_crop(w, k, s, layer.padding)
+        self.crop = isinstance(layer.padding, str)
+        if not self.crop:
+            super().__init__(
+                plan.in_shape[2], layer.filters, k, s, padding=layer.padding, output_padding=layer.output_padding
+            )
+            return
+        self.rows, self.cols = deconv_crop(h, layer), deconv_crop(w, layer)
         extra = max(self.rows[1] - ((h - 1) * s + k), self.cols[1] - ((w - 1) * s + k), 0)
         super().__init__(plan.in_shape[2], layer.filters, k, s, padding=0, output_padding=extra)
-        self.act = activation(layer.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x.contiguous())
+        if not self.crop:
+            return out
         (r0, nr), (c0, nc) = self.rows, self.cols
-        return self.act(super().forward(x.contiguous())[:, :, r0 : r0 + nr, c0 : c0 + nc])
+        return out[:, :, r0 : r0 + nr, c0 : c0 + nc]
 
 
 class FlattenNHWC(nn.Module):
@@ -103,19 +120,88 @@ class ReshapeNCHW(nn.Module):
         return x.permute(0, 3, 1, 2).contiguous() if len(self.shape) == 3 else x
 
 
-def make_layer(plan: LayerPlan) -> nn.Module:
-    layer = plan.layer
-    if isinstance(layer, Dense):
-        return DenseLayer(plan)
-    if isinstance(layer, Conv):
-        return SameConv2d(plan)
-    if isinstance(layer, ConvTranspose):
-        return CroppedConvTranspose2d(plan)
-    if isinstance(layer, Flatten):
-        return FlattenNHWC()
-    if isinstance(layer, Reshape):
-        return ReshapeNCHW(layer.shape)
-    raise TypeError(layer)  # pragma: no cover
+def tf_same_pads(plan: LayerPlan, size: int, stride: int) -> tuple[int, int, int, int]:
+    """F.pad's (left, right, top, bottom) for TensorFlow's 'same' window (extra after); zeros for 'valid'."""
+    if plan.layer.padding != "same":
+        return (0, 0, 0, 0)
+    top, bottom = same_pads(plan.in_shape[0], size, stride)
+    left, right = same_pads(plan.in_shape[1], size, stride)
+    return (left, right, top, bottom)
+
+
+class MaxPool(nn.Module):
+    """F.max_pool2d after TensorFlow's 'same' padding with -inf (padded cells never win)."""
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        self.size, self.stride = plan.layer.size, plan.layer.step
+        self.pads = tf_same_pads(plan, self.size, self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pads):
+            x = F.pad(x, self.pads, value=-math.inf)
+        return F.max_pool2d(x, self.size, self.stride)
+
+
+class AvgPool(nn.Module):
+    """F.avg_pool2d after TensorFlow's 'same' padding with zeros. torch pads only symmetrically,
+    so with ``count_include_pad: false`` the sums are divided by each window's real cells
+    (counted once, from a padded image of ones) rather than by size^2."""
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        layer = plan.layer
+        self.size, self.stride = layer.size, layer.step
+        self.pads = tf_same_pads(plan, self.size, self.stride)
+        rescale = torch.ones(1, 1, *plan.out_shape[:2], dtype=torch.float64)
+        if layer.count_include_pad is False:
+            ones = F.pad(torch.ones(1, 1, *plan.in_shape[:2], dtype=torch.float64), self.pads)
+            rescale = 1 / F.avg_pool2d(ones, self.size, self.stride)
+        self.register_buffer("rescale", rescale, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pads):
+            x = F.pad(x, self.pads)
+        pooled = F.avg_pool2d(x, self.size, self.stride)
+        return pooled * self.rescale if any(self.pads) else pooled
+
+
+class Upsample(nn.Module):
+    """F.interpolate by an integer factor; bilinear with align_corners=False (half-pixel centres)."""
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        self.factor, self.mode = plan.layer.factor, plan.layer.interpolation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "nearest":
+            return F.interpolate(x, scale_factor=self.factor, mode="nearest")
+        return F.interpolate(x, scale_factor=self.factor, mode="bilinear", align_corners=False)
+
+
+BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
+    "dense": lambda plan: nn.Linear(plan.in_shape[0], plan.layer.units),
+    "conv": PaddedConv2d,
+    "conv_transpose": CroppedConvTranspose2d,
+    "flatten": lambda plan: FlattenNHWC(),
+    "reshape": lambda plan: ReshapeNCHW(plan.layer.shape),
+    "max_pool": MaxPool,
+    "avg_pool": AvgPool,
+    "upsample": Upsample,
+}
+"""Layer kind (aebench.layers) -> the module computing it before its activation."""
+
+
+class Activated(nn.Module):
+    """A layer's module followed by the layer's activation. ``op`` holds the parameters."""
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        self.op = BUILDERS[plan.layer.type](plan)
+        self.act = activation(getattr(plan.layer, "activation", None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.op(x))
 
 
 class Autoencoder(nn.Module):
@@ -125,14 +211,14 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.plan = plan
         self.family = spec.model.family
-        self.encoder = nn.ModuleList(make_layer(p) for p in plan.encoder)
-        self.heads = nn.ModuleDict({p.name: make_layer(p) for p in plan.heads})
-        self.decoder = nn.ModuleList(make_layer(p) for p in plan.decoder)
+        self.encoder = nn.ModuleList(Activated(p) for p in plan.encoder)
+        self.heads = nn.ModuleDict({p.name: Activated(p) for p in plan.heads})
+        self.decoder = nn.ModuleList(Activated(p) for p in plan.decoder)
 
     def layer(self, name: str) -> nn.Module:
-        """The module of a canonical layer name ('encoder.3', 'z_mean', 'decoder.0')."""
+        """The module holding a canonical layer's parameters ('encoder.3', 'z_mean', 'decoder.0')."""
         stack, _, index = name.partition(".")
-        return self.heads[name] if not index else getattr(self, stack)[int(index)]
+        return (self.heads[name] if not index else getattr(self, stack)[int(index)]).op
 
     def hidden(self, x_in: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Encoder stack output for canonical-layout input (NHWC images)."""

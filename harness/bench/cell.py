@@ -39,6 +39,7 @@ from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.data.datasets import load_dataset
 from aebench.environment import thread_settings
 from aebench.errors import AebenchError
+from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Backend, Noise, Step
 from aebench.plugins.bench_api import BenchData, Precision, require_mode
 from aebench.plugins.discovery import device_sharing_environment
@@ -163,6 +164,7 @@ def _measure_into(row: dict, cell: Cell) -> None:
         row["status"], row["reason"] = "unsupported", reason
         return
     plan = plan_model(spec)
+    check_implemented(cell.backend, backend.layer_kinds(), plan.layers)
     dataset = load_dataset(spec, cell.mnist)
     check_host_memory(spec, plan, cell.batch_size, len(dataset.x_train))
     data = make_bench_data(spec, dataset, cell.batch_size, cell.protocol.max_steps)

@@ -1,7 +1,7 @@
 """FLOPs of one training step, counted from the spec's shapes (not measured, not guessed).
 
-Convention (the one MFU figures use): the multiply-adds of every Dense, Conv and
-ConvTranspose layer, two FLOPs each. A training step is the forward pass, the gradients of
+Convention (the one MFU figures use): the multiply-adds of every layer (each layer kind
+counts its own: aebench.layers), two FLOPs each. A training step is the forward pass, the gradients of
 every kernel (as many multiply-adds as the forward) and the gradients of every layer's
 input, except the first encoder layer's, whose input is data. Bias adds, activations, loss
 terms, the optimizer update and the contractive penalty's Jacobian are not counted, so the
@@ -10,22 +10,14 @@ achieved GFLOP/s of elementwise-heavy specs is a lower bound of the work done.
 
 from __future__ import annotations
 
-import math
-
-from aebench.spec.shapes import LayerPlan, ModelPlan
-from aebench.spec.types import Conv, ConvTranspose, Dense
+from aebench.layers import kind_of
+from aebench.layers.base import LayerPlan
+from aebench.spec.shapes import ModelPlan
 
 
 def layer_macs(layer: LayerPlan) -> int:
     """Multiply-adds of one example through the layer's forward pass (0 for reshapes)."""
-    spec = layer.layer
-    if isinstance(spec, Dense):
-        return layer.in_shape[0] * spec.units
-    if isinstance(spec, Conv):
-        return math.prod(layer.out_shape) * spec.kernel * spec.kernel * layer.in_shape[2]
-    if isinstance(spec, ConvTranspose):
-        return math.prod(layer.in_shape) * spec.kernel * spec.kernel * spec.filters
-    return 0
+    return kind_of(layer.layer).macs(layer)
 
 
 def data_input_layers(plan: ModelPlan) -> tuple[LayerPlan, ...]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
 import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def write_report(sources: list[Path], out: Path, say: Callable[[str], None] = la
 def campaign_store(folder: Path) -> ResultStore:
     """The ResultStore of a campaign folder; one line when the folder is not one."""
     store = ResultStore(folder)
-    if not (store.table_path.is_file() or store.cells_folder.is_dir()):
+    if not (os.path.lexists(store.table_path) or store.cells_folder.is_dir()):
         raise AebenchError(
             f"{folder}: no cells.csv here; give a campaign folder (results/NAME) or a pytest-benchmark JSON file"
         )

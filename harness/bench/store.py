@@ -223,9 +223,12 @@ class ResultStore:
         refuse_links(self.folder, OWN_ENTRIES)
 
     def table_text(self) -> Optional[str]:
-        """cells.csv as text (None when there is none), never read through a link."""
-        refuse_link(self.table_path)
-        return read_text(self.table_path) if self.table_path.is_file() else None
+        """cells.csv as text (None when there is none), read as safe_files.read_text: never through
+        a link, at most MAX_READ_BYTES; a link, a FIFO, a device or a folder there is one line."""
+        try:
+            return read_text(self.table_path)
+        except FileNotFoundError:
+            return None
 
     def table(self) -> pd.DataFrame:
         """Every recorded row; a cell recorded twice (a retried failure) keeps its last row."""

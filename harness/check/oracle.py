@@ -1,10 +1,9 @@
 """The NumPy float64 oracle: forward pass and every loss term of every spec.
 
-Semantics are Keras'/TensorFlow's, written out: 'same' padding puts the extra row and
-column at the bottom/right; a transposed convolution scatters each input pixel through the
-(kh, kw, out, in) kernel without a flip and is cropped to Keras' output length; Flatten
-walks (H, W, C). The decoder returns logits; the output activation is applied for images
-and for MSE only, and BCE is computed from the logits in its stable form.
+Each layer is its kind's oracle (aebench.layers: Keras'/TensorFlow's semantics, written
+out in each kind's module), then its activation (aebench.layers.activations). The decoder
+returns logits; the output activation is applied for images and for MSE only, and BCE is
+computed from the logits in its stable form.
 """
 
 from __future__ import annotations
@@ -14,112 +13,21 @@ from typing import Optional
 
 import numpy as np
 
+from aebench.layers import kind_of
+from aebench.layers.activations import activate, activation_slope, sigmoid
+from aebench.layers.base import LayerPlan
 from aebench.plugins.backend_api import Batch, Weights, with_total
-from aebench.spec.shapes import LayerPlan, ModelPlan, deconv_crop, plan_model, same_pads
-from aebench.spec.types import (
-    KL,
-    Activation,
-    Contractive,
-    Conv,
-    ConvTranspose,
-    Corruption,
-    Dense,
-    Flatten,
-    Gaussian,
-    Masking,
-    Reconstruction,
-    Reshape,
-    Sparsity,
-    Spec,
-)
+from aebench.spec.shapes import ModelPlan, plan_model
+from aebench.spec.types import KL, Contractive, Corruption, Gaussian, Masking, Reconstruction, Sparsity, Spec
 
 # ---------------------------------------------------------------- layers
 
 
-def activate(act: Activation, x: np.ndarray) -> np.ndarray:
-    if act.name == "linear":
-        return x
-    if act.name == "relu":
-        return np.maximum(x, 0.0)
-    if act.name == "leaky_relu":
-        return np.where(x >= 0, x, act.negative_slope * x)
-    if act.name == "sigmoid":
-        return sigmoid(x)
-    if act.name == "tanh":
-        return np.tanh(x)
-    raise ValueError(act.name)
-
-
-def activation_slope(act: Activation, x: np.ndarray) -> np.ndarray:
-    """d activate(x) / dx, elementwise (relu's slope at 0 taken as 0, as autodiff does)."""
-    if act.name == "linear":
-        return np.ones_like(x)
-    if act.name == "relu":
-        return (x > 0).astype(x.dtype)
-    if act.name == "leaky_relu":
-        return np.where(x >= 0, 1.0, act.negative_slope)
-    if act.name == "sigmoid":
-        s = sigmoid(x)
-        return s * (1 - s)
-    if act.name == "tanh":
-        return 1 - np.tanh(x) ** 2
-    raise ValueError(act.name)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
-def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    return x @ kernel + bias
-
-
-def conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int, padding: str) -> np.ndarray:
-    """NHWC cross-correlation with an HWIO kernel."""
-    k = kernel.shape[0]
-    if padding == "same":
-        (top, bottom), (left, right) = same_pads(x.shape[1], k, stride), same_pads(x.shape[2], k, stride)
-        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]
-    return np.einsum("bhwcij,ijco->bhwo", windows, kernel, optimize=True) + bias
-
-
-def conv2d_transpose(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int, padding: str) -> np.ndarray:
-    """NHWC transposed convolution with a (kh, kw, out, in) kernel, Keras' output length."""
-    batch, h, w, _ = x.shape
-    k, out_channels = kernel.shape[0], kernel.shape[2]
-    full = np.zeros((batch, (h - 1) * stride + k, (w - 1) * stride + k, out_channels))
-    for a in range(k):
-        for b in range(k):
-            full[:, a : a + (h - 1) * stride + 1 : stride, b : b + (w - 1) * stride + 1 : stride] += x @ kernel[a, b].T
-    return _crop(full, deconv_crop(h, k, stride, padding), deconv_crop(w, k, stride, padding)) + bias
-
-
-def _crop(full: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    (r0, nr), (c0, nc) = rows, cols
-    out = np.zeros((full.shape[0], nr, nc, full.shape[3]))
-    part = full[:, r0 : r0 + nr, c0 : c0 + nc]
-    out[:, : part.shape[1], : part.shape[2]] = part
-    return out
-
-
 def apply_layer(plan: LayerPlan, weights: Weights, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pre-activation, output) of one layer."""
-    layer = plan.layer
-    if isinstance(layer, Flatten):
-        return x, x.reshape(x.shape[0], -1)
-    if isinstance(layer, Reshape):
-        return x, x.reshape(x.shape[0], *layer.shape)
-    kernel, bias = weights[f"{plan.name}.kernel"], weights[f"{plan.name}.bias"]
-    if isinstance(layer, Dense):
-        pre = dense(x, kernel, bias)
-    elif isinstance(layer, Conv):
-        pre = conv2d(x, kernel, bias, layer.stride, layer.padding)
-    elif isinstance(layer, ConvTranspose):
-        pre = conv2d_transpose(x, kernel, bias, layer.stride, layer.padding)
-    else:  # pragma: no cover
-        raise TypeError(layer)
-    return pre, activate(layer.activation, pre)
+    """(pre-activation, output) of one layer: its kind's oracle, then its activation if it has one."""
+    pre = kind_of(plan.layer).oracle(plan, weights, x)
+    act = getattr(plan.layer, "activation", None)
+    return pre, pre if act is None else activate(act, pre)
 
 
 def run_stack(layers: tuple[LayerPlan, ...], weights: Weights, x: np.ndarray) -> np.ndarray:

@@ -17,12 +17,14 @@ from functools import partial
 from typing import Optional
 
 from aebench.check import equivalence as eq
-from aebench.errors import AebenchError
+from aebench.errors import AebenchError, LayerNotImplemented
+from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Backend
 from aebench.plugins.discovery import registered_plugins
 from aebench.plugins.registry import backend_info, load_backend, plugin
 from aebench.spec.load import list_specs, load_spec
 from aebench.spec.schema import did_you_mean
+from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
 
 KINDS = {
@@ -102,20 +104,38 @@ def run_check(
     rows = []
     if not backends:
         return []
-    reference = min(backends, key=reference_rank)
     dtypes = list(dtypes)
     done, total, start = 0, len(specs) * len(dtypes) * len(backends), time.perf_counter()
     for spec in specs:
+        able, lacking = _implementing(spec, backends)
+        rows += lacking
+        done += len(lacking) * len(dtypes)
+        if not able:
+            continue
+        reference = min(able, key=reference_rank)
         case64 = eq.make_case(spec.replace(dtype="float64"))
         ref_grads = _guard(partial(eq.gradients, backends[reference], case64))
         for dtype in dtypes:
             case = case64 if dtype == "float64" else eq.make_case(spec.replace(dtype=dtype))
-            ref_traj = _guard(partial(eq.trajectory, backends[reference], case)) if len(backends) > 1 else None
-            for name, backend in backends.items():
+            ref_traj = _guard(partial(eq.trajectory, backends[reference], case)) if len(able) > 1 else None
+            for name, backend in able.items():
                 done += 1
                 progress(f"[{done}/{total}] {spec.name} {dtype} {name} ({time.perf_counter() - start:.0f} s)")
                 rows += _rows(spec.name, name, dtype, _comparisons(backend, case, reference, ref_grads, ref_traj))
     return rows
+
+
+def _implementing(spec: Spec, backends: dict[str, Backend]) -> tuple[dict[str, Backend], list[Row]]:
+    """The backends that implement every layer of ``spec``, and a skip row for each that does not."""
+    able, lacking = {}, []
+    for name, backend in backends.items():
+        try:
+            check_implemented(name, backend.layer_kinds(), plan_model(spec).layers)
+        except LayerNotImplemented as exc:
+            lacking.append(Row(spec.name, name, "*", "layers", None, None, "skip", str(exc)))
+        else:
+            able[name] = backend
+    return able, lacking
 
 
 def _comparisons(backend: Backend, case: eq.Case, reference: str, ref_grads, ref_traj) -> list:

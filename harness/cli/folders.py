@@ -43,8 +43,9 @@ def writable_folder(path: Path, flag: str) -> Path:
 
 
 def writable_file(path: Path, flag: str) -> Path:
-    """``path`` as a file that can be written: not a folder, in a folder that exists and can be
-    written; one line naming ``flag`` otherwise (checked before any work)."""
+    """``path`` as a file that can be written: not a folder, in a folder that exists and takes a
+    new file (proved by a probe file, removed at once: permissions alone do not say so for root
+    or for a folder such as /proc); one line naming ``flag`` otherwise (checked before any work)."""
     if path.is_dir():
         raise AebenchError(f"{flag}: {shown(path)} is a folder; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
@@ -52,4 +53,9 @@ def writable_file(path: Path, flag: str) -> Path:
         raise AebenchError(f"{flag}: cannot write {shown(path)} (no folder {shown(folder)})")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise AebenchError(f"{flag}: cannot write {shown(path)} (Permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise AebenchError(f"{flag}: cannot write {shown(path)} ({exc.strerror or exc})") from None
     return path

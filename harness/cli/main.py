@@ -9,15 +9,13 @@ reports for a process SIGTERM ended).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
 import math
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -26,19 +24,21 @@ from aebench.check.suite import choose_backends, format_table, load_specs, run_c
 from aebench.cli.bench import add_commands
 from aebench.cli.folders import writable_folder
 from aebench.cli.tracking import add_commands as add_tracking_commands
-from aebench.cli.tracking import add_train_arguments, tracking_options
-from aebench.data.datasets import MNIST_URL, fetch_mnist, find_mnist, load_dataset
+from aebench.cli.tracking import add_train_arguments, check_run_memory, tracking_options
+from aebench.data.datasets import MNIST_URL, fetch_mnist, find_mnist, load_dataset, split_sizes
 from aebench.errors import DISK_FULL_ERRNOS, AebenchError
+from aebench.layers import check_implemented
 from aebench.plugins.discovery import registered_plugins
 from aebench.plugins.plugin import Plugin
 from aebench.plugins.registry import list_backends, load_backend
 from aebench.progress import Progress
-from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
-from aebench.spec.memory import memory_need
+from aebench.spec.load import builtin_specs_dir, list_specs, load_spec, spec_path
+from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import did_you_mean
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Mnist
-from aebench.track.train_run import STOPPED, Terminated, TrainingInterrupted, signal_of, train_tracked
+from aebench.stopping import signals_stop_training
+from aebench.track.train_run import STOPPED, TrainingInterrupted, signal_of, train_tracked
 
 
 def positive_int(text: str) -> int:
@@ -123,19 +123,25 @@ def check_backend_names(names: Sequence[str], flag: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    names = args.backends.split(",") if args.backends else []
+    check_backend_names(names, "--backends")
+    backends = [load_backend(name) for name in names]
     failed = 0
     for name in args.specs:
         try:
             spec = load_spec(name)
+            plan = plan_model(spec)
+            need = check_memory_fits(spec, str(spec_path(name)), plan, split_sizes(spec))  # the MNIST train reads
+            for backend in backends:
+                check_implemented(backend.name, backend.layer_kinds(), plan.layers)
         except AebenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        plan = plan_model(spec)
         weights = sum(math.prod(p.shape) for p in plan.params)
         print(
             f"ok: {name}: {spec.name}, family {spec.model.family}, {len(plan.params)} weight arrays, "
-            f"{weights:,} weights; {memory_need(spec, plan).describe()}"
+            f"{weights:,} weights; {need.describe()}"
         )
     return 2 if failed else 0
 
@@ -154,9 +160,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_backend_names([args.backend], "--backend")
     if isinstance(spec.data, Mnist):
         find_mnist(args.data)  # a missing file is reported before a framework loads
+    options = tracking_options(args)
+    check_run_memory(spec, str(spec_path(args.spec)), split_sizes(spec, args.data), options.quality)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{args.backend}-{datetime.now():%Y%m%d-%H%M%S}"
     writable_folder(out, "--out")
     backend = load_backend(args.backend)
+    check_implemented(backend.name, backend.layer_kinds(), plan_model(spec).layers)
     data = load_dataset(spec, args.data)
     progress = Progress()
     progress.line(
@@ -169,8 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_text = "" if train_total is None else f"train total {train_total:.4f}, "
         progress.line(f"epoch {row['epoch']}: {train_text}test total {row['test_total']:.4f} ({row['seconds']:.1f} s)")
 
-    with sigterm_stops_training():
-        _, outcome = train_tracked(spec, backend, data, out, tracking_options(args), progress=progress, on_epoch=report)
+    with signals_stop_training():
+        _, outcome = train_tracked(spec, backend, data, out, options, progress=progress, on_epoch=report)
     progress.line(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
     progress.line(outcome.message())
     return 0
@@ -188,8 +197,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(to_json(rows))
     else:
         print(format_table(rows if args.verbose else summarize(rows)))
-        failed = sum(r.verdict == "FAIL" for r in rows)
-        print(f"{len(rows) - failed - len(skipped)} passed, {failed} failed, {len(skipped)} skipped")
+        failed, skips = sum(r.verdict == "FAIL" for r in rows), sum(r.verdict == "skip" for r in rows)
+        print(f"{len(rows) - failed - skips} passed, {failed} failed, {skips} skipped")
     return 1 if any(r.verdict == "FAIL" for r in rows) else 0
 
 
@@ -219,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check spec files; one line per problem, exit 2 on any")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or names of shipped specs")
+    p.add_argument(
+        "--backends",
+        metavar="B1,B2",
+        help="also check that these backends implement every layer of each spec (loads their frameworks)",
+    )
     p.set_defaults(run=cmd_validate)
 
     p = sub.add_parser("train", help="train a spec on one backend; writes metrics and PNGs")
@@ -276,25 +290,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"aebench: error: {disk_full_message(exc)}", file=sys.stderr)
         return 1
-
-
-@contextlib.contextmanager
-def sigterm_stops_training() -> Iterator[None]:
-    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread,
-    so a training ends its run as KILLED as on Ctrl-C; the handler before is put back after.
-    Off the main thread, where Python takes no signal handlers, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    before = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def interrupted_message(exc: KeyboardInterrupt) -> str:

@@ -4,15 +4,20 @@ tracking flags of ``aebench train``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from aebench.cli.folders import writable_file
+from aebench.errors import AebenchError, SpecError
+from aebench.scoring import QualitySettings
+from aebench.spec.memory import check_memory_fits, human_bytes, largest_nll_k, memory_need, physical_memory_bytes
+from aebench.spec.shapes import plan_model
+from aebench.spec.types import Spec
 from aebench.track.bundle import find_bundles
 from aebench.track.compare import compare
 from aebench.track.tracking import KINDS, log_bundle, not_tried_again
 from aebench.track.train_run import TrackingOptions
-from aebench.train.quality import QualitySettings
 
 URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 COMPARE_DESCRIPTION = (
@@ -61,14 +66,34 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def tracking_options(args: argparse.Namespace):
     """TrackingOptions from the train flags (quality.QualitySettings' defaults where not given)."""
-    import dataclasses
-
     quality = QualitySettings()
     if args.nll_k:
         quality = dataclasses.replace(quality, k=args.nll_k)
     if args.nll_examples:
         quality = dataclasses.replace(quality, nll_examples=None if args.nll_examples == "all" else args.nll_examples)
     return TrackingOptions(tracking_uri=args.tracking_uri, log=not args.no_mlflow, quality=quality)
+
+
+def check_run_memory(spec: Spec, file: str, sizes: tuple[int, int], quality: QualitySettings) -> None:
+    """Before any framework loads: training ``spec`` on ``sizes`` (training, test) examples, scored
+    with ``quality``, fits this machine's memory (memory.check_memory_fits). Where only the NLL's
+    decodes at --nll-k make it not fit, one line naming --nll-k and the largest k that fits."""
+    plan = plan_model(spec, file)
+    try:
+        check_memory_fits(spec, file, plan, sizes, quality)
+    except SpecError:
+        default = dataclasses.replace(quality, k=QualitySettings().k)
+        if quality.k <= default.k:
+            raise
+        check_memory_fits(spec, file, plan, sizes, default)  # the spec's own error where it does not fit either
+        need = memory_need(spec, plan, sizes=sizes, quality=quality)
+        available = physical_memory_bytes()
+        most = largest_nll_k(spec, plan, sizes, quality, available)
+        raise AebenchError(
+            f"--nll-k: {quality.k:,} importance samples on each of {quality.examples(sizes[1]):,} test examples: "
+            f"the run {need.describe()}; this machine has {human_bytes(available)} of memory; "
+            f"allowed here: at most {most:,}"
+        ) from None
 
 
 def cmd_log(args: argparse.Namespace) -> int:

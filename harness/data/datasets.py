@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import http.client
 import importlib.resources
+import math
 import os
 import socket
 import tempfile
@@ -30,6 +31,7 @@ import numpy as np
 
 from aebench.deadline import within
 from aebench.errors import DataError
+from aebench.spec.memory import SHIPPED_MNIST_EXAMPLES
 from aebench.spec.types import HeightWeight, Mnist, Spec
 
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -110,6 +112,48 @@ def check_npz_size(path: Path, npz: object) -> None:
     size = sum(info.file_size for info in infos)
     if size > MAX_NPZ_BYTES:
         raise DataError(f"{path}: expands to {size / 2**30:.1f} GiB; MNIST is 55 MB (refused, nothing expanded)")
+
+
+def split_sizes(spec: Spec, mnist_path: Optional[str | Path] = None) -> tuple[int, int]:
+    """(training, test) examples load_dataset gives for ``spec``, found without loading them: the
+    table's sizes, or those in the headers of the MNIST file find_mnist picks (the shipped
+    subset's where that file cannot be read so; loading it then says what is wrong)."""
+    if isinstance(spec.data, HeightWeight):
+        return spec.data.n_train, spec.data.n_test
+    try:
+        return mnist_examples(find_mnist(mnist_path))
+    except DataError:
+        return SHIPPED_MNIST_EXAMPLES
+
+
+_UNREADABLE_HEADER = (OSError, ValueError, KeyError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile)
+
+
+def mnist_examples(path: Path) -> tuple[int, int]:
+    """(training, test) examples of the Keras-layout mnist.npz ``path``, read from the headers of
+    its x_train and x_test (nothing is expanded); SHIPPED_MNIST_EXAMPLES where they cannot be read,
+    or the file is one read_mnist_npz refuses for its size (check_npz_size)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            if len(infos) > MAX_NPZ_MEMBERS or sum(info.file_size for info in infos) > MAX_NPZ_BYTES:
+                return SHIPPED_MNIST_EXAMPLES
+            return _npy_rows(archive, "x_train"), _npy_rows(archive, "x_test")
+    except _UNREADABLE_HEADER:
+        return SHIPPED_MNIST_EXAMPLES
+
+
+def _npy_rows(archive: zipfile.ZipFile, key: str) -> int:
+    """The first dimension of the array ``key`` of an npz, from its header; ValueError where the
+    header is not one of an array of images, or claims more bytes than the member holds."""
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as member:
+        major, _ = np.lib.format.read_magic(member)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(member)
+    if len(shape) < 2 or math.prod(shape) * dtype.itemsize > info.file_size:
+        raise ValueError(f"{key}: the header does not describe the member")
+    return int(shape[0])
 
 
 def load_dataset(spec: Spec, mnist_path: Optional[str | Path] = None) -> Dataset:

@@ -111,8 +111,12 @@ class Backend(Protocol):
     def device(self) -> str:
         """Where the arrays live, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
 
+    def layer_kinds(self) -> frozenset[str]:
+        """The layer kinds (aebench.layers) this backend has a builder for."""
+
     def build(self, spec: Spec) -> object:
-        """A model for the spec in the spec's dtype, weights unset (call set_weights)."""
+        """A model for the spec in the spec's dtype, weights unset (call set_weights);
+        LayerNotImplemented if the spec has a layer kind outside layer_kinds()."""
 
     def set_weights(self, model: object, weights: Weights) -> None:
         """Load canonical weights (names and shapes of shapes.plan_model)."""

@@ -65,7 +65,7 @@ class WorkerBackend:
             info = self._receive()
         except WorkerError as exc:
             raise BackendUnavailable(f"backend '{name}' could not load in its worker process: {exc}") from None
-        self._versions, self._device = info["versions"], info["device"]
+        self._versions, self._device, self._layer_kinds = info["versions"], info["device"], info["layer_kinds"]
 
     def _receive(self) -> Any:
         try:
@@ -95,6 +95,9 @@ class WorkerBackend:
 
     def device(self) -> str:
         return self._device
+
+    def layer_kinds(self) -> frozenset[str]:
+        return self._layer_kinds
 
     def build(self, spec: Spec) -> Handle:
         return Handle(self, self.call("build", spec))

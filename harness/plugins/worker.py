@@ -27,7 +27,7 @@ def serve(name: str, inbox: BinaryIO, outbox: BinaryIO) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent as the reason
         reply("error", str(exc))
         return
-    reply("ok", {"versions": backend.versions(), "device": backend.device()})
+    reply("ok", {"versions": backend.versions(), "device": backend.device(), "layer_kinds": backend.layer_kinds()})
     objects: dict[int, Any] = {}
     while True:
         try:

@@ -5,7 +5,7 @@ else the shipped spec NAME; or a path) and overrides the fields given: mappings 
 by key, lists and scalars are replaced whole, and a mapping whose ``kind`` or ``type``
 changes is replaced whole. After merging, the result must be a complete spec (see
 aebench.spec.types) whose shapes fit together and whose training step fits in this
-machine's memory (aebench.spec.shapes).
+machine's memory (aebench.spec.shapes, aebench.spec.memory).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from aebench.errors import SpecError
+from aebench.layers import LAYER_KINDS, kind_of
 from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
 from aebench.spec.shapes import plan_model
-from aebench.spec.types import LINEAR, Dense, Gaussian, Mnist, Spec
+from aebench.spec.types import LINEAR, Gaussian, Mnist, Spec
 from aebench.spec.yamlio import read_mapping
 
 MAX_EXTENDS_DEPTH = 16
@@ -215,8 +216,13 @@ def _check_consistency(p: Parser, spec: Spec) -> None:
         if model.family != "ae":
             p.fail("loss.contractive", "only allowed for family ae (the Jacobian of the deterministic code)")
         for i, layer in enumerate(model.encoder):
-            if not isinstance(layer, Dense):
-                p.fail(f"model.encoder[{i}].type", "loss.contractive needs an encoder of dense layers only")
+            if not kind_of(layer).affine:
+                affine = ", ".join(name for name, kind in LAYER_KINDS.items() if kind.affine)
+                p.fail(
+                    f"model.encoder[{i}].type",
+                    f"loss.contractive needs an encoder of layers whose Jacobian is their kernel ({affine}); "
+                    f"got {layer.type}",
+                )
     if isinstance(spec.corruption, Gaussian) and spec.corruption.clip is not None:
         low, high = spec.corruption.clip
         if not low < high:

@@ -179,7 +179,7 @@ class Parser:
                 _join(path, tag),
                 f"must be one of {', '.join(by_tag)}; got {shown(value[tag])}{did_you_mean(value[tag], by_tag)}",
             )
-        return self.parse_dataclass(chosen, value, path)
+        return self.parse(chosen, value, path)
 
     def _parse_literal(self, choices: tuple, value: Any, path: str) -> Any:
         if value in choices and not isinstance(value, bool):

@@ -9,109 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from aebench.spec.schema import Parser, at_least, greater_than, identifier, in_interval, in_range, rule, shown
+from aebench.layers import LAYER_SCHEMAS
+from aebench.layers.activations import LINEAR, Activation
+from aebench.layers.base import MAX_SIZE
+from aebench.spec.schema import at_least, greater_than, identifier, in_interval, in_range, rule
 
-MAX_SIZE = 2**31 - 1
-"""The largest layer size, kernel, stride or class count: what every framework indexes with 32 bits."""
 MAX_SEED = 2**32 - 1
 """NumPy's classic seed range."""
 MAX_EXAMPLES = 10_000_000
 """The most examples a generated data set may hold."""
 
-ActivationName = Literal["linear", "relu", "leaky_relu", "sigmoid", "tanh"]
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An activation: a name, or ``{name: leaky_relu, negative_slope: 0.3}``.
-
-    leaky_relu must state its slope: Keras defaults to 0.3, PyTorch to 0.01.
-    """
-
-    name: ActivationName
-    negative_slope: Optional[float] = None
-
-    @classmethod
-    def from_yaml(cls, parser: Parser, value: Any, path: str) -> Activation:
-        if isinstance(value, str):
-            value = {"name": value}
-        act = parser.parse_dataclass(cls, value, path)
-        if act.name == "leaky_relu" and act.negative_slope is None:
-            parser.fail(
-                path,
-                "leaky_relu needs an explicit slope (Keras' default is 0.3, PyTorch's 0.01): "
-                "write {name: leaky_relu, negative_slope: 0.3}",
-            )
-        if act.name != "leaky_relu" and act.negative_slope is not None:
-            parser.fail(f"{path}.negative_slope", f"only allowed with leaky_relu, not {act.name}")
-        if act.negative_slope is not None and act.negative_slope < 0:
-            parser.fail(f"{path}.negative_slope", f"must be >= 0, got {act.negative_slope!r}")
-        return act
-
-    def to_yaml(self) -> Any:
-        return self.name if self.negative_slope is None else dataclasses.asdict(self)
-
-
-LINEAR = Activation("linear")
-Padding = Literal["same", "valid"]
-
-
-@dataclass(frozen=True)
-class Dense:
-    type: Literal["dense"]
-    units: int = field(metadata=rule(in_range(1, MAX_SIZE)))
-    activation: Activation = LINEAR
-
-
-@dataclass(frozen=True)
-class _Convolution:
-    type: str
-    filters: int = field(metadata=rule(in_range(1, MAX_SIZE)))
-    kernel: int = field(metadata=rule(in_range(1, MAX_SIZE)))
-    stride: int = field(metadata=rule(in_range(1, MAX_SIZE)))
-    padding: Padding
-    activation: Activation = LINEAR
-
-
-@dataclass(frozen=True)
-class Conv(_Convolution):
-    """2-D convolution on NHWC images; 'same' pads as TensorFlow does (extra at bottom/right)."""
-
-    type: Literal["conv"]
-
-
-@dataclass(frozen=True)
-class ConvTranspose(_Convolution):
-    """2-D transposed convolution; kernel layout (kh, kw, out, in) as in Keras."""
-
-    type: Literal["conv_transpose"]
-
-
-@dataclass(frozen=True)
-class Flatten:
-    """Flattens NHWC features in (H, W, C) order, as Keras does."""
-
-    type: Literal["flatten"]
-
-
-def positive_sizes(sizes: tuple[int, ...]) -> Optional[str]:
-    """A check for a reshape's target: a non-empty list of sizes in 1..MAX_SIZE."""
-    if sizes and min(sizes) >= 1 and max(sizes) <= MAX_SIZE:
-        return None
-    return f"must be a non-empty list of sizes >= 1 and at most {MAX_SIZE}, got {shown(list(sizes))}"
-
-
-@dataclass(frozen=True)
-class Reshape:
-    """Reshapes flat features to (H, W, C)."""
-
-    type: Literal["reshape"]
-    shape: tuple[int, ...] = field(metadata=rule(positive_sizes))
-
-
-Layer = Union[Dense, Conv, ConvTranspose, Flatten, Reshape]
+if TYPE_CHECKING:
+    Layer = Any
+else:
+    Layer = LAYER_SCHEMAS
+"""One entry of an encoder or decoder list: any registered layer kind (aebench.layers)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ KILLED with everything measured before, and the reason as the tag ``aebench.end_
 Stopping: Ctrl-C (SIGINT) or, where the command turns it into Terminated, SIGTERM ends the run
 as KILLED. However a run ends, its final status is written to the bundle first, before the
 figures and before MLflow is contacted, so a second signal during that finishing cuts it
-short (TrainingInterrupted) but never leaves the bundle RUNNING.
+short (TrainingInterrupted). Under aebench.stopping.signals_stop_training (``aebench train``)
+the second signal never leaves the bundle RUNNING, however soon after the first it comes: it is
+held until the final status is written (aebench.stopping.held).
 
 A disk that fills up (ENOSPC, EDQUOT, or EFBIG under a file size limit) ends the bundle as
 FAILED with the reason, writing nothing more than run.json: the bundle holds a small space
@@ -37,6 +39,7 @@ from aebench.plugins.registry import framework_of
 from aebench.progress import Progress
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
+from aebench.stopping import held
 from aebench.track.bundle import (
     RUN_FILE,
     RunRecord,
@@ -76,13 +79,6 @@ class TrackingOptions:
     tracking_uri: Optional[str] = None
     log: bool = True
     quality: QualitySettings = QualitySettings()
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread by the handler the ``train`` command installs, so a
-    training stops as on Ctrl-C and its run ends as KILLED."""
-
-    signal_name = "SIGTERM"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -266,8 +262,8 @@ def epoch_metrics(row: dict) -> dict[str, float]:
 def _stopped_while_finishing(
     exc: KeyboardInterrupt, run: RunRecord, out: Path, rows: list[dict], tracking_uri: Optional[str]
 ) -> TrainingInterrupted:
-    """What a signal during _finish raises: the bundle holds ``run.status``, written first (or
-    is still RUNNING where the signal came within the milliseconds before that write)."""
+    """What a signal during _finish raises: the bundle holds ``run.status``, written first (the
+    write is held against signals; see aebench.stopping)."""
     name = signal_of(exc)
     reason = f"{STOPPED[name]} while the run was being finished"
     kept = LogOutcome(
@@ -278,10 +274,12 @@ def _stopped_while_finishing(
 
 def _end(run: RunRecord, status: str, reason: str, bundle_dir: Path) -> None:
     """Write the run's final ``status`` and why it ended (tracking.end_tags) to its bundle now:
-    a quick write (run.json; the artifacts listed so far are copied already)."""
-    run.status, run.end_time = status, now_ms()
-    run.tags.update(end_tags(status, reason))
-    write_bundle(run, bundle_dir)
+    a quick write (run.json; the artifacts listed so far are copied already) that a signal
+    waits for (aebench.stopping.held)."""
+    with held():
+        run.status, run.end_time = status, now_ms()
+        run.tags.update(end_tags(status, reason))
+        write_bundle(run, bundle_dir)
 
 
 def _finish(

@@ -37,7 +37,6 @@ the corrupted input for the reconstruction error and the PSNR (the denoiser at w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -46,6 +45,7 @@ from aebench.check.oracle import corrupt
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TEST_STREAM, draw_noise, stream
 from aebench.plugins.backend_api import Backend
+from aebench.scoring import QualitySettings
 from aebench.spec.shapes import ModelPlan
 from aebench.spec.types import Spec
 from aebench.train.evaluate import evaluate
@@ -53,20 +53,6 @@ from aebench.train.evaluate import evaluate
 RECONSTRUCTION_STREAM_KEY = 100  # stream(seed, TEST_STREAM, 100): corruption of the scored inputs
 IMPORTANCE_STREAM_KEY = 101  # stream(seed, TEST_STREAM, 101): the importance samples
 LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-@dataclass(frozen=True)
-class QualitySettings:
-    """k: importance samples per example; nll_examples: score the NLL and ELBO on the first
-    this many test examples (None: all); decode_rows: rows per decode call (memory bound)."""
-
-    k: int = 200
-    nll_examples: Optional[int] = 200
-    decode_rows: int = 2000
-
-    def examples(self, n_test: int) -> int:
-        """How many test examples the NLL and ELBO are computed on."""
-        return n_test if self.nll_examples is None else min(self.nll_examples, n_test)
 
 
 def quality_metrics(
@@ -140,7 +126,7 @@ def importance_log_weights(
     """(log w, -log p(x|z), KL) for each example: log w and -log p(x|z) of shape (n, k), one
     column per sample z_i ~ q(z|x); KL(q(z|x) || N(0, I)) of shape (n,), in closed form."""
     rng = stream(spec.train.seed, TEST_STREAM, IMPORTANCE_STREAM_KEY)
-    per_call = max(1, rows // k)
+    per_call = QualitySettings(k=k, decode_rows=rows).examples_per_decode()
     parts = []
     for start in range(0, len(x), per_call):
         xb = x[start : start + per_call]

@@ -1,0 +1,60 @@
+"""The layer registry: every module of this package that defines ``KIND`` is a layer kind.
+
+Adding a layer kind is one module here (schema, shape rule, FLOPs, memory, oracle:
+aebench.layers.base.LayerKind) plus one builder per backend, in that backend's table from
+kind name to builder. Nothing else in the harness names a layer kind; tests find the new
+kind through ``LAYER_KINDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Collection, Iterable
+from typing import Any, Union
+
+from aebench.errors import LayerNotImplemented
+from aebench.layers.activations import Activation
+from aebench.layers.base import LayerKind, LayerPlan
+
+_NOT_KINDS = {"base", "activations"}
+
+
+def _discover() -> dict[str, LayerKind]:
+    kinds = {}
+    for found in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if found.name in _NOT_KINDS:
+            continue
+        kind: LayerKind = importlib.import_module(f"{__name__}.{found.name}").KIND
+        kinds[kind.name] = kind
+    return kinds
+
+
+LAYER_KINDS: dict[str, LayerKind] = _discover()
+"""Every layer kind, by the name a spec's ``type`` gives it."""
+
+LAYER_SCHEMAS: Any = Union[tuple(kind.schema for kind in LAYER_KINDS.values())]
+"""The union a spec's layer entry parses into (told apart by ``type``)."""
+
+
+def kind_of(layer: Any) -> LayerKind:
+    """The registered kind of a parsed layer."""
+    return LAYER_KINDS[layer.type]
+
+
+def latent_head(units: int, activation: Activation) -> Any:
+    """The layer of a latent head (the code, or the mean and the log-variance): dense."""
+    return LAYER_KINDS["dense"].schema("dense", units, activation)
+
+
+def check_implemented(backend: str, kinds: Collection[str], layers: Iterable[LayerPlan]) -> None:
+    """LayerNotImplemented for the first planned layer whose kind is not in ``kinds``."""
+    for plan in layers:
+        if plan.layer.type not in kinds:
+            raise LayerNotImplemented(backend, plan.layer.type, spec_path(plan.name))
+
+
+def spec_path(name: str) -> str:
+    """The spec field of a canonical layer name: 'encoder.2' -> 'model.encoder[2]', 'z_mean' -> 'model.latent'."""
+    stack, _, index = name.partition(".")
+    return f"model.{stack}[{index}]" if index else "model.latent"
