@@ -39,9 +39,21 @@ class DiskFull(AebenchError):
     exit_code = 1
 
 
-class LayerNotImplemented(AebenchError):
-    """A spec uses a layer kind that a backend has no builder for: 'BACKEND does not implement LAYER'."""
+class NotImplementedByBackend(AebenchError):
+    """A spec uses a layer kind or a loss term that a backend has no code for."""
+
+
+class LayerNotImplemented(NotImplementedByBackend):
+    """'BACKEND does not implement layer KIND (field)'."""
 
     def __init__(self, backend: str, kind: str, where: str):
         self.backend, self.kind, self.where = backend, kind, where
         super().__init__(f"{backend} does not implement layer {kind} ({where})")
+
+
+class LossTermNotImplemented(NotImplementedByBackend):
+    """'BACKEND does not implement loss term NAME (loss.NAME)'."""
+
+    def __init__(self, backend: str, term: str):
+        self.backend, self.term = backend, term
+        super().__init__(f"{backend} does not implement loss term {term} (loss.{term})")

@@ -94,3 +94,12 @@ def test_activation_settings_are_checked(activation: str, message: str, tmp_path
     path.write_text(SPEC.format(act=activation))
     with pytest.raises(SpecError, match=message):
         load_spec(path)
+
+
+@pytest.mark.parametrize("output", ["linear", "sigmoid", "tanh"])
+def test_output_activation_matches_the_oracle_on_every_backend(backend, output: str, tmp_path: Path) -> None:
+    path = tmp_path / f"out_{output}.yaml"
+    path.write_text(SPEC.format(act="relu").replace("output_activation: linear", f"output_activation: {output}"))
+    case = eq.make_case(load_spec(path))
+    comparisons = eq.check_loss_terms(backend, case) + eq.check_encode_decode(backend, case)
+    assert not eq.failures(comparisons)

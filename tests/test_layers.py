@@ -29,6 +29,7 @@ VARIANTS = {
         "{type: conv_transpose, filters: 2, kernel: 3, stride: 2, padding: same}",
         "{type: flatten}",
     ],
+    "conv_one_filter": ["{type: conv, filters: 1, kernel: 3, stride: 1, padding: same}", "{type: flatten}"],
     "conv_torch_padding_1_stride_2": ["{type: conv, filters: 2, kernel: 3, stride: 2, padding: 1}", "{type: flatten}"],
     "conv_per_side_padding": [
         "{type: conv, filters: 2, kernel: 3, stride: 2, padding: [[0, 2], [1, 0]]}",

@@ -9,9 +9,14 @@ import pytest
 from cases import conv2d, conv2d_transpose
 
 from aebench.check import oracle
-from aebench.layers.activations import Activation
+from aebench.data.noise import corrupt
+from aebench.layers.activations import Activation, sigmoid
 from aebench.layers.conv import same_pads
-from aebench.spec.types import KL, Contractive, Gaussian, Masking, Reconstruction, SaltAndPepper, Sparsity
+from aebench.losses.contractive import Contractive, code_jacobian, contractive_loss
+from aebench.losses.kl import KL, kl_loss
+from aebench.losses.reconstruction import Reconstruction, bce_with_logits, reconstruction_loss
+from aebench.losses.sparsity import Sparsity, sparsity_loss
+from aebench.spec.types import Gaussian, Masking, SaltAndPepper
 
 
 def test_kl_of_a_known_gaussian() -> None:
@@ -19,16 +24,16 @@ def test_kl_of_a_known_gaussian() -> None:
     # dim 1: 0.5 * (1 + 1 - 1 - 0) = 0.5; dim 2: 0.5 * (4 + 0 - 1 - ln 4) = 0.8068528194400547
     mean = np.array([[1.0, 0.0]])
     log_var = np.array([[0.0, math.log(4.0)]])
-    assert oracle.kl_loss(KL(1.0, "sum", "mean"), mean, log_var) == pytest.approx(1.3068528194400547, rel=1e-15)
-    assert oracle.kl_loss(KL(1.0, "mean", "mean"), mean, log_var) == pytest.approx(0.6534264097200273, rel=1e-15)
+    assert kl_loss(KL(1.0, "sum", "mean"), mean, log_var) == pytest.approx(1.3068528194400547, rel=1e-15)
+    assert kl_loss(KL(1.0, "mean", "mean"), mean, log_var) == pytest.approx(0.6534264097200273, rel=1e-15)
 
 
 def test_kl_is_zero_at_the_prior_and_batch_reductions_differ() -> None:
     zeros = np.zeros((3, 5))
-    assert oracle.kl_loss(KL(1.0, "sum", "mean"), zeros, zeros) == 0.0
+    assert kl_loss(KL(1.0, "sum", "mean"), zeros, zeros) == 0.0
     mean = np.array([[2.0], [0.0]])  # per example 2.0 and 0.0
-    assert oracle.kl_loss(KL(1.0, "sum", "mean"), mean, np.zeros_like(mean)) == 1.0
-    assert oracle.kl_loss(KL(1.0, "sum", "sum"), mean, np.zeros_like(mean)) == 2.0
+    assert kl_loss(KL(1.0, "sum", "mean"), mean, np.zeros_like(mean)) == 1.0
+    assert kl_loss(KL(1.0, "sum", "sum"), mean, np.zeros_like(mean)) == 2.0
 
 
 def test_sparsity_kl_by_hand() -> None:
@@ -40,12 +45,12 @@ def test_sparsity_kl_by_hand() -> None:
     unit2 = 0.1 * math.log(2.0) + 0.9 * math.log(0.9 / 0.95)
     assert unit1 == pytest.approx(0.036690014034750, abs=1e-14)
     assert unit2 == pytest.approx(0.020654218912746, abs=1e-14)
-    assert oracle.sparsity_loss(Sparsity(0.1, 1.0, "sum"), code) == pytest.approx(unit1 + unit2, rel=1e-14)
-    assert oracle.sparsity_loss(Sparsity(0.1, 1.0, "mean"), code) == pytest.approx((unit1 + unit2) / 2, rel=1e-14)
+    assert sparsity_loss(Sparsity(0.1, 1.0, "sum"), code) == pytest.approx(unit1 + unit2, rel=1e-14)
+    assert sparsity_loss(Sparsity(0.1, 1.0, "mean"), code) == pytest.approx((unit1 + unit2) / 2, rel=1e-14)
 
 
 def test_sparsity_kl_is_zero_when_every_unit_averages_rho() -> None:
-    assert oracle.sparsity_loss(Sparsity(0.05, 1.0, "sum"), np.full((4, 3), 0.05)) == pytest.approx(0.0, abs=1e-16)
+    assert sparsity_loss(Sparsity(0.05, 1.0, "sum"), np.full((4, 3), 0.05)) == pytest.approx(0.0, abs=1e-16)
 
 
 def _sigmoid_code_plan(n_in: int, n_code: int):
@@ -81,14 +86,14 @@ def test_contractive_closed_form_matches_a_finite_difference_jacobian() -> None:
     x, kernel, bias = rng.random((3, 5)), rng.normal(size=(5, 4)), rng.normal(size=4)
     weights = {"code.kernel": kernel, "code.bias": bias}
     plan = _sigmoid_code_plan(5, 4)
-    h = oracle.sigmoid(x @ kernel + bias)
+    h = sigmoid(x @ kernel + bias)
     # Closed form for a sigmoid dense code: sum_j (h_j (1 - h_j))^2 sum_i W_ij^2, per example.
     closed = ((h * (1 - h)) ** 2 * (kernel**2).sum(axis=0)).sum(axis=1).mean()
-    fd = _finite_difference_jacobian(lambda v: oracle.sigmoid(v @ kernel + bias), x)
-    jac = oracle.code_jacobian(plan, weights, x)
+    fd = _finite_difference_jacobian(lambda v: sigmoid(v @ kernel + bias), x)
+    jac = code_jacobian(plan, weights, x)
     np.testing.assert_allclose(jac, fd, rtol=1e-8, atol=1e-10)
-    assert oracle.contractive_loss(Contractive(1.0, "mean"), jac) == pytest.approx(closed, rel=1e-13)
-    assert oracle.contractive_loss(Contractive(1.0, "mean"), fd) == pytest.approx(closed, rel=1e-7)
+    assert contractive_loss(Contractive(1.0, "mean"), jac) == pytest.approx(closed, rel=1e-13)
+    assert contractive_loss(Contractive(1.0, "mean"), fd) == pytest.approx(closed, rel=1e-7)
 
 
 def test_same_padding_at_stride_2_puts_the_extra_row_and_column_after() -> None:
@@ -137,16 +142,16 @@ def test_transposed_convolution_kernel_is_out_then_in() -> None:
 
 
 def test_bce_from_logits_by_hand() -> None:
-    assert oracle.bce_with_logits(np.array(0.0), np.array(1.0)) == pytest.approx(math.log(2), rel=1e-15)
+    assert bce_with_logits(np.array(0.0), np.array(1.0)) == pytest.approx(math.log(2), rel=1e-15)
     # logit 30, target 0: -log(1 - sigmoid(30)) = 30 + log(1 + e^-30), computed without overflow
-    assert oracle.bce_with_logits(np.array(30.0), np.array(0.0)) == pytest.approx(30 + math.exp(-30), rel=1e-15)
-    assert oracle.bce_with_logits(np.array(-800.0), np.array(1.0)) == pytest.approx(800.0, rel=1e-15)
+    assert bce_with_logits(np.array(30.0), np.array(0.0)) == pytest.approx(30 + math.exp(-30), rel=1e-15)
+    assert bce_with_logits(np.array(-800.0), np.array(1.0)) == pytest.approx(800.0, rel=1e-15)
 
 
 def test_reconstruction_reductions() -> None:
     x = np.zeros((2, 2))
     logits = np.array([[1.0, 3.0], [5.0, 7.0]])  # linear output: squared errors 1, 9, 25, 49
-    mse = lambda f, b: oracle.reconstruction_loss(Reconstruction("mse", 1.0, f, b), "linear", logits, x)  # noqa: E731
+    mse = lambda f, b: reconstruction_loss(Reconstruction("mse", 1.0, f, b), "linear", logits, x)  # noqa: E731
     assert mse("sum", "mean") == 42.0
     assert mse("mean", "mean") == 21.0
     assert mse("sum", "sum") == 84.0
@@ -156,13 +161,11 @@ def test_reconstruction_reductions() -> None:
 def test_corruptions_from_injected_noise() -> None:
     x = np.array([[0.2, 0.5, 0.9, 0.0]])
     normal = np.array([[1.0, -1.0, 1.0, -1.0]])
-    np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, (0.0, 1.0)), x, normal), [[0.6, 0.1, 1.0, 0.0]])
-    np.testing.assert_allclose(oracle.corrupt(Gaussian("gaussian", 0.4, None), x, normal), [[0.6, 0.1, 1.3, -0.4]])
+    np.testing.assert_allclose(corrupt(Gaussian("gaussian", 0.4, (0.0, 1.0)), x, normal), [[0.6, 0.1, 1.0, 0.0]])
+    np.testing.assert_allclose(corrupt(Gaussian("gaussian", 0.4, None), x, normal), [[0.6, 0.1, 1.3, -0.4]])
     uniform = np.array([[0.01, 0.5, 0.96, 0.2]])
-    np.testing.assert_array_equal(oracle.corrupt(Masking("masking", 0.3), x, uniform), [[0.0, 0.5, 0.9, 0.0]])
-    np.testing.assert_array_equal(
-        oracle.corrupt(SaltAndPepper("salt_and_pepper", 0.1), x, uniform), [[0.0, 0.5, 1.0, 0.0]]
-    )
+    np.testing.assert_array_equal(corrupt(Masking("masking", 0.3), x, uniform), [[0.0, 0.5, 0.9, 0.0]])
+    np.testing.assert_array_equal(corrupt(SaltAndPepper("salt_and_pepper", 0.1), x, uniform), [[0.0, 0.5, 1.0, 0.0]])
 
 
 def test_flatten_walks_height_width_channels() -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from aebench.check import oracle
-from aebench.check.oracle import bce_with_logits, reconstruction_loss, sigmoid
 from aebench.data.datasets import Dataset, load_dataset
+from aebench.layers.activations import sigmoid
+from aebench.losses.reconstruction import bce_with_logits, reconstruction_loss
 from aebench.plugins.backend_api import Batch, Noise
 from aebench.plugins.canonical import init_weights
 from aebench.spec.load import load_spec

@@ -193,6 +193,42 @@ BAD_SPECS = [
         ["dtype", "one of float32, float64"],
     ),
     ("missing-epsilon", {"s.yaml": edit(GOOD, ", epsilon: 1e-8", "")}, "s.yaml", ["optimizer.epsilon", "is required"]),
+    (
+        "weight-decay-without-form",
+        {"s.yaml": edit(GOOD, "epsilon: 1e-8}", "epsilon: 1e-8, weight_decay: {coefficient: 1e-4}}")},
+        "s.yaml",
+        ["optimizer.weight_decay.form", "is required (one of coupled, decoupled)"],
+    ),
+    (
+        "weight-decay-without-coefficient",
+        {"s.yaml": edit(GOOD, "epsilon: 1e-8}", "epsilon: 1e-8, weight_decay: {form: decoupled}}")},
+        "s.yaml",
+        ["optimizer.weight_decay.coefficient", "is required"],
+    ),
+    (
+        "decoupled-decay-of-the-whole-weight",
+        {
+            "s.yaml": edit(
+                edit(GOOD, "learning_rate: 1e-3", "learning_rate: 2"),
+                "epsilon: 1e-8}",
+                "epsilon: 1e-8, weight_decay: {form: decoupled, coefficient: 0.5}}",
+            )
+        },
+        "s.yaml",
+        ["optimizer.weight_decay.coefficient", "learning_rate * coefficient must be < 1"],
+    ),
+    (
+        "schedule-without-per",
+        {"s.yaml": edit(GOOD, "epsilon: 1e-8}", "epsilon: 1e-8, schedule: {name: exponential, gamma: 0.95}}")},
+        "s.yaml",
+        ["optimizer.schedule.per", "is required (one of epoch, step)"],
+    ),
+    (
+        "schedule-gamma-out-of-range",
+        {"s.yaml": edit(GOOD, "epsilon: 1e-8}", "epsilon: 1e-8, schedule: {name: exponential, gamma: 0, per: epoch}}")},
+        "s.yaml",
+        ["optimizer.schedule.gamma", "must lie in (0, 1]"],
+    ),
     ("dense-on-images", {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "")}, "s.yaml", ["model.encoder", "flat"]),
 ]
 

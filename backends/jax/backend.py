@@ -21,7 +21,7 @@ from aebench.spec.shapes import ENCODED_NAMES, ModelPlan, plan_model
 from aebench.spec.types import Spec
 
 from . import weights as canonical
-from .losses import loss_terms, output
+from .losses import TERMS, loss_terms, output
 from .model import BUILDERS, Autoencoder, Params
 from .precision import set_precision
 from .train import JaxTrainer, grad_fn
@@ -63,6 +63,9 @@ class JaxBackend:
     def layer_kinds(self) -> frozenset[str]:
         return frozenset(BUILDERS)
 
+    def loss_term_kinds(self) -> frozenset[str]:
+        return frozenset(TERMS)
+
     def build(self, spec: Spec) -> JaxModel:
         check_implemented(self.name, BUILDERS, plan_model(spec).layers)
         if spec.dtype == "float64":
@@ -99,11 +102,15 @@ class JaxBackend:
         values = np.asarray(terms, dtype=np.float64).tolist()
         return dict(zip(loss_term_names(model.spec), values)), canonical.to_weights(model.plan, grads)
 
-    def trainer(self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray]) -> JaxTrainer:
+    def trainer(
+        self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray], steps_per_epoch: Optional[int] = None
+    ) -> JaxTrainer:
         def keep(params: Params) -> None:
             model.params = params
 
-        return JaxTrainer(model.net, model.spec, model.params, x, labels, self._device, model.dtype, keep)
+        return JaxTrainer(
+            model.net, model.spec, model.params, x, labels, self._device, model.dtype, keep, steps_per_epoch
+        )
 
     def encode(self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         xs, ls, _, _ = self._inputs(model, Batch(x, labels, Noise()))

@@ -43,7 +43,7 @@ def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precisio
     _apply_precision(model.net, precision)
     from .train import make_step
 
-    init, step = make_step(model.net, spec)
+    init, step = make_step(model.net, spec, data.steps_per_epoch)
     device = jax.devices()[0]
     tables = _device_tables(data, device)
     state = (model.params, init(model.params), jax.device_put(np.int32(0), device))
@@ -73,6 +73,7 @@ def _device_tables(data: BenchData, device) -> dict:
         "corruption": put(data.corruption),
         "step_size": put(data.adam_step_size),
         "c2_sqrt": put(data.adam_bias_correction2_sqrt),
+        "decay_factor": put(data.adam_decay_factor),
     }
 
 
@@ -99,6 +100,7 @@ def _indexed_step(step, tables: dict):
             batch("corruption"),
             t["step_size"][k],
             t["c2_sqrt"][k],
+            t["decay_factor"][k],
         )
         return (params, opt_state, k + 1), terms[0]
 

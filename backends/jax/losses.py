@@ -3,16 +3,20 @@ formulas as aebench.check.oracle). The contractive Jacobian is autodiff: vmap(ja
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from aebench.layers.activations import Activation
+from aebench.losses import present_terms
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import Autoencoder, Params
+from .model import Autoencoder, Params, activation
 
 
 def corrupt(spec: Spec, x: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
@@ -34,25 +38,61 @@ def reduce(per_element: jax.Array, features: str, batch: str) -> jax.Array:
     return per_example.sum() if batch == "sum" else per_example.mean()
 
 
-def reconstruction(spec: Spec, logits: jax.Array, x: jax.Array) -> jax.Array:
-    cfg = spec.loss.reconstruction
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass: what the loss terms read."""
+
+    model: Autoencoder
+    spec: Spec
+    params: Params
+    x: jax.Array
+    x_in: jax.Array
+    labels: Optional[jax.Array]
+    z: jax.Array
+    mean: Optional[jax.Array]
+    log_var: Optional[jax.Array]
+    logits: jax.Array
+
+
+def reconstruction(cfg: Any, p: Pass) -> jax.Array:
     if cfg.kind == "bce":
-        per_element = optax.sigmoid_binary_cross_entropy(logits, x)
+        per_element = optax.sigmoid_binary_cross_entropy(p.logits, p.x)
     else:
-        out = jax.nn.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
-        per_element = (out - x) ** 2
+        per_element = (output(p.spec, p.logits) - p.x) ** 2
     return reduce(per_element, cfg.features, cfg.batch)
 
 
-def contractive(
-    model: Autoencoder, params: Params, x_in: jax.Array, labels: Optional[jax.Array], batch: str
-) -> jax.Array:
+def kl(cfg: Any, p: Pass) -> jax.Array:
+    mean, log_var = p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    return reduce(0.5 * (jnp.exp(log_var) + mean**2 - 1.0 - log_var), cfg.features, cfg.batch)
+
+
+def sparsity(cfg: Any, p: Pass) -> jax.Array:
+    rho, rho_hat = cfg.rho, p.z.mean(axis=0)
+    divergence = rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat))
+    return divergence.sum() if cfg.units == "sum" else divergence.mean()
+
+
+def contractive(cfg: Any, p: Pass) -> jax.Array:
+    """||d code / d x||_F^2 per example by autodiff (vmap of jacrev), reduced over the batch."""
+    model, params, labels = p.model, p.params, p.labels
+
     def code(xi: jax.Array, li: Optional[jax.Array]) -> jax.Array:
         lab = None if li is None else li[None]
         return model.head(params, "code", model.hidden(params, xi[None], lab))[0]
 
-    jac = jax.vmap(jax.jacrev(code), in_axes=(0, None if labels is None else 0))(x_in, labels)
-    return reduce(jac**2, "sum", batch)
+    jac = jax.vmap(jax.jacrev(code), in_axes=(0, None if labels is None else 0))(p.x_in, labels)
+    return reduce(jac**2, "sum", cfg.batch)
+
+
+TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
+    "reconstruction": reconstruction,
+    "kl": kl,
+    "sparsity": sparsity,
+    "contractive": contractive,
+}
+"""Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
 
 def loss_terms(
@@ -65,25 +105,18 @@ def loss_terms(
     corruption: Optional[jax.Array],
 ) -> dict[str, jax.Array]:
     """Unweighted terms and their weighted 'total'."""
-    loss = spec.loss
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(params, x_in, labels)
-    terms = {}
+    mean = log_var = None
     if spec.model.family == "vae":
         mean, log_var = model.head(params, "z_mean", h), model.head(params, "z_log_var", h)
         z = mean + jnp.exp(0.5 * log_var) * eps
-        terms["kl"] = reduce(0.5 * (jnp.exp(log_var) + mean**2 - 1.0 - log_var), loss.kl.features, loss.kl.batch)
     else:
         z = model.head(params, "code", h)
-    terms["reconstruction"] = reconstruction(spec, model.decode_logits(params, z, labels), x)
-    if loss.sparsity is not None:
-        rho, rho_hat = loss.sparsity.rho, z.mean(axis=0)
-        kl = rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat))
-        terms["sparsity"] = kl.sum() if loss.sparsity.units == "sum" else kl.mean()
-    if loss.contractive is not None:
-        terms["contractive"] = contractive(model, params, x_in, labels, loss.contractive.batch)
-    return with_total(spec, terms)
+    logits = model.decode_logits(params, z, labels)
+    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits)
+    return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 
 def output(spec: Spec, logits: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
+    return activation(Activation(spec.model.output_activation))(logits)

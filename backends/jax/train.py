@@ -1,6 +1,8 @@
 """Training in JAX: one jit-compiled step (loss, gradients, update) with the reference Adam
-(aebench.plugins.adam; host-side float64 scalars passed in as arguments) or optax.adam (stock).
-make_step is the step itself, shared with the benchmark modes (bench.py)."""
+(aebench.plugins.adam; host-side float64 scalars passed in as arguments) or Optax's own Adam
+(stock: optax.adam, chained after add_decayed_weights for coupled decay, optax.adamw for
+decoupled, with optax.exponential_decay as the schedule). make_step is the step itself, shared
+with the benchmark modes (bench.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aebench.plugins.adam import adam_scalars
+from aebench.plugins.adam import adam_scalars, coupled_decay, decoupled_decay, epoch_steps, schedule_period
 from aebench.plugins.backend_api import Step, loss_term_names
 from aebench.spec.types import Adam, Spec
 
@@ -29,15 +31,41 @@ def reference_adam(
     v: Params,
     step_size: jax.Array,
     bias_correction2_sqrt: jax.Array,
+    decay_factor: jax.Array,
 ) -> tuple[Params, Params, Params]:
-    """torch.optim.Adam's arithmetic, op for op (m by lerp, eps outside the square root)."""
-    b1, b2, eps = opt.beta1, opt.beta2, opt.epsilon
+    """torch.optim.Adam's (decoupled: AdamW's) arithmetic, op for op (coupled decay added to the
+    gradient, m by lerp, decoupled decay as a factor on p, eps outside the square root)."""
+    b1, b2, eps, wd = opt.beta1, opt.beta2, opt.epsilon, coupled_decay(opt)
+    if wd:
+        grads = jax.tree.map(lambda g, p: g + wd * p, grads, params)
+    if decoupled_decay(opt):
+        params = jax.tree.map(lambda p: p * decay_factor, params)
     m = jax.tree.map(lambda m_, g: m_ + (1 - b1) * (g - m_), m, grads)
     v = jax.tree.map(lambda v_, g: v_ * b2 + (1 - b2) * (g * g), v, grads)
     params = jax.tree.map(
         lambda p, m_, v_: p + (-step_size) * (m_ / (jnp.sqrt(v_) / bias_correction2_sqrt + eps)), params, m, v
     )
     return params, m, v
+
+
+def stock_adam(opt: Adam, steps_per_epoch: Optional[int]) -> optax.GradientTransformation:
+    """Optax's own Adam for the spec: optax.adam, preceded by add_decayed_weights (coupled decay,
+    the L2 gradient) or optax.adamw (decoupled); a schedule is optax.exponential_decay with
+    staircase=True and one transition per period (its default, staircase=False, decays every step)."""
+    learning_rate: optax.ScalarOrSchedule = opt.learning_rate
+    if opt.schedule is not None:
+        learning_rate = optax.exponential_decay(
+            opt.learning_rate,
+            transition_steps=schedule_period(opt, steps_per_epoch),
+            decay_rate=opt.schedule.gamma,
+            staircase=True,
+        )
+    hyper = dict(b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
+    if decoupled_decay(opt):
+        return optax.adamw(learning_rate, weight_decay=decoupled_decay(opt), **hyper)
+    if coupled_decay(opt):
+        return optax.chain(optax.add_decayed_weights(coupled_decay(opt)), optax.adam(learning_rate, **hyper))
+    return optax.adam(learning_rate, **hyper)
 
 
 def grad_fn(model: Autoencoder, spec: Spec):
@@ -55,22 +83,23 @@ def grad_fn(model: Autoencoder, spec: Spec):
     return fn
 
 
-def make_step(model: Autoencoder, spec: Spec):
+def make_step(model: Autoencoder, spec: Spec, steps_per_epoch: Optional[int] = None):
     """The training step shared by JaxTrainer and the benchmark modes (bench.py).
 
     Returns (init, step): ``init(params)`` is the optimizer state, and
-    ``step(params, state, x, labels, eps, corruption, step_size, c2_sqrt) -> (params, state,
-    terms)`` computes the loss terms (loss_term_names order), their gradients and one update
-    with the spec's optimizer: the reference Adam with the given scalars of this step, or
-    optax.adam (stock; the scalars are then ignored and may be None). Pure, so it can be
-    jitted, scanned or run op by op.
+    ``step(params, state, x, labels, eps, corruption, step_size, c2_sqrt, decay_factor) ->
+    (params, state, terms)`` computes the loss terms (loss_term_names order), their gradients
+    and one update with the spec's optimizer: the reference Adam with the given scalars of this
+    step, or Optax's (stock_adam, whose schedule counts ``steps_per_epoch`` updates an epoch;
+    the scalars are then ignored and may be None). Pure, so it can be jitted, scanned or run
+    op by op.
     """
     gradients = grad_fn(model, spec)
     opt = spec.optimizer
     if opt.implementation == "stock":
-        tx = optax.adam(opt.learning_rate, b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
+        tx = stock_adam(opt, steps_per_epoch)
 
-        def stock_step(params, state, x, labels, eps, corruption, step_size=None, c2_sqrt=None):
+        def stock_step(params, state, x, labels, eps, corruption, step_size=None, c2_sqrt=None, decay_factor=None):
             terms, grads = gradients(params, x, labels, eps, corruption)
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state, terms
@@ -80,16 +109,17 @@ def make_step(model: Autoencoder, spec: Spec):
     def init(params: Params):
         return jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)
 
-    def reference_step(params, state, x, labels, eps, corruption, step_size, c2_sqrt):
+    def reference_step(params, state, x, labels, eps, corruption, step_size, c2_sqrt, decay_factor):
         terms, grads = gradients(params, x, labels, eps, corruption)
-        params, m, v = reference_adam(opt, params, grads, *state, step_size, c2_sqrt)
+        params, m, v = reference_adam(opt, params, grads, *state, step_size, c2_sqrt, decay_factor)
         return params, (m, v), terms
 
     return init, reference_step
 
 
 class JaxTrainer:
-    """Keeps the training data on the device; each step is one jitted call."""
+    """Keeps the training data on the device; each step is one jitted call. ``steps_per_epoch``
+    (default: the training loop's epoch of x) paces a per-epoch schedule."""
 
     def __init__(
         self,
@@ -101,19 +131,22 @@ class JaxTrainer:
         device: jax.Device,
         dtype: jnp.dtype,
         on_update,
+        steps_per_epoch: Optional[int] = None,
     ):
         self.spec, self.dtype, self.device, self.on_update = spec, dtype, device, on_update
         self.x = jax.device_put(jnp.asarray(x, dtype=dtype), device)
         self.labels = None if labels is None else jax.device_put(jnp.asarray(labels, dtype=dtype), device)
-        self.params, self.count = params, 0
+        self.params = params
         self.stock = spec.optimizer.implementation == "stock"
-        init, step = make_step(model, spec)
+        period = steps_per_epoch or epoch_steps(len(x), spec.train.batch_size)
+        self.scalars = adam_scalars(spec.optimizer, period)
+        init, step = make_step(model, spec, period)
         self.state = init(params)
 
         @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def indexed_step(params, state, x_all, labels_all, idx, eps, corruption, step_size, c2_sqrt):
+        def indexed_step(params, state, x_all, labels_all, idx, eps, corruption, step_size, c2_sqrt, decay_factor):
             labels = None if labels_all is None else labels_all[idx]
-            return step(params, state, x_all[idx], labels, eps, corruption, step_size, c2_sqrt)
+            return step(params, state, x_all[idx], labels, eps, corruption, step_size, c2_sqrt, decay_factor)
 
         self._step = indexed_step
 
@@ -122,10 +155,9 @@ class JaxTrainer:
 
     def _adam_scalars(self) -> tuple:
         if self.stock:
-            return None, None
-        self.count += 1
-        s = adam_scalars(self.spec.optimizer, self.count)
-        return jnp.asarray(s.step_size, self.dtype), jnp.asarray(s.bias_correction2_sqrt, self.dtype)
+            return None, None, None
+        s = next(self.scalars)
+        return tuple(jnp.asarray(a, self.dtype) for a in (s.step_size, s.bias_correction2_sqrt, s.decay_factor))
 
     def run(self, steps: Iterable[Step]) -> np.ndarray:
         rows = []

@@ -15,7 +15,7 @@ from aebench.spec.types import Spec
 
 from . import engines
 from . import weights as canonical
-from .losses import loss_terms, output
+from .losses import TERMS, loss_terms, output
 from .model import BUILDERS, Autoencoder
 from .precision import set_precision
 from .train import KerasTrainer
@@ -36,6 +36,9 @@ class KerasBackend:
 
     def layer_kinds(self) -> frozenset[str]:
         return frozenset(BUILDERS)
+
+    def loss_term_kinds(self) -> frozenset[str]:
+        return frozenset(TERMS)
 
     def build(self, spec: Spec) -> Autoencoder:
         plan = plan_model(spec)
@@ -65,8 +68,10 @@ class KerasBackend:
         terms, grads = engines.value_and_grad(lambda: self._terms(model, batch), model.variables)
         return ({k: float(ops.convert_to_numpy(v)) for k, v in terms.items()}, canonical.as_weights(model, grads))
 
-    def trainer(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> KerasTrainer:
-        return KerasTrainer(model, model.spec, x, labels)
+    def trainer(
+        self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray], steps_per_epoch: Optional[int] = None
+    ) -> KerasTrainer:
+        return KerasTrainer(model, model.spec, x, labels, steps_per_epoch)
 
     def encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         h = model.hidden(self._tensor(model, x), self._tensor(model, labels))

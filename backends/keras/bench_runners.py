@@ -72,6 +72,8 @@ class DeviceData:
         )
         self.order = put(data.order, index_dtype)
         self.step_size, self.c2_sqrt = put(data.adam_step_size), put(data.adam_bias_correction2_sqrt)
+        self.decay_factor = put(data.adam_decay_factor)
+        self.steps_per_epoch = data.steps_per_epoch
         self.n = len(data.order)
 
     def batch(self, k) -> tuple:
@@ -87,10 +89,10 @@ class DeviceData:
         return pick(self.x, idx), pick(self.labels, idx), pick(self.eps, i), pick(self.corruption, i)
 
     def adam_scalars(self, k) -> tuple:
-        """The reference Adam's (step_size, c2_sqrt) of step k (0-based)."""
+        """The reference Adam's (step_size, c2_sqrt, decay_factor) of step k (0-based)."""
         from keras import ops
 
-        return ops.take(self.step_size, k), ops.take(self.c2_sqrt, k)
+        return ops.take(self.step_size, k), ops.take(self.c2_sqrt, k), ops.take(self.decay_factor, k)
 
 
 def _terms_fn(model, spec: Spec) -> Callable:
@@ -100,22 +102,23 @@ def _terms_fn(model, spec: Spec) -> Callable:
     return lambda x, labels, eps, corruption: loss_terms(model, spec, x, labels, eps, corruption)
 
 
-def _adam_updates(spec: Spec, values: list, ms: list, vs: list, grads: list, step_size, c2_sqrt) -> tuple:
+def _adam_updates(spec: Spec, values: list, ms: list, vs: list, grads: list, step_size, c2_sqrt, decay_factor) -> tuple:
     """The reference Adam over every variable: (new values, new ms, new vs)."""
     from .train import reference_adam_update
 
     out = [
-        reference_adam_update(spec.optimizer, p, m, v, g, step_size, c2_sqrt)
+        reference_adam_update(spec.optimizer, p, m, v, g, step_size, c2_sqrt, decay_factor)
         for p, m, v, g in zip(values, ms, vs, grads)
     ]
     return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
 
 
-def _stock_adam(model, spec: Spec):
-    """Keras' Adam built on the model's variables, as the trainer's StockAdam builds it."""
+def _stock_adam(model, spec: Spec, dev: DeviceData):
+    """Keras' Adam built on the model's variables, as the trainer's StockAdam builds it (its
+    schedule counts ``dev.steps_per_epoch`` updates an epoch)."""
     from .train import StockAdam
 
-    return StockAdam(model.variables, spec.optimizer, model.dtype).inner
+    return StockAdam(model.variables, spec.optimizer, model.dtype, dev.steps_per_epoch)
 
 
 # TensorFlow: the step updates Keras/tf variables in place and reads a tf.Variable step counter.
@@ -173,10 +176,10 @@ def _tensorflow_step(model, spec: Spec, dev: DeviceData, value_and_grad) -> Call
                 for target, new in zip(targets, news):
                     target.assign(new)
     else:
-        optimizer = _stock_adam(model, spec)
+        optimizer = _stock_adam(model, spec, dev)
 
         def update(grads, k):
-            optimizer.apply(grads, variables)
+            optimizer.step(grads)
 
     def step():
         k = counter.read_value()
@@ -256,11 +259,11 @@ def _jax_step(model, spec: Spec, dev: DeviceData) -> tuple[Callable, object]:
             values, ms, vs = _adam_updates(spec, values, *opt_state, grads, *dev.adam_scalars(k))
             return values, (ms, vs)
     else:
-        optimizer = _stock_adam(model, spec)
-        opt_state = [v.value for v in optimizer.variables]  # type: ignore[assignment]  # stock Adam's own layout
+        optimizer = _stock_adam(model, spec, dev)
+        opt_state = [v.value for v in optimizer.inner.variables]  # type: ignore[assignment]  # stock Adam's own layout
 
         def update(values, opt_state, grads, k):
-            return optimizer.stateless_apply(opt_state, grads, values)
+            return optimizer.inner.stateless_apply(opt_state, optimizer.gradients(grads, values), values)
 
     def step(state):
         values, opt_state, k = state
@@ -315,8 +318,8 @@ def _torch_update(model, spec: Spec, dev: DeviceData, compile_: Callable) -> Cal
 
     variables = model.variables
     if spec.optimizer.implementation == "stock":
-        optimizer = _stock_adam(model, spec)
-        return lambda grads, k: optimizer.apply(grads, variables)
+        optimizer = _stock_adam(model, spec, dev)
+        return lambda grads, k: optimizer.step(grads)
     params = [v.value for v in variables]
     moments = {"m": [torch.zeros_like(p) for p in params], "v": [torch.zeros_like(p) for p in params]}
     adam = compile_(lambda values, ms, vs, grads, k: _adam_updates(spec, values, ms, vs, grads, *dev.adam_scalars(k)))

@@ -11,10 +11,14 @@ oracle as the other backends' autodiff Jacobians are (docs/EQUIVALENCE.md, 'The 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from keras import ops
 
+from aebench.layers.activations import Activation
+from aebench.losses import present_terms
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
@@ -46,14 +50,42 @@ def reduce(per_element, features: str, batch: str):
     return ops.sum(per_example) if batch == "sum" else exact_mean(per_example)
 
 
-def reconstruction(spec: Spec, logits, x):
-    cfg = spec.loss.reconstruction
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass: what the loss terms read (Keras tensors of the engine)."""
+
+    model: Autoencoder
+    spec: Spec
+    x: Any
+    x_in: Any
+    labels: Any
+    z: Any
+    mean: Any
+    log_var: Any
+    logits: Any
+
+
+def reconstruction(cfg: Any, p: Pass):
     if cfg.kind == "bce":
-        per_element = ops.binary_crossentropy(x, logits, from_logits=True)
+        per_element = ops.binary_crossentropy(p.x, p.logits, from_logits=True)
     else:
-        out = ops.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
-        per_element = ops.square(out - x)
+        per_element = ops.square(output(p.spec, p.logits) - p.x)
     return reduce(per_element, cfg.features, cfg.batch)
+
+
+def kl(cfg: Any, p: Pass):
+    mean, log_var = p.mean, p.log_var
+    return reduce(0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var), cfg.features, cfg.batch)
+
+
+def sparsity(cfg: Any, p: Pass):
+    rho, rho_hat = cfg.rho, exact_mean(p.z, axis=0)
+    divergence = rho * ops.log(rho / rho_hat) + (1 - rho) * ops.log((1 - rho) / (1 - rho_hat))
+    return ops.sum(divergence) if cfg.units == "sum" else exact_mean(divergence)
+
+
+def contractive(cfg: Any, p: Pass):
+    return reduce(ops.square(code_jacobian(p.model, p.x_in, p.labels)), "sum", cfg.batch)
 
 
 def code_jacobian(model: Autoencoder, x_in, labels: Optional[object]):
@@ -70,30 +102,28 @@ def code_jacobian(model: Autoencoder, x_in, labels: Optional[object]):
     return jac
 
 
+TERMS: dict[str, Callable[[Any, Pass], Any]] = {
+    "reconstruction": reconstruction,
+    "kl": kl,
+    "sparsity": sparsity,
+    "contractive": contractive,
+}
+"""Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
+
+
 def loss_terms(model: Autoencoder, spec: Spec, x, labels, eps, corruption) -> dict:
     """Unweighted terms and their weighted 'total'."""
-    loss = spec.loss
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels)
-    terms = {}
+    mean = log_var = None
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
         z = mean + ops.exp(0.5 * log_var) * eps
-        terms["kl"] = reduce(
-            0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var), loss.kl.features, loss.kl.batch
-        )
     else:
         z = model.head("code", h)
-    terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)
-    if loss.sparsity is not None:
-        rho, rho_hat = loss.sparsity.rho, exact_mean(z, axis=0)
-        kl = rho * ops.log(rho / rho_hat) + (1 - rho) * ops.log((1 - rho) / (1 - rho_hat))
-        terms["sparsity"] = ops.sum(kl) if loss.sparsity.units == "sum" else exact_mean(kl)
-    if loss.contractive is not None:
-        jac = code_jacobian(model, x_in, labels)
-        terms["contractive"] = reduce(ops.square(jac), "sum", loss.contractive.batch)
-    return with_total(spec, terms)
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels))
+    return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 
 def output(spec: Spec, logits):
-    return ops.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
+    return activate(Activation(spec.model.output_activation), logits)

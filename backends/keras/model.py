@@ -79,15 +79,19 @@ def activation_slope(act: Activation, pre):
 
 
 class Framed(keras.layers.Layer):
-    """A convolution between a layer before and a layer after it (padding, cropping); its
-    ``kernel`` and ``bias`` are the convolution's."""
+    """A convolution between layers before it (padding, a permutation) and one after it
+    (cropping, a permutation); its ``kernel`` and ``bias`` are the convolution's."""
 
-    def __init__(self, before: keras.layers.Layer, conv: keras.layers.Layer, after: keras.layers.Layer, dtype: str):
+    def __init__(
+        self, before: list[keras.layers.Layer], conv: keras.layers.Layer, after: keras.layers.Layer, dtype: str
+    ):
         super().__init__(dtype=dtype)
         self.before, self.conv, self.after = before, conv, after
 
     def build(self, input_shape) -> None:
-        self.conv.build(self.before.compute_output_shape(input_shape))
+        for layer in self.before:
+            input_shape = layer.compute_output_shape(input_shape)
+        self.conv.build(input_shape)
 
     @property
     def kernel(self):
@@ -98,22 +102,40 @@ class Framed(keras.layers.Layer):
         return self.conv.bias
 
     def call(self, x):
-        return self.after(self.conv(self.before(x)))
+        for layer in self.before:
+            x = layer(x)
+        return self.after(self.conv(x))
 
 
 def _conv(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
-    """Conv2D; a whole-number or per-side padding is ZeroPadding2D before a 'valid' Conv2D."""
+    """Conv2D; a whole-number or per-side padding is ZeroPadding2D before a 'valid' Conv2D.
+
+    One filter in float64 on the torch engine runs channels-first: Keras makes the (1, C, k, k)
+    kernel and the input channels-last in memory, and torch 2.13's CPU float64 convolution
+    backward then raises 'slow_conv2d: grad_weight must be contiguous'.
+    """
     layer = plan.layer
-    if isinstance(layer.padding, str):
+    channels_first = layer.filters == 1 and dtype == "float64" and keras.backend.backend() == "torch"
+    own_padding = isinstance(layer.padding, str)
+    if own_padding and not channels_first:
         return keras.layers.Conv2D(
             layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding, dtype=dtype
         )
-    return Framed(
-        keras.layers.ZeroPadding2D(explicit_pads(layer.padding), dtype=dtype),
-        keras.layers.Conv2D(layer.filters, layer.kernel, strides=layer.stride, padding="valid", dtype=dtype),
-        keras.layers.Identity(dtype=dtype),
-        dtype,
+    before = [] if own_padding else [keras.layers.ZeroPadding2D(explicit_pads(layer.padding), dtype=dtype)]
+    after = keras.layers.Identity(dtype=dtype)
+    data_format = "channels_last"
+    if channels_first:
+        before.append(keras.layers.Permute((3, 1, 2), dtype=dtype))
+        after, data_format = keras.layers.Permute((2, 3, 1), dtype=dtype), "channels_first"
+    conv = keras.layers.Conv2D(
+        layer.filters,
+        layer.kernel,
+        strides=layer.stride,
+        padding=layer.padding if own_padding else "valid",
+        data_format=data_format,
+        dtype=dtype,
     )
+    return Framed(before, conv, after, dtype)
 
 
 def _conv_transpose(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
@@ -133,7 +155,7 @@ def _conv_transpose(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
         dtype=dtype,
     )
     crop = keras.layers.Cropping2D(layer.padding, dtype=dtype)
-    return Framed(keras.layers.Identity(dtype=dtype), conv, crop, dtype)
+    return Framed([], conv, crop, dtype)
 
 
 class PaddedAveragePooling(keras.layers.Layer):

@@ -18,7 +18,7 @@ from aebench.spec.shapes import ENCODED_NAMES, plan_model
 from aebench.spec.types import Spec
 
 from . import weights as canonical
-from .losses import loss_terms, output
+from .losses import TERMS, loss_terms, output
 from .model import BUILDERS, Autoencoder
 from .precision import set_precision
 from .train import TorchTrainer
@@ -43,6 +43,9 @@ class TorchBackend:
 
     def layer_kinds(self) -> frozenset[str]:
         return frozenset(BUILDERS)
+
+    def loss_term_kinds(self) -> frozenset[str]:
+        return frozenset(TERMS)
 
     def build(self, spec: Spec) -> Autoencoder:
         plan = plan_model(spec)
@@ -78,8 +81,10 @@ class TorchBackend:
         model.zero_grad(set_to_none=True)
         return {k: float(v.detach()) for k, v in terms.items()}, grads
 
-    def trainer(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> TorchTrainer:
-        return TorchTrainer(model, model.spec, x, labels, self._device, _DTYPES[model.spec.dtype])
+    def trainer(
+        self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray], steps_per_epoch: Optional[int] = None
+    ) -> TorchTrainer:
+        return TorchTrainer(model, model.spec, x, labels, self._device, _DTYPES[model.spec.dtype], steps_per_epoch)
 
     @torch.no_grad()
     def encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:

@@ -45,6 +45,8 @@ class DeviceData:
         self.eps, self.corruption = upload(data.eps), upload(data.corruption)
         self.step_size = upload(data.adam_step_size)
         self.bias_correction2_sqrt = upload(data.adam_bias_correction2_sqrt)
+        self.decay_factor = upload(data.adam_decay_factor)
+        self.steps_per_epoch = data.steps_per_epoch
         self.n_batches, self.max_steps = len(data.order), data.max_steps
 
     def batch(self, k: StepIndex) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
@@ -54,9 +56,9 @@ class DeviceData:
         labels = None if self.labels is None else self.labels.index_select(0, indices)
         return self.x.index_select(0, indices), labels, pick(self.eps, j), pick(self.corruption, j)
 
-    def adam_scalars(self, k: StepIndex) -> tuple[Tensor, Tensor]:
-        """The reference Adam's step size and sqrt(1 - beta2^t) of step k (t = k + 1)."""
-        return pick(self.step_size, k), pick(self.bias_correction2_sqrt, k)
+    def adam_scalars(self, k: StepIndex) -> tuple[Tensor, Tensor, Tensor]:
+        """The reference Adam's step size, sqrt(1 - beta2^t) and decoupled decay factor of step k (t = k + 1)."""
+        return pick(self.step_size, k), pick(self.bias_correction2_sqrt, k), pick(self.decay_factor, k)
 
 
 class TrainingStep:
@@ -65,7 +67,9 @@ class TrainingStep:
     def __init__(self, model: Autoencoder, spec: Spec, data: DeviceData, capturable: bool = False):
         self.model, self.spec, self.data = model, spec, data
         self.params = list(model.parameters())
-        self.optimizer = make_optimizer(self.params, spec.optimizer, capturable=capturable)
+        self.optimizer = make_optimizer(
+            self.params, spec.optimizer, capturable=capturable, steps_per_epoch=data.steps_per_epoch
+        )
 
     def loss(self, k: StepIndex) -> Tensor:
         """The total loss of step k, before the update (graph kept for autograd.grad)."""
@@ -228,6 +232,13 @@ class CudaGraphRunner(Runner):
 
 def make_runner(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int) -> Runner:
     """bench.prepare's work, once torch may be imported."""
+    opt = spec.optimizer
+    if opt.implementation == "stock" and opt.schedule is not None and mode != "eager":
+        raise AebenchError(
+            f"torch mode {mode!r} cannot run a stock Adam with a learning-rate schedule: ExponentialLR "
+            "changes a Python float that torch.compile and CUDA graphs bake in; use mode eager or "
+            "optimizer.implementation reference"
+        )
     set_precision(precision)
     model = backend.build(spec)
     backend.set_weights(model, data.weights)

@@ -6,17 +6,21 @@ Same formulas as the oracle (aebench.check.oracle); the contractive Jacobian is 
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from aebench.layers.activations import Activation
+from aebench.losses import present_terms
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import Autoencoder
+from .model import Autoencoder, activation
 
 
 def corrupt(spec: Spec, x: Tensor, noise: Optional[Tensor]) -> Tensor:
@@ -39,26 +43,61 @@ def reduce(per_element: Tensor, features: str, batch: str) -> Tensor:
     return per_example.sum() if batch == "sum" else per_example.mean()
 
 
-def reconstruction(spec: Spec, logits: Tensor, x: Tensor) -> Tensor:
-    cfg = spec.loss.reconstruction
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass: what the loss terms read."""
+
+    model: Autoencoder
+    spec: Spec
+    x: Tensor
+    x_in: Tensor
+    labels: Optional[Tensor]
+    z: Tensor
+    mean: Optional[Tensor]
+    log_var: Optional[Tensor]
+    logits: Tensor
+
+
+def reconstruction(cfg: Any, p: Pass) -> Tensor:
     if cfg.kind == "bce":
-        per_element = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        per_element = F.binary_cross_entropy_with_logits(p.logits, p.x, reduction="none")
     else:
-        out = torch.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
-        per_element = (out - x) ** 2
+        per_element = (output(p.spec, p.logits) - p.x) ** 2
     return reduce(per_element, cfg.features, cfg.batch)
 
 
-def contractive(model: Autoencoder, x_in: Tensor, labels: Optional[Tensor], batch: str) -> Tensor:
+def kl(cfg: Any, p: Pass) -> Tensor:
+    mean, log_var = p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    return reduce(0.5 * (torch.exp(log_var) + mean**2 - 1.0 - log_var), cfg.features, cfg.batch)
+
+
+def sparsity(cfg: Any, p: Pass) -> Tensor:
+    rho, rho_hat = cfg.rho, p.z.mean(dim=0)
+    divergence = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+    return divergence.sum() if cfg.units == "sum" else divergence.mean()
+
+
+def contractive(cfg: Any, p: Pass) -> Tensor:
     """||d code / d x||_F^2 per example by autodiff, reduced over the batch."""
+    model, labels = p.model, p.labels
 
     def code(xi: Tensor, li: Optional[Tensor]) -> Tensor:
         row = xi[None]
         lab = None if li is None else li[None]
         return model.head("code", model.hidden(row, lab))[0]
 
-    jac = vmap(jacrev(code), in_dims=(0, None if labels is None else 0))(x_in, labels)
-    return reduce(jac**2, "sum", batch)
+    jac = vmap(jacrev(code), in_dims=(0, None if labels is None else 0))(p.x_in, labels)
+    return reduce(jac**2, "sum", cfg.batch)
+
+
+TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
+    "reconstruction": reconstruction,
+    "kl": kl,
+    "sparsity": sparsity,
+    "contractive": contractive,
+}
+"""Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
 
 def loss_terms(
@@ -70,25 +109,17 @@ def loss_terms(
     corruption: Optional[Tensor],
 ) -> dict[str, Tensor]:
     """Unweighted terms and their weighted 'total', as 0-d tensors."""
-    loss = spec.loss
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels)
-    terms = {}
+    mean = log_var = None
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
         z = mean + torch.exp(0.5 * log_var) * eps
-        terms["kl"] = reduce(0.5 * (torch.exp(log_var) + mean**2 - 1.0 - log_var), loss.kl.features, loss.kl.batch)
     else:
         z = model.head("code", h)
-    terms["reconstruction"] = reconstruction(spec, model.decode_logits(z, labels), x)
-    if loss.sparsity is not None:
-        rho, rho_hat = loss.sparsity.rho, z.mean(dim=0)
-        kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
-        terms["sparsity"] = kl.sum() if loss.sparsity.units == "sum" else kl.mean()
-    if loss.contractive is not None:
-        terms["contractive"] = contractive(model, x_in, labels, loss.contractive.batch)
-    return with_total(spec, terms)
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels))
+    return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 
 def output(spec: Spec, logits: Tensor) -> Tensor:
-    return torch.sigmoid(logits) if spec.model.output_activation == "sigmoid" else logits
+    return activation(Activation(spec.model.output_activation))(logits)

@@ -39,8 +39,7 @@ from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.data.datasets import load_dataset
 from aebench.environment import thread_settings
 from aebench.errors import AebenchError
-from aebench.layers import check_implemented
-from aebench.plugins.backend_api import Backend, Noise, Step
+from aebench.plugins.backend_api import Backend, Noise, Step, check_implements
 from aebench.plugins.bench_api import BenchData, Precision, require_mode
 from aebench.plugins.discovery import device_sharing_environment
 from aebench.plugins.plugin import Plugin
@@ -164,7 +163,7 @@ def _measure_into(row: dict, cell: Cell) -> None:
         row["status"], row["reason"] = "unsupported", reason
         return
     plan = plan_model(spec)
-    check_implemented(cell.backend, backend.layer_kinds(), plan.layers)
+    check_implements(backend, spec)
     dataset = load_dataset(spec, cell.mnist)
     check_host_memory(spec, plan, cell.batch_size, len(dataset.x_train))
     data = make_bench_data(spec, dataset, cell.batch_size, cell.protocol.max_steps)
@@ -239,7 +238,7 @@ def verify_against_trainer(backend, spec: Spec, data: BenchData, timed_losses: n
     n = min(VERIFY_STEPS, len(timed_losses))
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
-    reference = backend.trainer(model, data.x, data.labels).run(bench_steps(data, n))[:, 0]
+    reference = backend.trainer(model, data.x, data.labels, data.steps_per_epoch).run(bench_steps(data, n))[:, 0]
     error = np.abs(timed_losses[:n] - reference) / np.maximum(np.abs(reference), 1e-12)
     worst = float(error.max())
     tolerance = TRAJECTORY_LOSS_RTOL[spec.dtype]

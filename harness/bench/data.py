@@ -3,7 +3,8 @@
 The batch order is successive shuffled epochs joined and cut into full batches, so every
 batch has the same size (nothing is dropped or padded) and a batch may be larger than the
 data set (tabular specs). At most ``MAX_POOL_BATCHES`` batches of order and noise are kept;
-step k uses batch k mod n.
+step k uses batch k mod n. The reference Adam's scalars follow the spec's schedule with an
+epoch of ``len(x_train) // batch_size`` steps, as training counts it (a bench has no epochs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TRAIN_STREAM, draw_noise, stream
-from aebench.plugins.adam import adam_scalars
+from aebench.plugins.adam import epoch_steps, scalar_tables
 from aebench.plugins.bench_api import BenchData
 from aebench.plugins.canonical import init_weights
 from aebench.spec.shapes import plan_model
@@ -50,7 +51,8 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
 
     classes = spec.model.conditioning.num_classes if spec.model.conditional else 0
     labels = one_hot(data.y_train, classes) if classes else None
-    scalars = [adam_scalars(spec.optimizer, k) for k in range(1, max_steps + 1)]
+    steps_per_epoch = epoch_steps(len(data.x_train), batch_size)
+    scalars = scalar_tables(spec.optimizer, steps_per_epoch, max_steps)
     return BenchData(
         x=data.x_train.astype(dtype),
         labels=None if labels is None else labels.astype(dtype),
@@ -58,6 +60,8 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
         eps=pooled(noise.eps),
         corruption=pooled(noise.corruption),
         weights={k: v.astype(dtype) for k, v in init_weights(plan, spec.init.kernel, spec.train.seed).items()},
-        adam_step_size=np.array([s.step_size for s in scalars], dtype=dtype),
-        adam_bias_correction2_sqrt=np.array([s.bias_correction2_sqrt for s in scalars], dtype=dtype),
+        adam_step_size=scalars["step_size"].astype(dtype),
+        adam_bias_correction2_sqrt=scalars["bias_correction2_sqrt"].astype(dtype),
+        adam_decay_factor=scalars["decay_factor"].astype(dtype),
+        steps_per_epoch=steps_per_epoch,
     )

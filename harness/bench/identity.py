@@ -18,11 +18,12 @@ from typing import Optional, Protocol
 import aebench
 from aebench.bench.timing import Protocol as TimingProtocol
 from aebench.data.datasets import find_mnist
+from aebench.data.images import images_digest
 from aebench.environment import file_sha256, installed_versions, spec_sha256
 from aebench.errors import AebenchError
 from aebench.plugins.discovery import registered_plugins
 from aebench.spec.load import load_spec
-from aebench.spec.types import HeightWeight
+from aebench.spec.types import HeightWeight, Images, Spec, Synthetic
 
 
 class Cell(Protocol):
@@ -45,7 +46,7 @@ MAX_LISTED = 4  # differences named in the error line; the rest are counted
 def cell_settings(cell: Cell) -> dict[str, str]:
     """Everything besides the key that changes the cell's numbers, as flat strings:
     ``protocol.*``, ``steps_per_call``, ``verify``, ``spec_sha256`` (of the resolved spec),
-    ``data`` (the data file's sha256, or the generated table's own spec fields),
+    ``data`` (data_setting: the data file's or image folder's sha256, or that it is generated),
     ``version.<distribution>`` of the backend's framework, and ``aebench``'s version. A spec
     that does not load gives its error as its value (its cell then fails saying why)."""
     settings = {f"protocol.{k}": str(v) for k, v in asdict(cell.protocol).items()}
@@ -60,14 +61,29 @@ def cell_settings(cell: Cell) -> dict[str, str]:
         spec = None
     if spec is not None:
         try:
-            generated = isinstance(spec.data, HeightWeight)
-            settings["data"] = "generated from the spec" if generated else data_digest(cell.mnist)
+            settings["data"] = data_setting(spec, cell.mnist)
         except (AebenchError, OSError) as exc:
             settings["data"] = f"not readable: {exc}"
     plugin = registered_plugins().get(cell.backend)
     distributions = plugin.distributions if plugin is not None else ()
     settings.update({f"version.{k}": v for k, v in installed_versions(distributions).items()})
     return settings
+
+
+def data_setting(spec: Spec, mnist: Optional[str]) -> str:
+    """What a cell's data is: generated from the spec (the table, synthetic data), or the sha256 of
+    the image folder or npz (images.images_digest) or MNIST file it reads."""
+    if isinstance(spec.data, (HeightWeight, Synthetic)):
+        return "generated from the spec"
+    if isinstance(spec.data, Images):
+        return images_data_digest(spec.data)
+    return data_digest(mnist)
+
+
+@functools.lru_cache(maxsize=8)
+def images_data_digest(cfg: Images) -> str:
+    """images_digest of an images spec's data (a campaign asks once per data set)."""
+    return images_digest(cfg)
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,6 +26,7 @@ from aebench.check.tolerances import (
     LOSS_FLOOR_OF_TOTAL,
     LOSS_RTOL,
     TRAJECTORY_BATCH,
+    TRAJECTORY_EPOCH_STEPS,
     TRAJECTORY_STEPS,
     trajectory_tolerances,
 )
@@ -227,9 +228,12 @@ def trajectory_steps(case: Case) -> list[Step]:
 
 
 def trajectory(backend: Backend, case: Case) -> Trajectory:
-    """Train from the case's weights with the spec's optimizer on the same batches."""
+    """Train from the case's weights with the spec's optimizer on the same batches. A
+    per-epoch schedule steps every TRAJECTORY_EPOCH_STEPS updates, so the trajectory crosses
+    epoch boundaries whatever the spec's data and batch size."""
     model = built(backend, case)
-    losses = backend.trainer(model, case.train_x, case.train_labels).run(trajectory_steps(case))
+    trainer = backend.trainer(model, case.train_x, case.train_labels, TRAJECTORY_EPOCH_STEPS)
+    losses = trainer.run(trajectory_steps(case))
     return Trajectory(losses, backend.get_weights(model), backend.device())
 
 

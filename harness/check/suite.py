@@ -17,14 +17,12 @@ from functools import partial
 from typing import Optional
 
 from aebench.check import equivalence as eq
-from aebench.errors import AebenchError, LayerNotImplemented
-from aebench.layers import check_implemented
-from aebench.plugins.backend_api import Backend
+from aebench.errors import AebenchError, NotImplementedByBackend
+from aebench.plugins.backend_api import Backend, check_implements
 from aebench.plugins.discovery import registered_plugins
 from aebench.plugins.registry import backend_info, load_backend, plugin
 from aebench.spec.load import list_specs, load_spec
 from aebench.spec.schema import did_you_mean
-from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
 
 KINDS = {
@@ -130,8 +128,8 @@ def _implementing(spec: Spec, backends: dict[str, Backend]) -> tuple[dict[str, B
     able, lacking = {}, []
     for name, backend in backends.items():
         try:
-            check_implemented(name, backend.layer_kinds(), plan_model(spec).layers)
-        except LayerNotImplemented as exc:
+            check_implements(backend, spec)
+        except NotImplementedByBackend as exc:
             lacking.append(Row(spec.name, name, "*", "layers", None, None, "skip", str(exc)))
         else:
             able[name] = backend

@@ -85,3 +85,6 @@ def trajectory_tolerances(dtype: str, *devices: str) -> tuple[float, float]:
 
 TRAJECTORY_STEPS = 50
 TRAJECTORY_BATCH = 32
+# The trajectory's own epoch for a per-epoch learning-rate schedule: 50 steps cross 4 epoch
+# boundaries (the spec's epoch, len(train) // batch_size, may be longer than the trajectory).
+TRAJECTORY_EPOCH_STEPS = 10

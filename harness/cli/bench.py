@@ -269,7 +269,11 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument(
         "--shard", metavar="I/N", help="run part I of N of the campaign's cells (one part per machine; see merge)"
     )
-    p.add_argument("--data", metavar="PATH", help="a Keras-layout mnist.npz (default as for train)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="a Keras-layout mnist.npz for the MNIST specs (default as for train); images specs read their data.path",
+    )
     p.add_argument(
         "--tracking-uri",
         metavar="URI",

@@ -25,9 +25,9 @@ from aebench.cli.bench import add_commands
 from aebench.cli.folders import writable_folder
 from aebench.cli.tracking import add_commands as add_tracking_commands
 from aebench.cli.tracking import add_train_arguments, check_run_memory, tracking_options
-from aebench.data.datasets import MNIST_URL, fetch_mnist, find_mnist, load_dataset, split_sizes
+from aebench.data.datasets import MNIST_URL, check_data, fetch_mnist, load_dataset, split_sizes, with_data_path
 from aebench.errors import DISK_FULL_ERRNOS, AebenchError
-from aebench.layers import check_implemented
+from aebench.plugins.backend_api import check_implements
 from aebench.plugins.discovery import registered_plugins
 from aebench.plugins.plugin import Plugin
 from aebench.plugins.registry import list_backends, load_backend
@@ -36,7 +36,6 @@ from aebench.spec.load import builtin_specs_dir, list_specs, load_spec, spec_pat
 from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import did_you_mean
 from aebench.spec.shapes import plan_model
-from aebench.spec.types import Mnist
 from aebench.stopping import signals_stop_training
 from aebench.track.train_run import STOPPED, TrainingInterrupted, signal_of, train_tracked
 
@@ -131,9 +130,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             spec = load_spec(name)
             plan = plan_model(spec)
-            need = check_memory_fits(spec, str(spec_path(name)), plan, split_sizes(spec))  # the MNIST train reads
+            need = check_memory_fits(spec, str(spec_path(name)), plan, split_sizes(spec))  # the data train reads
             for backend in backends:
-                check_implemented(backend.name, backend.layer_kinds(), plan.layers)
+                check_implements(backend, spec)
         except AebenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
@@ -152,20 +151,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = spec.replace(train=dataclasses.replace(spec.train, epochs=args.epochs))
     if args.dtype:
         spec = spec.replace(dtype=args.dtype)
-    if args.data and spec.data.name != "mnist":
-        raise AebenchError(
-            f"--data: {spec.name} trains on {spec.data.name} data, which aebench generates; "
-            "--data only applies to MNIST specs"
-        )
+    spec = with_data_path(spec, args.data)
     check_backend_names([args.backend], "--backend")
-    if isinstance(spec.data, Mnist):
-        find_mnist(args.data)  # a missing file is reported before a framework loads
+    check_data(spec, args.data)  # a missing file or an empty folder is reported before a framework loads
     options = tracking_options(args)
     check_run_memory(spec, str(spec_path(args.spec)), split_sizes(spec, args.data), options.quality)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{args.backend}-{datetime.now():%Y%m%d-%H%M%S}"
     writable_folder(out, "--out")
     backend = load_backend(args.backend)
-    check_implemented(backend.name, backend.layer_kinds(), plan_model(spec).layers)
+    check_implements(backend, spec)
     data = load_dataset(spec, args.data)
     progress = Progress()
     progress.line(
@@ -243,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         metavar="PATH",
-        help="a Keras-layout mnist.npz (default: $AEBENCH_MNIST, ~/.keras/datasets/mnist.npz, then the bundled subset)",
+        help=(
+            "MNIST specs: a Keras-layout mnist.npz (default: $AEBENCH_MNIST, ~/.keras/datasets/mnist.npz, then the "
+            "bundled subset); images specs: a folder of PNG/JPEG files or an npz, read instead of data.path; "
+            "synthetic specs of images [H, W, C]: train on that folder or npz instead, resized to H x W"
+        ),
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
 

@@ -1,4 +1,5 @@
-"""Data sets: MNIST from a Keras-layout npz, and seed 000's height/weight table.
+"""Data sets: MNIST from a Keras-layout npz, seed 000's height/weight table, images from a folder
+or an npz (aebench.data.images), and synthetic examples drawn in NumPy.
 
 Where MNIST is looked for, in order: the ``--data`` path, the ``AEBENCH_MNIST`` environment
 variable, Keras' cache (``$KERAS_HOME/datasets/mnist.npz``, default ``~/.keras``), then the
@@ -9,6 +10,7 @@ so the main job runs offline. Files are read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import importlib.resources
@@ -29,10 +31,11 @@ from urllib.error import HTTPError
 
 import numpy as np
 
+from aebench.data.images import image_split_sizes, read_images
 from aebench.deadline import within
-from aebench.errors import DataError
-from aebench.spec.memory import SHIPPED_MNIST_EXAMPLES
-from aebench.spec.types import HeightWeight, Mnist, Spec
+from aebench.errors import AebenchError, DataError
+from aebench.spec.memory import SHIPPED_MNIST_EXAMPLES, least_sizes
+from aebench.spec.types import HeightWeight, Images, Mnist, Spec, Synthetic
 
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
@@ -115,15 +118,48 @@ def check_npz_size(path: Path, npz: object) -> None:
 
 
 def split_sizes(spec: Spec, mnist_path: Optional[str | Path] = None) -> tuple[int, int]:
-    """(training, test) examples load_dataset gives for ``spec``, found without loading them: the
-    table's sizes, or those in the headers of the MNIST file find_mnist picks (the shipped
-    subset's where that file cannot be read so; loading it then says what is wrong)."""
-    if isinstance(spec.data, HeightWeight):
+    """(training, test) examples load_dataset gives for ``spec``, found without loading them: a
+    generated set's sizes, an image folder's or npz's count (images.image_split_sizes), or those
+    in the headers of the MNIST file find_mnist picks. Where the file or folder cannot be read
+    so, the least data (memory.least_sizes); loading it then says what is wrong."""
+    if isinstance(spec.data, (HeightWeight, Synthetic)):
         return spec.data.n_train, spec.data.n_test
     try:
+        if isinstance(spec.data, Images):
+            return image_split_sizes(spec.data)
         return mnist_examples(find_mnist(mnist_path))
     except DataError:
-        return SHIPPED_MNIST_EXAMPLES
+        return least_sizes(spec)
+
+
+def check_data(spec: Spec, mnist_path: Optional[str | Path] = None) -> None:
+    """DataError now (before a framework loads) where the spec's data cannot be found: no MNIST file
+    at ``mnist_path``, or an image path that is missing, unreadable or holds too few images."""
+    if isinstance(spec.data, Mnist):
+        find_mnist(mnist_path)
+    elif isinstance(spec.data, Images):
+        image_split_sizes(spec.data)
+
+
+def with_data_path(spec: Spec, path: Optional[str]) -> Spec:
+    """``spec`` reading its data from ``path`` (``aebench train --data``): an MNIST spec is unchanged
+    (``path`` is its MNIST file, passed to load_dataset), an images spec reads ``path`` instead of
+    its data.path, and a synthetic spec of images [H, W, C] becomes an images spec of ``path`` of
+    that size and channels (no centre crop, the default test_fraction). AebenchError for data
+    aebench generates that no file can stand for (the table, flat synthetic examples)."""
+    data = spec.data
+    if not path or isinstance(data, Mnist):
+        return spec
+    if isinstance(data, Images):
+        return spec.replace(data=dataclasses.replace(data, path=path))
+    if isinstance(data, Synthetic) and len(data.shape) == 3:
+        height, width, channels = data.shape
+        return spec.replace(data=Images("images", path, (height, width), channels))
+    what = "flat synthetic examples" if isinstance(data, Synthetic) else f"{data.name} data"
+    raise AebenchError(
+        f"--data: {spec.name} trains on {what}, which aebench generates; --data applies to mnist "
+        "specs (the MNIST npz), images specs (a folder or npz) and synthetic specs of images [H, W, C]"
+    )
 
 
 _UNREADABLE_HEADER = (OSError, ValueError, KeyError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile)
@@ -158,9 +194,15 @@ def _npy_rows(archive: zipfile.ZipFile, key: str) -> int:
 
 def load_dataset(spec: Spec, mnist_path: Optional[str | Path] = None) -> Dataset:
     """The spec's data set, shaped as the spec's input."""
-    if isinstance(spec.data, HeightWeight):
-        return height_weight(spec.data)
-    return mnist(spec.data, find_mnist(mnist_path))
+    data = spec.data
+    if isinstance(data, HeightWeight):
+        return height_weight(data)
+    if isinstance(data, Synthetic):
+        return synthetic(data)
+    if isinstance(data, Images):
+        split = read_images(data)
+        return Dataset(split.x_train, None, split.x_test, None, split.source)
+    return mnist(data, find_mnist(mnist_path))
 
 
 def mnist(cfg: Mnist, path: Path) -> Dataset:
@@ -203,6 +245,20 @@ def height_weight(cfg: HeightWeight) -> Dataset:
         f"height_weight seed {cfg.seed} (standardised: mean {mean.round(2).tolist()}, sd {sd.round(2).tolist()})",
         HEIGHT_WEIGHT_FEATURES,
     )
+
+
+def synthetic(cfg: Synthetic) -> Dataset:
+    """n_train + n_test examples of ``cfg.shape`` drawn i.i.d. uniform in [0, 1) by NumPy's
+    default_rng(seed) in one draw: the first n_train train, the rest test (so n_test does not
+    change the training examples). No labels; the source says the data is synthetic."""
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.random((cfg.n_train + cfg.n_test, *cfg.shape))
+    shape = "x".join(map(str, cfg.shape))
+    source = (
+        f"synthetic uniform [0, 1) noise (no data set read), seed {cfg.seed}: {cfg.n_train} training and "
+        f"{cfg.n_test} test examples of shape {shape}"
+    )
+    return Dataset(x[: cfg.n_train], None, x[cfg.n_train :], None, source)
 
 
 def one_hot(labels: Optional[np.ndarray], num_classes: int) -> Optional[np.ndarray]:

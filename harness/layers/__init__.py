@@ -13,9 +13,11 @@ import pkgutil
 from collections.abc import Collection, Iterable
 from typing import Any, Union
 
+import numpy as np
+
 from aebench.errors import LayerNotImplemented
-from aebench.layers.activations import Activation
-from aebench.layers.base import LayerKind, LayerPlan
+from aebench.layers.activations import Activation, activate
+from aebench.layers.base import LayerKind, LayerPlan, Weights
 
 _NOT_KINDS = {"base", "activations"}
 
@@ -40,6 +42,21 @@ LAYER_SCHEMAS: Any = Union[tuple(kind.schema for kind in LAYER_KINDS.values())]
 def kind_of(layer: Any) -> LayerKind:
     """The registered kind of a parsed layer."""
     return LAYER_KINDS[layer.type]
+
+
+def apply_layer(plan: LayerPlan, weights: Weights, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
+    followed by its activation if it has one."""
+    pre = kind_of(plan.layer).oracle(plan, weights, x)
+    act = getattr(plan.layer, "activation", None)
+    return pre, pre if act is None else activate(act, pre)
+
+
+def run_stack(layers: Iterable[LayerPlan], weights: Weights, x: np.ndarray) -> np.ndarray:
+    """The float64 oracle of a stack of planned layers."""
+    for plan in layers:
+        x = apply_layer(plan, weights, x)[1]
+    return x
 
 
 def latent_head(units: int, activation: Activation) -> Any:

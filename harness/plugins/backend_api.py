@@ -14,50 +14,29 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from aebench.layers import check_implemented
+from aebench.losses import check_terms_implemented, present_terms, term_weights
+from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
 
 Weights = dict[str, np.ndarray]
-TERM_ORDER = ("total", "reconstruction", "kl", "sparsity", "contractive")
 
 
 def loss_term_names(spec: Spec) -> tuple[str, ...]:
-    """The loss terms a spec has, in a fixed order; 'total' first."""
-    present = {
-        "total": True,
-        "reconstruction": True,
-        "kl": spec.loss.kl is not None,
-        "sparsity": spec.loss.sparsity is not None,
-        "contractive": spec.loss.contractive is not None,
-    }
-    return tuple(name for name in TERM_ORDER if present[name])
-
-
-def term_weights(spec: Spec) -> dict[str, float]:
-    """The weight of each loss term in the total (beta for the KL)."""
-    loss = spec.loss
-    weights = {"reconstruction": loss.reconstruction.weight}
-    for name, cfg, attr in (
-        ("kl", loss.kl, "beta"),
-        ("sparsity", loss.sparsity, "weight"),
-        ("contractive", loss.contractive, "weight"),
-    ):
-        if cfg is not None:
-            weights[name] = getattr(cfg, attr)
-    return weights
+    """The loss terms a spec has, 'total' first, then in rank order (aebench.losses)."""
+    return ("total", *present_terms(spec.loss))
 
 
 def with_total(spec: Spec, terms: dict):
     """The unweighted terms plus their weighted 'total', in loss_term_names order.
 
     Only * and + touch the values, so the same code adds up NumPy, torch, JAX or Keras
-    scalars, always in the same order (reconstruction, kl, sparsity, contractive).
+    scalars, always in the same order (the terms' ranks).
     """
-    weights = term_weights(spec)
     total = None
-    for name in TERM_ORDER[1:]:
-        if name in weights:
-            part = weights[name] * terms[name]
-            total = part if total is None else total + part
+    for name, weight in term_weights(spec.loss).items():
+        part = weight * terms[name]
+        total = part if total is None else total + part
     terms = {**terms, "total": total}
     return {name: terms[name] for name in loss_term_names(spec)}
 
@@ -114,6 +93,9 @@ class Backend(Protocol):
     def layer_kinds(self) -> frozenset[str]:
         """The layer kinds (aebench.layers) this backend has a builder for."""
 
+    def loss_term_kinds(self) -> frozenset[str]:
+        """The loss terms (aebench.losses) this backend computes."""
+
     def build(self, spec: Spec) -> object:
         """A model for the spec in the spec's dtype, weights unset (call set_weights);
         LayerNotImplemented if the spec has a layer kind outside layer_kinds()."""
@@ -130,12 +112,23 @@ class Backend(Protocol):
     def gradients(self, model: object, batch: Batch) -> tuple[dict[str, float], Weights]:
         """The loss terms and the gradient of the total with respect to every canonical weight."""
 
-    def trainer(self, model: object, x: np.ndarray, labels: Optional[np.ndarray]) -> Trainer:
+    def trainer(
+        self, model: object, x: np.ndarray, labels: Optional[np.ndarray], steps_per_epoch: Optional[int] = None
+    ) -> Trainer:
         """A trainer that keeps x (and one-hot labels) on the device and updates the model in
-        place with the spec's optimizer."""
+        place with the spec's optimizer. A ``per: epoch`` learning-rate schedule steps after
+        every ``steps_per_epoch`` updates (None: the training loop's epoch of x,
+        aebench.plugins.adam.epoch_steps(len(x), spec.train.batch_size))."""
 
     def encode(self, model: object, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         """{'mean', 'log_var'} for family vae, {'code'} for family ae (no corruption)."""
 
     def decode(self, model: object, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
         """Decoder output with the output activation applied (sigmoid for images)."""
+
+
+def check_implements(backend: Backend, spec: Spec) -> None:
+    """LayerNotImplemented or LossTermNotImplemented (one line: 'BACKEND does not implement
+    ...') when ``backend`` lacks a layer kind or a loss term of ``spec``."""
+    check_implemented(backend.name, backend.layer_kinds(), plan_model(spec).layers)
+    check_terms_implemented(backend.name, backend.loss_term_kinds(), spec.loss)

@@ -18,14 +18,17 @@ same name in every backend folder) that imports its framework only inside its fu
   loop) takes per dispatch; one-step modes ignore it and report 1. No training step may run
   before the harness asks for one, so the first dispatch includes the compilation.
 - The spec's optimizer is used as declared: ``reference`` (aebench's Adam, scalars from
-  ``data``) or ``stock`` (the framework's own Adam).
+  ``data``) or ``stock`` (the framework's own Adam, and its own schedule with a period of
+  ``data.steps_per_epoch`` updates for a ``per: epoch`` schedule).
 
 Everything is on the device before the first step: the training images, the batch order and
 the noise of every batch (drawn in NumPy, identical for every framework). Step ``k`` uses
 ``order[k % n]``, ``eps[k % n]`` and ``corruption[k % n]`` with ``n = len(data.order)``, and the
 reference Adam's scalars of step ``k + 1`` (``data.adam_step_size[k]``,
-``data.adam_bias_correction2_sqrt[k]``), so every framework does the same work on the same
-numbers and their loss curves can be overlaid.
+``data.adam_bias_correction2_sqrt[k]``, ``data.adam_decay_factor[k]``), so every framework does
+the same work on the same numbers and their loss curves can be overlaid. A bench has no epochs
+of its own: a ``per: epoch`` schedule steps every ``data.steps_per_epoch`` updates, the training
+epoch of the cell's batch size (aebench.plugins.adam.epoch_steps), already in the step sizes.
 """
 
 from __future__ import annotations
@@ -75,8 +78,10 @@ class BenchData:
 
     x: (N, *data_shape) training examples in the spec's dtype; labels: (N, classes) one-hot
     or None; order: (n, B) int32 batch indices; eps: (n, B, latent) or None; corruption:
-    (n, B, *data_shape) or None; weights: the canonical initial weights; adam_step_size and
-    adam_bias_correction2_sqrt: (max_steps,) the reference Adam's scalars per step.
+    (n, B, *data_shape) or None; weights: the canonical initial weights; adam_step_size,
+    adam_bias_correction2_sqrt and adam_decay_factor: (max_steps,) the reference Adam's scalars
+    per step (aebench.plugins.adam.AdamScalars); steps_per_epoch: the period of a per-epoch
+    schedule (the stock optimizers' own schedules count it).
     """
 
     x: np.ndarray
@@ -87,6 +92,8 @@ class BenchData:
     weights: Weights
     adam_step_size: np.ndarray
     adam_bias_correction2_sqrt: np.ndarray
+    adam_decay_factor: np.ndarray
+    steps_per_epoch: int
 
     @property
     def batch_size(self) -> int:

@@ -65,7 +65,8 @@ class WorkerBackend:
             info = self._receive()
         except WorkerError as exc:
             raise BackendUnavailable(f"backend '{name}' could not load in its worker process: {exc}") from None
-        self._versions, self._device, self._layer_kinds = info["versions"], info["device"], info["layer_kinds"]
+        self._versions, self._device = info["versions"], info["device"]
+        self._layer_kinds, self._loss_term_kinds = info["layer_kinds"], info["loss_term_kinds"]
 
     def _receive(self) -> Any:
         try:
@@ -99,6 +100,9 @@ class WorkerBackend:
     def layer_kinds(self) -> frozenset[str]:
         return self._layer_kinds
 
+    def loss_term_kinds(self) -> frozenset[str]:
+        return self._loss_term_kinds
+
     def build(self, spec: Spec) -> Handle:
         return Handle(self, self.call("build", spec))
 
@@ -114,8 +118,10 @@ class WorkerBackend:
     def gradients(self, model: Handle, batch: Batch) -> tuple[dict[str, float], Weights]:
         return self.call("gradients", model.id, batch)
 
-    def trainer(self, model: Handle, x: np.ndarray, labels: Optional[np.ndarray]) -> RemoteTrainer:
-        return RemoteTrainer(Handle(self, self.call("trainer", model.id, x, labels)))
+    def trainer(
+        self, model: Handle, x: np.ndarray, labels: Optional[np.ndarray], steps_per_epoch: Optional[int] = None
+    ) -> RemoteTrainer:
+        return RemoteTrainer(Handle(self, self.call("trainer", model.id, x, labels, steps_per_epoch)))
 
     def encode(self, model: Handle, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         return self.call("encode", model.id, x, labels)

@@ -27,7 +27,15 @@ def serve(name: str, inbox: BinaryIO, outbox: BinaryIO) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent as the reason
         reply("error", str(exc))
         return
-    reply("ok", {"versions": backend.versions(), "device": backend.device(), "layer_kinds": backend.layer_kinds()})
+    reply(
+        "ok",
+        {
+            "versions": backend.versions(),
+            "device": backend.device(),
+            "layer_kinds": backend.layer_kinds(),
+            "loss_term_kinds": backend.loss_term_kinds(),
+        },
+    )
     objects: dict[int, Any] = {}
     while True:
         try:

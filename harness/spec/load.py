@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from aebench.errors import SpecError
-from aebench.layers import LAYER_KINDS, kind_of
+from aebench.losses import LOSS_TERMS
 from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
 from aebench.spec.shapes import plan_model
@@ -194,35 +194,15 @@ MNIST_CLASSES = 10  # the digits 0-9 label MNIST's images
 
 def _check_consistency(p: Parser, spec: Spec) -> None:
     """Rules that tie fields together (shapes are checked by shapes.plan_model)."""
-    model, loss = spec.model, spec.loss
-    if model.family == "vae":
-        if loss.kl is None:
-            p.fail("loss.kl", "is required for family vae (the ELBO's KL term; beta 0 switches it off)")
-        if model.latent.activation != LINEAR:
-            p.fail("model.latent.activation", "must be linear for family vae (the heads give mean and log-variance)")
-    else:
-        if loss.kl is not None:
-            p.fail("loss.kl", "only allowed for family vae")
-    if loss.reconstruction.kind == "bce" and model.output_activation != "sigmoid":
-        p.fail("loss.reconstruction.kind", "bce needs output_activation sigmoid (it is computed from the logits)")
-    if loss.sparsity is not None:
-        if model.family != "ae" or model.latent.activation.name != "sigmoid":
-            p.fail(
-                "loss.sparsity",
-                "needs family ae with a sigmoid code (model.latent.activation: sigmoid), "
-                "so that rho_hat lies in (0, 1)",
-            )
-    if loss.contractive is not None:
-        if model.family != "ae":
-            p.fail("loss.contractive", "only allowed for family ae (the Jacobian of the deterministic code)")
-        for i, layer in enumerate(model.encoder):
-            if not kind_of(layer).affine:
-                affine = ", ".join(name for name, kind in LAYER_KINDS.items() if kind.affine)
-                p.fail(
-                    f"model.encoder[{i}].type",
-                    f"loss.contractive needs an encoder of layers whose Jacobian is their kernel ({affine}); "
-                    f"got {layer.type}",
-                )
+    model = spec.model
+    if model.family == "vae" and model.latent.activation != LINEAR:
+        p.fail("model.latent.activation", "must be linear for family vae (the heads give mean and log-variance)")
+    for name, term in LOSS_TERMS.items():
+        cfg, needed = getattr(spec.loss, name), term.required(spec)
+        if cfg is None and needed:
+            p.fail(f"loss.{name}", f"is required ({needed})")
+        if cfg is not None:
+            term.rules(cfg, spec, p.fail)
     if isinstance(spec.corruption, Gaussian) and spec.corruption.clip is not None:
         low, high = spec.corruption.clip
         if not low < high:

@@ -2,9 +2,10 @@
 check that it fits this machine.
 
 Loading a spec enforces it with the least data train reads unasked (MNIST as the subset shipped
-with aebench, SHIPPED_MNIST_EXAMPLES); `aebench validate` and `aebench train` check it again,
-before any framework loads, with the examples of the MNIST file train would read
-(datasets.split_sizes), and train with its --dtype and --nll-k."""
+with aebench, SHIPPED_MNIST_EXAMPLES; one image of each split for an image folder);
+`aebench validate` and `aebench train` check it again, before any framework loads, with the
+examples of the MNIST file or image folder train would read (datasets.split_sizes), and train
+with its --dtype and --nll-k."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from aebench.errors import SpecError
 from aebench.layers import kind_of, spec_path
 from aebench.scoring import QualitySettings
 from aebench.spec.shapes import LayerPlan, ModelPlan, plan_model
-from aebench.spec.types import HeightWeight, Spec
+from aebench.spec.types import HeightWeight, Images, Mnist, Spec, Synthetic
 
 BYTES_PER_VALUE = {"float32": 4, "float64": 8}
 HOST_BYTES_PER_VALUE = 8
@@ -27,6 +28,9 @@ labels) whatever the spec's dtype."""
 SHIPPED_MNIST_EXAMPLES = (10_000, 2_000)
 """Training and test examples of the MNIST subset shipped with aebench (datasets.bundled_mnist_path),
 the least MNIST train reads unasked."""
+LEAST_IMAGE_EXAMPLES = (1, 1)
+"""Training and test examples of the smallest image folder or npz aebench reads (loading a spec
+does not list its folder)."""
 
 FALLBACK_MEMORY_BYTES = 1 << 40
 """The memory assumed where the operating system does not say how much it has."""
@@ -126,18 +130,22 @@ def memory_need(
 
 
 def least_sizes(spec: Spec) -> tuple[int, int]:
-    """(training, test) examples of the least data train reads for ``spec`` unasked: the table's
-    sizes, or the MNIST subset shipped with aebench."""
-    if isinstance(spec.data, HeightWeight):
+    """(training, test) examples of the least data train reads for ``spec`` unasked: a generated
+    set's sizes (the table, synthetic data), one of each for an image folder or npz (what it holds
+    is counted by datasets.split_sizes, which reads its listing), or the MNIST subset shipped with
+    aebench."""
+    if isinstance(spec.data, (HeightWeight, Synthetic)):
         return spec.data.n_train, spec.data.n_test
+    if isinstance(spec.data, Images):
+        return LEAST_IMAGE_EXAMPLES
     return SHIPPED_MNIST_EXAMPLES
 
 
 def data_values(spec: Spec, plan: ModelPlan, examples: int) -> int:
-    """Values the data set holds in training (datasets.mnist, datasets.height_weight, loop.train):
-    each example's features, its label where the data has labels (MNIST), and its one-hot label
-    row for a conditional spec."""
-    labels = 0 if isinstance(spec.data, HeightWeight) else 1
+    """Values the data set holds in training (datasets.load_dataset, loop.train): each example's
+    features, its label where the data has labels (MNIST), and its one-hot label row for a
+    conditional spec."""
+    labels = 1 if isinstance(spec.data, Mnist) else 0
     return examples * (math.prod(plan.data_shape) + labels + plan.label_size)
 
 
@@ -200,7 +208,9 @@ def _field_to_shrink(spec: Spec, plan: ModelPlan, need: MemoryNeed) -> str:
         return _largest_size_field(plan)
     if plan.label_size > math.prod(plan.data_shape):
         return "model.conditioning.num_classes"
-    return "data.n_train" if isinstance(spec.data, HeightWeight) else "data"
+    if isinstance(spec.data, (HeightWeight, Synthetic)):
+        return "data.n_train"
+    return "data.size" if isinstance(spec.data, Images) else "data"
 
 
 def _largest_size_field(plan: ModelPlan) -> str:

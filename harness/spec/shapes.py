@@ -17,7 +17,7 @@ from aebench.layers import kind_of, latent_head
 from aebench.layers.activations import LINEAR
 from aebench.layers.base import LayerPlan, Param, Shape, Where
 from aebench.spec.schema import shown
-from aebench.spec.types import HeightWeight, Layer, Spec
+from aebench.spec.types import HeightWeight, Images, Layer, Spec, Synthetic
 
 ENCODED_NAMES = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
 """Latent head -> its key in Backend.encode's result."""
@@ -49,9 +49,14 @@ class ModelPlan:
 
 def data_shape(spec: Spec) -> Shape:
     """Shape of one example of the spec's data set (without the label)."""
-    if isinstance(spec.data, HeightWeight):
+    data = spec.data
+    if isinstance(data, HeightWeight):
         return (2,)
-    return (784,) if spec.data.flatten else (28, 28, 1)
+    if isinstance(data, Images):
+        return (*data.size, data.channels)
+    if isinstance(data, Synthetic):
+        return data.shape
+    return (784,) if data.flatten else (28, 28, 1)
 
 
 def plan_model(spec: Spec, file: str = "<spec>") -> ModelPlan:

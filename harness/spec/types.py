@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 from aebench.layers import LAYER_SCHEMAS
 from aebench.layers.activations import LINEAR, Activation
 from aebench.layers.base import MAX_SIZE
-from aebench.spec.schema import at_least, greater_than, identifier, in_interval, in_range, rule
+from aebench.losses import LOSS_SCHEMA
+from aebench.spec.schema import Parser, greater_than, identifier, in_interval, in_range, rule
 
 MAX_SEED = 2**32 - 1
 """NumPy's classic seed range."""
@@ -51,7 +52,7 @@ class Model:
     encoder: tuple[Layer, ...]
     latent: Latent
     decoder: tuple[Layer, ...]
-    output_activation: Literal["sigmoid", "linear"]
+    output_activation: Literal["sigmoid", "linear", "tanh"]
     conditioning: Optional[Conditioning] = None
 
     @property
@@ -59,52 +60,11 @@ class Model:
         return self.conditioning is not None and self.conditioning.labels
 
 
-FeatureReduction = Literal["sum", "mean"]
-BatchReduction = Literal["mean", "sum"]
-
-
-@dataclass(frozen=True)
-class Reconstruction:
-    """mse compares x with sigmoid(logits) (or the linear output); bce uses the logits form."""
-
-    kind: Literal["mse", "bce"]
-    weight: float = field(metadata=rule(at_least(0)))
-    features: FeatureReduction
-    batch: BatchReduction
-
-
-@dataclass(frozen=True)
-class KL:
-    """KL(q(z|x) || N(0, I)) = 0.5 * sum(exp(lv) + mu^2 - 1 - lv), weighted by beta."""
-
-    beta: float = field(metadata=rule(at_least(0)))
-    features: FeatureReduction
-    batch: BatchReduction
-
-
-@dataclass(frozen=True)
-class Sparsity:
-    """weight * reduce_j KL(rho || rho_hat_j), rho_hat = batch mean of the (sigmoid) code."""
-
-    rho: float = field(metadata=rule(in_interval(0, 1, closed_low=False, closed_high=False)))
-    weight: float = field(metadata=rule(at_least(0)))
-    units: FeatureReduction
-
-
-@dataclass(frozen=True)
-class Contractive:
-    """weight * ||J_f(x)||_F^2, the squared Frobenius norm of the code's Jacobian."""
-
-    weight: float = field(metadata=rule(at_least(0)))
-    batch: BatchReduction
-
-
-@dataclass(frozen=True)
-class Loss:
-    reconstruction: Reconstruction
-    kl: Optional[KL] = None
-    sparsity: Optional[Sparsity] = None
-    contractive: Optional[Contractive] = None
+if TYPE_CHECKING:
+    Loss = Any
+else:
+    Loss = LOSS_SCHEMA
+"""The ``loss:`` mapping: one optional entry per registered loss term (aebench.losses)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +113,66 @@ class HeightWeight:
     seed: int = field(default=0, metadata=rule(in_range(0, MAX_SEED)))
 
 
-DataSpec = Union[Mnist, HeightWeight]
+MAX_IMAGE_SIDE = 1 << 15
+"""The largest height or width an image data set is resized or cropped to."""
+MAX_PATH_CHARS = 4096
+"""The longest ``data.path`` (Linux's PATH_MAX)."""
+
+
+def _image_size(size: tuple[int, ...]) -> Optional[str]:
+    """A check for [H, W]: each side 1..MAX_IMAGE_SIDE."""
+    if all(1 <= side <= MAX_IMAGE_SIDE for side in size):
+        return None
+    return f"each side must lie in 1..{MAX_IMAGE_SIDE}; got {list(size)}"
+
+
+def _data_path(path: str) -> Optional[str]:
+    """A check for a path to read: not empty, no NUL byte, at most MAX_PATH_CHARS characters."""
+    if path and "\0" not in path and len(path) <= MAX_PATH_CHARS:
+        return None
+    return f"must be the path of a folder of PNG/JPEG files or of an npz (1 to {MAX_PATH_CHARS} characters, no NUL)"
+
+
+def _synthetic_shape(shape: tuple[int, ...]) -> Optional[str]:
+    """A check for a synthetic example's shape: [D] or [H, W, C] with C 1 or 3, every size >= 1."""
+    rank_ok = len(shape) == 1 or (len(shape) == 3 and shape[2] in (1, 3))
+    if rank_ok and all(1 <= size <= MAX_SIZE for size in shape):
+        return None
+    return f"must be [D] (flat) or [H, W, C] with C 1 or 3 (images), every size 1..{MAX_SIZE}; got {list(shape)}"
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images from a folder of PNG/JPEG files or an npz, as (H, W, C) in [0, 1] (aebench.data.images).
+
+    Each image is converted to RGB (``channels: 3``) or L (``channels: 1``), centre-cropped to a
+    ``center_crop`` square when given, resized to ``size`` [H, W] with Pillow's bilinear filter and
+    divided by 255. The test split is the last ceil(N * test_fraction) images in sorted file-name
+    order (an npz with x_train and x_test keeps its own split). ``path`` is relative to the working
+    directory; ``aebench train --data`` replaces it.
+    """
+
+    name: Literal["images"]
+    path: str = field(metadata=rule(_data_path))
+    size: tuple[int, int] = field(metadata=rule(_image_size))
+    channels: Literal[1, 3]
+    center_crop: Optional[int] = field(default=None, metadata=rule(in_range(1, MAX_IMAGE_SIDE)))
+    test_fraction: float = field(default=0.1, metadata=rule(in_interval(0, 1, closed_low=False, closed_high=False)))
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """Examples drawn i.i.d. uniform in [0, 1) in NumPy from ``seed`` (throughput campaigns without a
+    data set): n_train + n_test examples of ``shape`` in one draw, the first n_train for training."""
+
+    name: Literal["synthetic"]
+    shape: tuple[int, ...] = field(metadata=rule(_synthetic_shape))
+    n_train: int = field(default=1024, metadata=rule(in_range(1, MAX_EXAMPLES)))
+    n_test: int = field(default=256, metadata=rule(in_range(1, MAX_EXAMPLES)))
+    seed: int = field(default=0, metadata=rule(in_range(0, MAX_SEED)))
+
+
+DataSpec = Union[Mnist, HeightWeight, Images, Synthetic]
 
 
 @dataclass(frozen=True)
@@ -165,13 +184,42 @@ class Init:
 
 
 @dataclass(frozen=True)
+class WeightDecay:
+    """Weight decay of every parameter, biases included (torch decays every parameter it is
+    given; optax without a ``mask`` and Keras without ``exclude_from_weight_decay`` do too).
+
+    coupled: ``coefficient * p`` is added to the gradient before Adam's moments (torch
+    ``Adam(weight_decay=)``, L2 regularisation); the reported loss does not include it.
+    decoupled: ``p <- p * (1 - lr_t * coefficient)`` before the Adam step, with lr_t the
+    scheduled learning rate of the step (torch ``AdamW``, ``optax.adamw``, Keras ``AdamW``
+    and Keras ``Adam(weight_decay=)``; the AdamW paper leaves lr out and keeps only the
+    schedule's multiplier). docs/EQUIVALENCE.md, 'Adam'.
+    """
+
+    form: Literal["coupled", "decoupled"]
+    coefficient: float = field(metadata=rule(in_interval(0, 1, closed_low=True, closed_high=True)))
+
+
+@dataclass(frozen=True)
+class ExponentialSchedule:
+    """lr_t = learning_rate * gamma^k, k the periods (epochs or steps, ``per``) completed
+    before update t: torch's ``ExponentialLR(gamma)`` stepped after each period, computed as
+    it computes it (the previous rate times gamma, in float64 on the host)."""
+
+    name: Literal["exponential"]
+    gamma: float = field(metadata=rule(in_interval(0, 1, closed_low=False, closed_high=True)))
+    per: Literal["epoch", "step"]
+
+
+@dataclass(frozen=True)
 class Adam:
     """Adam with every hyperparameter explicit.
 
     implementation 'reference' is the shared Adam (docs/EQUIVALENCE.md, 'Adam': bias
-    corrections on the host in float64, eps outside the square root), identical in every
-    backend; 'stock' is the framework's own optimizer with these hyperparameters, recorded
-    as such.
+    corrections, the scheduled learning rate and the decoupled decay factor on the host in
+    float64, eps outside the square root), identical in every backend; 'stock' is the
+    framework's own optimizer and schedule with these hyperparameters, recorded as such.
+    No ``weight_decay`` means none; no ``schedule`` means a constant learning rate.
     """
 
     name: Literal["adam"]
@@ -180,6 +228,21 @@ class Adam:
     beta2: float = field(metadata=rule(in_interval(0, 1, closed_low=True, closed_high=False)))
     epsilon: float = field(metadata=rule(greater_than(0)))
     implementation: Literal["reference", "stock"] = "reference"
+    weight_decay: Optional[WeightDecay] = None
+    schedule: Optional[ExponentialSchedule] = None
+
+    @classmethod
+    def from_yaml(cls, parser: Parser, value: Any, path: str) -> Adam:
+        """The fields, then the rule that ties two of them: decoupled decay keeps 1 - lr * coefficient > 0."""
+        adam = parser.parse_dataclass(cls, value, path)
+        decay = adam.weight_decay
+        if decay is not None and decay.form == "decoupled" and adam.learning_rate * decay.coefficient >= 1:
+            parser.fail(
+                f"{path}.weight_decay.coefficient",
+                f"decoupled decay multiplies the weights by 1 - learning_rate * coefficient each step, "
+                f"so learning_rate * coefficient must be < 1; got {adam.learning_rate:g} * {decay.coefficient:g}",
+            )
+        return adam
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ denoising triplets, code activations, the 2-D latent space and loss curves.
 Images are encoded and decoded by the backend; everything else (corrupting the shown
 inputs, drawing the prior samples, choosing the pairs to interpolate, tiling) is NumPy, so
 every backend is shown the same inputs. Every title names the spec, the backend and the
-epochs trained (run_heading), and tables are plotted against their feature names.
+epochs trained (run_heading), and tables are plotted against their feature names. Images of
+1 channel are shown in grayscale, of 3 in RGB, clipped to [0, 1] (image_shape).
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from aebench.check.oracle import corrupt  # noqa: E402
 from aebench.data.datasets import Dataset, one_hot  # noqa: E402
-from aebench.data.noise import PRIOR_STREAM, TEST_STREAM, draw_noise, stream  # noqa: E402
+from aebench.data.noise import (  # noqa: E402
+    PRIOR_STREAM,
+    TEST_STREAM,
+    corrupt,  # noqa: E402
+    draw_noise,
+    stream,
+)
 from aebench.plugins.backend_api import Backend  # noqa: E402
 from aebench.spec.shapes import ModelPlan  # noqa: E402
 from aebench.spec.types import Spec  # noqa: E402
@@ -67,7 +73,7 @@ def training_figures(
     data is plotted against its feature names (Dataset.feature_names).
     """
     heading = run_heading(spec.name, backend.name, spec.train.epochs)
-    shown = SHOWN if _is_image(plan) else SHOWN_POINTS
+    shown = SHOWN if image_shape(plan) else SHOWN_POINTS
     x = data.x_test[:shown]
     labels = _labels(spec, data.y_test[:shown] if data.y_test is not None else None)
     noise = draw_noise(spec, plan, len(x), stream(spec.train.seed, TEST_STREAM, 99))
@@ -107,16 +113,16 @@ def interpolation_figure(
         path_labels = path_labels.reshape(-1, labels.shape[1])
     decoded = backend.decode(model, z, path_labels).reshape(len(start), INTERPOLATION_STEPS, -1)
     what = "decoded straight lines between the latent points of test pairs"
-    if not _is_image(plan):
+    shape = image_shape(plan)
+    if shape is None:
         return _path_scatter(data.x_test[:SHOWN_POINTS], decoded, x, heading, what, data.feature_names)
     strips = [
         np.concatenate([x[2 * i : 2 * i + 1].reshape(1, -1), decoded[i], x[2 * i + 1 : 2 * i + 2].reshape(1, -1)])
         for i in range(len(start))
     ]
-    canvas = _tile(np.concatenate(strips).reshape(-1, 28, 28), cols=INTERPOLATION_STEPS + 2)
+    canvas = _tile(np.concatenate(strips).reshape(-1, *shape), cols=INTERPOLATION_STEPS + 2)
     fig, ax = plt.subplots(figsize=((INTERPOLATION_STEPS + 2) * 0.9, len(strips) * 0.95 + 0.6))
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
-    ax.axis("off")
+    _show(ax, canvas)
     return _titled(fig, heading, what + " (first and last column: the test images)")
 
 
@@ -137,7 +143,8 @@ def _path_scatter(
 def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, heading: str, names: tuple[str, ...]) -> Figure:
     """(clean, corrupted, restored) triplets with the PSNR of the corrupted and restored images."""
     clean, corrupted, restored = (rows[k][:TRIPLETS] for k in ("input", "corrupted", "reconstruction"))
-    if not _is_image(plan):
+    shape = image_shape(plan)
+    if shape is None:
         series = {"clean": clean, "corrupted": corrupted, "restored": restored}
         return _scatter(series, heading, "denoising: clean, corrupted, restored", names)
     psnr_in, psnr_out = per_image_psnr(clean, corrupted), per_image_psnr(clean, restored)
@@ -146,8 +153,8 @@ def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, heading: str,
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if i < len(clean):
-            triplet = np.stack([clean[i], corrupted[i], restored[i]]).reshape(-1, 28, 28)
-            ax.imshow(_tile(triplet, cols=3), cmap="gray", vmin=0, vmax=1)
+            triplet = np.stack([clean[i], corrupted[i], restored[i]]).reshape(-1, *shape)
+            _show(ax, _tile(triplet, cols=3))
             ax.set_title(f"PSNR {psnr_in[i]:.1f} -> {psnr_out[i]:.1f} dB", fontsize=7)
     return _titled(fig, heading, "clean, corrupted, restored")
 
@@ -223,31 +230,37 @@ def _latent(encoded: dict[str, np.ndarray]) -> np.ndarray:
     return encoded["mean"] if "mean" in encoded else encoded["code"]
 
 
-def _is_image(plan: ModelPlan) -> bool:
-    return int(np.prod(plan.data_shape)) == 784
+def image_shape(plan: ModelPlan) -> Optional[tuple[int, int, int]]:
+    """(H, W, C) the spec's examples are shown as: images of 1 channel (grayscale) or 3 (RGB) as
+    they are, MNIST's flat 784 values as 28x28x1; None for a table or other flat features, which
+    are shown as scatter plots of their first two features."""
+    shape = tuple(plan.data_shape)
+    if len(shape) == 3 and shape[2] in (1, 3):
+        return shape[0], shape[1], shape[2]
+    return (28, 28, 1) if shape == (784,) else None
 
 
 def reconstructions_figure(
     rows: dict[str, np.ndarray], plan: ModelPlan, heading: str, names: tuple[str, ...]
 ) -> Figure:
     """The shown test examples (corrupted ones too, where the spec corrupts) and their reconstructions."""
-    if not _is_image(plan):
+    shape = image_shape(plan)
+    if shape is None:
         return _scatter(rows, heading, "test examples and reconstructions", names)
     fig, axes = plt.subplots(len(rows), 1, figsize=(SHOWN * 0.9, len(rows) * 1.1))
     for ax, (title, images) in zip(np.atleast_1d(axes), rows.items()):
-        ax.imshow(_tile(images.reshape(-1, 28, 28), cols=len(images)), cmap="gray", vmin=0, vmax=1)
+        _show(ax, _tile(images.reshape(-1, *shape), cols=len(images)))
         ax.set_title(title, fontsize=8, loc="left")
-        ax.axis("off")
     return _titled(fig, heading, "test images and their reconstructions")
 
 
 def samples_figure(samples: np.ndarray, plan: ModelPlan, spec: Spec, heading: str, names: tuple[str, ...]) -> Figure:
     """Decoded draws from the prior N(0, I); one label per row for conditional specs."""
-    if not _is_image(plan):
+    shape = image_shape(plan)
+    if shape is None:
         return _scatter({"prior samples": samples}, heading, "decoded prior samples z ~ N(0, I)", names)
     fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(_tile(samples.reshape(-1, 28, 28), cols=SHOWN), cmap="gray", vmin=0, vmax=1)
-    ax.axis("off")
+    _show(ax, _tile(samples.reshape(-1, *shape), cols=SHOWN))
     return _titled(fig, heading, "decoded z ~ N(0, I)" + (", one label per row" if spec.model.conditional else ""))
 
 
@@ -277,13 +290,23 @@ def _titled(fig: Figure, heading: str, what: str) -> Figure:
 
 
 def _tile(images: np.ndarray, cols: int) -> np.ndarray:
+    """(N, H, W, C) images clipped to [0, 1] on one white canvas, ``cols`` to a row, 2 pixels apart."""
     rows = -(-len(images) // cols)
-    h, w = images.shape[1:]
-    canvas = np.ones((rows * (h + 2), cols * (w + 2)))
+    h, w, channels = images.shape[1:]
+    canvas = np.ones((rows * (h + 2), cols * (w + 2), channels))
     for i, image in enumerate(np.clip(images, 0, 1)):
         r, c = divmod(i, cols)
         canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = image
     return canvas
+
+
+def _show(ax: Axes, canvas: np.ndarray) -> None:
+    """A tiled canvas without axes: grayscale on [0, 1] for 1 channel, RGB for 3."""
+    if canvas.shape[2] == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(canvas)
+    ax.axis("off")
 
 
 def _save(fig: Figure, path: Path) -> Path:

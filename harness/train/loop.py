@@ -25,6 +25,7 @@ from aebench import __version__
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TRAIN_STREAM, draw_noise, epoch_order, stream
 from aebench.errors import AebenchError
+from aebench.plugins.adam import epoch_steps
 from aebench.plugins.backend_api import Backend, Step, loss_term_names
 from aebench.plugins.canonical import init_weights
 from aebench.progress import Progress
@@ -100,7 +101,8 @@ def train(
     n_classes = spec.model.conditioning.num_classes if spec.model.conditional else 0
     train_labels = one_hot(data.y_train, n_classes) if n_classes else None
     test_labels = one_hot(data.y_test, n_classes) if n_classes else None
-    trainer = backend.trainer(model, data.x_train, train_labels)
+    steps_per_epoch = epoch_steps(len(data.x_train), spec.train.batch_size)  # epoch_order's full batches
+    trainer = backend.trainer(model, data.x_train, train_labels, steps_per_epoch)
     _record(log, on_epoch, 0, 0.0, None, evaluate(backend, model, spec, plan, data.x_test, test_labels))
     for epoch in range(1, spec.train.epochs + 1):
         start = time.perf_counter()

@@ -10,8 +10,8 @@ scored on the same numbers. The metrics (all per test example, means over the ex
 - ``recon_term``: the spec's own (unweighted) reconstruction term on the test split, as
   training evaluates it (train.evaluate: sampled z, the TEST noise stream).
 - ``psnr`` (specs with corruption): mean per-image PSNR of the restored images against the
-  clean ones, data range 1 (MNIST in [0, 1]); ``psnr_corrupted`` is the corrupted input's
-  PSNR, the baseline the denoiser has to beat.
+  clean ones, data range 1 (MNIST, image folders and synthetic data all lie in [0, 1]);
+  ``psnr_corrupted`` is the corrupted input's PSNR, the baseline the denoiser has to beat.
 - ``neg_elbo`` (family vae): E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), the expectation
   estimated with the same k samples as the NLL, the KL in closed form, beta = 1.
 - ``nll_is`` (family vae): -log p(x) estimated by importance sampling with the encoder as
@@ -24,12 +24,15 @@ scored on the same numbers. The metrics (all per test example, means over the ex
 Decoder likelihoods, in nats:
 - BCE specs: Bernoulli, log p(x|z) = sum_d x_d log p_d + (1 - x_d) log(1 - p_d), p = decoded
   probabilities clipped to [eps, 1 - eps] of their dtype (a float32 sigmoid saturates to
-  exactly 1 beyond logit 16.6). MNIST here is not binarised, so for grey pixels this is the
-  cross-entropy the spec trains with, not a normalised density: compare these numbers
-  between frameworks, not with binarised-MNIST results in papers.
+  exactly 1 beyond logit 16.6). MNIST here is not binarised (nor are images or synthetic
+  data), so for grey pixels this is the cross-entropy the spec trains with, not a normalised
+  density: compare these numbers between frameworks, not with binarised-MNIST results in papers.
 - MSE specs: Gaussian with the fixed variance whose negative log-density has the spec's
   (unweighted) reconstruction term as its quadratic part: sigma^2 = 1/2 for ``features: sum``,
   D/2 for ``features: mean``; the normalising constant (D/2) log(2 pi sigma^2) is included.
+
+No metric needs labels or MNIST's digits: labels are used only to condition a conditional spec
+(which needs MNIST), so every metric applies to image folders and synthetic data as they are.
 
 The encoder sees clean x for the ELBO and the NLL (a property of the generative model), and
 the corrupted input for the reconstruction error and the PSNR (the denoiser at work).
@@ -41,9 +44,8 @@ from typing import Optional
 
 import numpy as np
 
-from aebench.check.oracle import corrupt
 from aebench.data.datasets import Dataset, one_hot
-from aebench.data.noise import TEST_STREAM, draw_noise, stream
+from aebench.data.noise import TEST_STREAM, corrupt, draw_noise, stream
 from aebench.plugins.backend_api import Backend
 from aebench.scoring import QualitySettings
 from aebench.spec.shapes import ModelPlan

@@ -1,0 +1,59 @@
+"""The loss-term registry: every module of this package that defines ``TERM`` is a loss term.
+
+Adding a loss term is one module here (schema, rank, weight, rules, oracle:
+aebench.losses.base.LossTerm) plus one implementation per backend, in that backend's table
+from term name to function. A spec's ``loss:`` mapping has one optional key per term
+(``Loss``, built from the registry); results name the terms in rank order after 'total'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Collection
+from typing import Any, Optional
+
+from aebench.errors import LossTermNotImplemented
+from aebench.losses.base import LossTerm
+
+_NOT_TERMS = {"base"}
+
+
+def _discover() -> dict[str, LossTerm]:
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in _NOT_TERMS:
+            found.append(importlib.import_module(f"{__name__}.{module.name}").TERM)
+    return {term.name: term for term in sorted(found, key=lambda term: term.rank)}
+
+
+LOSS_TERMS: dict[str, LossTerm] = _discover()
+"""Every loss term, by its key under ``loss:``, in rank order."""
+
+LOSS_SCHEMA: Any = dataclasses.make_dataclass(
+    "Loss",
+    [(name, Optional[term.schema], dataclasses.field(default=None)) for name, term in LOSS_TERMS.items()],
+    frozen=True,
+)
+"""The ``loss:`` mapping: one optional key per registered term (rules say which a spec needs)."""
+LOSS_SCHEMA.__doc__ = "The loss terms of a spec, one optional entry per registered term (aebench.losses)."
+LOSS_SCHEMA.__module__ = __name__  # pickled specs (worker processes) find the class as aebench.losses.Loss
+Loss = LOSS_SCHEMA
+
+
+def present_terms(loss: Any) -> tuple[str, ...]:
+    """The terms a spec's loss has, in rank order."""
+    return tuple(name for name in LOSS_TERMS if getattr(loss, name) is not None)
+
+
+def term_weights(loss: Any) -> dict[str, float]:
+    """The weight of each present term in the total."""
+    return {name: LOSS_TERMS[name].weight(getattr(loss, name)) for name in present_terms(loss)}
+
+
+def check_terms_implemented(backend: str, implemented: Collection[str], loss: Any) -> None:
+    """LossTermNotImplemented for the first present term a backend lacks."""
+    for name in present_terms(loss):
+        if name not in implemented:
+            raise LossTermNotImplemented(backend, name)

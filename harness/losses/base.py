@@ -1,0 +1,82 @@
+"""What every loss term declares, and the float64 values its oracle reads.
+
+A loss term is one module of this package holding a ``TERM``: its spec schema (the mapping
+under ``loss:``), its rank (the order in which the total adds the terms, and results list
+them), its weight in the total, its cross-field rules and its NumPy float64 oracle. Each
+backend maps a term's name to its own implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, Optional
+
+import numpy as np
+
+Fail = Callable[[str, str], NoReturn]
+"""(field path, message) -> raises the spec's one-line error."""
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The float64 intermediates of one forward pass that loss terms read: the encoder's
+    input (corrupted), the code (family ae), the posterior (family vae), z and the logits."""
+
+    x_in: np.ndarray
+    code: Optional[np.ndarray]
+    mean: Optional[np.ndarray]
+    log_var: Optional[np.ndarray]
+    z: np.ndarray
+    logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class OracleInputs:
+    """What a term's oracle may read: the spec, its plan, float64 weights, the batch (x, labels,
+    noise) and the forward pass."""
+
+    spec: Any
+    plan: Any
+    weights: dict[str, np.ndarray]
+    batch: Any
+    forward: Forward
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.asarray(self.batch.x, dtype=np.float64)
+
+
+def no_rules(cfg: Any, spec: Any, fail: Fail) -> None:
+    return None
+
+
+def not_required(spec: Any) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """Everything the harness knows about one loss term.
+
+    name: its key under ``loss:`` and in results; schema: the dataclass it parses into;
+    rank: its place in the total's sum (lower first) and in result columns; weight: its
+    weight in the total, read from its settings; oracle: its unweighted float64 value;
+    rules: cross-field checks, failing through ``fail(field, message)``; required: why a
+    spec must have the term ("" when it need not).
+    """
+
+    name: str
+    schema: type
+    rank: int
+    weight: Callable[[Any], float]
+    oracle: Callable[[Any, OracleInputs], float]
+    rules: Callable[[Any, Any, Fail], None] = no_rules
+    required: Callable[[Any], str] = not_required
+
+
+def reduce(per_element: np.ndarray, features: str, batch: str) -> float:
+    """Reduce over every non-batch axis (sum or mean), then over the batch (mean or sum)."""
+    flat = per_element.reshape(per_element.shape[0], -1)
+    per_example = flat.sum(axis=1) if features == "sum" else flat.mean(axis=1)
+    return float(per_example.sum() if batch == "sum" else per_example.mean())
