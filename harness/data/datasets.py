@@ -212,13 +212,14 @@ def mnist(cfg: Mnist, path: Path) -> Dataset:
     def images(key: str) -> np.ndarray:
         return arrays[key].reshape(-1, *shape).astype(np.float64) / 255.0
 
-    subset = " (the subset shipped with aebench)" if path == bundled_mnist_path() else ""
+    bundled = path == bundled_mnist_path()
+    where = "aebench/bundled/mnist_subset.npz (the subset shipped with aebench)" if bundled else str(path)
     return Dataset(
         images("x_train"),
         arrays["y_train"].astype(np.int64),
         images("x_test"),
         arrays["y_test"].astype(np.int64),
-        f"mnist {path}{subset}",
+        f"mnist {where}",
     )
 
 
