@@ -194,6 +194,22 @@ def test_a_bundle_reads_back_as_written(tmp_path: Path) -> None:
     assert find_bundles(tmp_path) == [tmp_path / "bundle"]
 
 
+def test_run_files_below_a_folder_that_are_not_bundles_are_named_not_skipped_silently(tmp_path: Path) -> None:
+    write_bundle(small_record(tmp_path), tmp_path / "good")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run.json").write_text('{"format": 99}')
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    named: list[str] = []
+    assert find_bundles(tmp_path, named.append) == [tmp_path / "good"]
+    assert [line.split(": passed over, ")[0] for line in named] == [
+        str(tmp_path / "deep" / "run.json"),
+        str(tmp_path / "other" / "run.json"),
+    ]
+    assert named[0].split(": passed over, ")[1].startswith("unreadable")
+    assert named[1].endswith("not a run bundle of format 1")
+
+
 def test_a_folder_that_is_not_a_bundle_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(AebenchError, match="not a run bundle"):
         read_bundle(tmp_path)

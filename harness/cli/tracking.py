@@ -100,7 +100,11 @@ def cmd_log(args: argparse.Namespace) -> int:
     """Log every bundle named; exit 1 if one was kept for an MLflow problem (a bundle whose
     training still runs is left for later, which is not a failure). Once the server is found
     hung, the bundles after are kept without trying it again (one line each, no wait)."""
-    bundles = [bundle for path in args.bundles for bundle in find_bundles(Path(path))]
+
+    def passed_over(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    bundles = [bundle for path in args.bundles for bundle in find_bundles(Path(path), passed_over)]
     kept, not_tried = 0, ""
     for bundle in bundles:
         outcome = log_bundle(bundle, args.tracking_uri, not_tried)

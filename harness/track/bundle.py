@@ -42,7 +42,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -385,15 +385,22 @@ def _read_writer(data: object) -> Optional[Writer]:
     return Writer(int(data["pid"]), str(data["host"]), str(data.get("started") or ""))
 
 
-def find_bundles(path: Path) -> list[Path]:
+def find_bundles(path: Path, passed_over: Optional[Callable[[str], None]] = None) -> list[Path]:
     """``path`` if it is a bundle, else every bundle below it (a run.json of this format), sorted;
-    AebenchError when there is none."""
+    AebenchError when there is none. Each run.json below ``path`` that is not a readable bundle
+    is named to ``passed_over`` with the reason."""
     path = Path(path)
     if (path / RUN_FILE).is_file():
         return [path]
     if not path.is_dir():
         raise AebenchError(f"{path}: no such bundle folder")
-    found = sorted(run.parent for run in path.rglob(RUN_FILE) if _looks_like_bundle(run))
+    found = []
+    for run in sorted(path.rglob(RUN_FILE)):
+        reason = _not_a_bundle(run)
+        if not reason:
+            found.append(run.parent)
+        elif passed_over:
+            passed_over(f"{run}: passed over, {reason}")
     if not found:
         raise AebenchError(
             f"{path}: holds no run bundle (a folder with {RUN_FILE}); bundles are the "
@@ -402,12 +409,15 @@ def find_bundles(path: Path) -> list[Path]:
     return found
 
 
-def _looks_like_bundle(run_file: Path) -> bool:
+def _not_a_bundle(run_file: Path) -> str:
+    """Why ``run_file`` is not the run.json of a bundle ("" when it is one)."""
     try:
         data = read_json(run_file)
-    except (OSError, ValueError, AebenchError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT and "bundle_id" in data
+    except (OSError, ValueError, AebenchError) as exc:
+        return f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if isinstance(data, dict) and data.get("format") == FORMAT and "bundle_id" in data:
+        return ""
+    return f"not a run bundle of format {FORMAT}"
 
 
 def note_logged(bundle_dir: Path, destination: dict) -> None:
