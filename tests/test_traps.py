@@ -6,6 +6,8 @@ that the equivalence check catches them (a check that cannot fail proves nothing
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from cases import conv2d_transpose
@@ -121,15 +123,21 @@ def test_bce_is_taken_from_logits_not_clipped_probabilities() -> None:
         assert run(SATURATED_LOGITS, TARGETS) == pytest.approx(expected, rel=1e-6), name  # float32 rounding
 
 
+def _pass(spec, logits, target) -> SimpleNamespace:
+    """What a backend's reconstruction term reads of a forward pass: the spec, the logits and x."""
+    return SimpleNamespace(spec=spec, logits=logits, x=target)
+
+
 def _backend_bce() -> dict:
     out = {}
     spec = bce_spec()
+    recon = spec.loss.reconstruction
     if "torch" in available_backends():
         import torch
 
         from aebench.backends.torch.losses import reconstruction as torch_bce
 
-        out["torch"] = lambda logits, t: float(torch_bce(spec, torch.tensor(logits), torch.tensor(t)))
+        out["torch"] = lambda logits, t: float(torch_bce(recon, _pass(spec, torch.tensor(logits), torch.tensor(t))))
     if "jax" in available_backends():
         load_backend("jax")
         import jax.numpy as jnp
@@ -137,7 +145,7 @@ def _backend_bce() -> dict:
         from aebench.backends.jax.losses import reconstruction as jax_bce
 
         out["jax"] = lambda logits, t: float(
-            jax_bce(spec, jnp.asarray(logits, jnp.float32), jnp.asarray(t, jnp.float32))
+            jax_bce(recon, _pass(spec, jnp.asarray(logits, jnp.float32), jnp.asarray(t, jnp.float32)))
         )
     if "keras" in available_backends() and load_backend("keras").__class__.__module__.endswith("keras.backend"):
         from keras import ops
@@ -145,7 +153,7 @@ def _backend_bce() -> dict:
         from aebench.backends.keras.losses import reconstruction as keras_bce
 
         out["keras"] = lambda logits, t: float(
-            ops.convert_to_numpy(keras_bce(spec, ops.convert_to_tensor(logits), ops.convert_to_tensor(t)))
+            ops.convert_to_numpy(keras_bce(recon, _pass(spec, ops.convert_to_tensor(logits), ops.convert_to_tensor(t))))
         )
     if not out:
         pytest.skip("no backend is available in this process")
