@@ -15,9 +15,13 @@ import pytest
 from cases import oracle_layer
 
 from aebench.check import equivalence as eq
-from aebench.layers import LAYER_KINDS
+from aebench.check import oracle
+from aebench.layers import LAYER_KINDS, kind_of
 from aebench.layers.avg_pool import AvgPool
+from aebench.layers.base import LayerPlan, Where
+from aebench.layers.batch_norm import BatchNorm
 from aebench.layers.upsample import Upsample
+from aebench.plugins.backend_api import Batch
 from aebench.spec.load import load_spec
 
 CONV = "{type: conv, filters: 2, kernel: 3, stride: 1, padding: same}"  # linear: pooling sees negative values
@@ -62,6 +66,16 @@ VARIANTS = {
     "upsample_nearest": [
         "{type: conv, filters: 2, kernel: 3, stride: 4, padding: same}",
         "{type: upsample, factor: 2, interpolation: nearest}",
+        "{type: flatten}",
+    ],
+    "batch_norm_flat_unbiased": [
+        "{type: flatten}",
+        "{type: dense, units: 5, activation: tanh}",  # tanh: a bias straight before batch_norm has no gradient
+        "{type: batch_norm, momentum: 0.1, epsilon: 1.0e-5, variance_update: unbiased}",
+    ],
+    "batch_norm_image_biased": [
+        "{type: conv, filters: 2, kernel: 3, stride: 2, padding: same, activation: tanh}",
+        "{type: batch_norm, momentum: 0.3, epsilon: 1.0e-3, variance_update: biased}",
         "{type: flatten}",
     ],
     "upsample_bilinear": [
@@ -124,3 +138,112 @@ def test_bilinear_upsampling_uses_half_pixel_centres_not_aligned_corners() -> No
     x = np.array([0.0, 1.0, 4.0]).reshape(1, 1, 3, 1).repeat(2, axis=1)
     out = oracle_layer(Upsample("upsample", 2, "bilinear"), x)[0, 0, :, 0]
     np.testing.assert_allclose(out, [0.0, 0.25, 0.75, 1.75, 3.25, 4.0])  # align_corners=True: 0, .4, .8, 1.6, 2.8, 4
+
+
+# ---------------------------------------------------------------- batch_norm's conventions
+
+BATCH_NORM_VARIANTS = ("batch_norm_flat_unbiased", "batch_norm_image_biased")
+
+
+def batch_norm_train(x: np.ndarray, momentum: float, variance_update: str, **weights: np.ndarray):
+    """The oracle's training-mode batch_norm of ``x`` (epsilon 1e-5): (output, updated state by role)."""
+    layer = BatchNorm("batch_norm", momentum, 1e-5, variance_update)
+    kind = kind_of(layer)
+    _, params = kind.plan(layer, x.shape[1:], Where("<test>", "layer", "layer"))
+    plan = LayerPlan("layer", layer, x.shape[1:], x.shape[1:], params)
+    out, state = kind.train_oracle(plan, {f"layer.{role}": value for role, value in weights.items()}, x)
+    return out, {name.rpartition(".")[2]: value for name, value in state.items()}
+
+
+START = dict(gamma=np.ones(1), beta=np.zeros(1), running_mean=np.full(1, 10.0), running_var=np.full(1, 2.0))
+COLUMN = np.array([[1.0], [2.0], [3.0], [6.0]])  # mean 3; squared deviations 4, 1, 0, 9: biased 3.5, unbiased 14/3
+
+
+def test_batch_norm_training_normalises_with_the_biased_batch_variance() -> None:
+    out, _ = batch_norm_train(COLUMN, 0.1, "unbiased", **START)
+    np.testing.assert_allclose(out, (COLUMN - 3.0) / np.sqrt(3.5 + 1e-5), rtol=1e-15)
+
+
+def test_batch_norm_momentum_is_the_new_batch_weight() -> None:
+    _, state = batch_norm_train(COLUMN, 0.1, "biased", **START)
+    np.testing.assert_allclose(state["running_mean"], [0.9 * 10.0 + 0.1 * 3.0], rtol=1e-15)  # Keras' 0.9: 3.7
+    np.testing.assert_allclose(state["running_var"], [0.9 * 2.0 + 0.1 * 3.5], rtol=1e-15)
+
+
+def test_batch_norm_running_variance_takes_the_unbiased_or_the_biased_batch_variance() -> None:
+    unbiased = batch_norm_train(COLUMN, 0.1, "unbiased", **START)[1]["running_var"]
+    biased = batch_norm_train(COLUMN, 0.1, "biased", **START)[1]["running_var"]
+    np.testing.assert_allclose(unbiased, [0.9 * 2.0 + 0.1 * 14.0 / 3.0], rtol=1e-15)
+    np.testing.assert_allclose(biased, [0.9 * 2.0 + 0.1 * 3.5], rtol=1e-15)
+
+
+def test_batch_norm_evaluation_uses_the_running_statistics() -> None:
+    out = oracle_layer(BatchNorm("batch_norm", 0.1, 1e-5, "unbiased"), COLUMN, **START)
+    np.testing.assert_allclose(out, (COLUMN - 10.0) / np.sqrt(2.0 + 1e-5), rtol=1e-15)
+
+
+def batch_norm_case(tmp_path: Path, variant: str) -> eq.Case:
+    return eq.make_case(variant_spec(tmp_path, variant))
+
+
+def state_of(weights: dict) -> dict:
+    return {k: v for k, v in weights.items() if ".running_" in k}
+
+
+@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+def test_batch_norm_evaluation_loss_terms_use_the_running_statistics(backend, variant, tmp_path: Path) -> None:
+    """loss_terms(training=False), what the test split is scored with, against the oracle's
+    evaluation mode (the check weights' running statistics are far from the batch's)."""
+    case = batch_norm_case(tmp_path, variant)
+    got = backend.loss_terms(eq.built(backend, case), case.batch, training=False)
+    ref = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan, training=False)
+    train = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan)
+    assert abs(ref["total"] - train["total"]) > 1e-6 * abs(ref["total"])  # 1e4 times the 1e-10 tolerance
+    assert not eq.failures(eq.compare_loss_terms(eq.Judge(backend.name, case.spec.dtype), got, ref))
+
+
+@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+def test_batch_norm_loss_terms_and_gradients_leave_the_running_statistics(backend, variant, tmp_path: Path) -> None:
+    case = batch_norm_case(tmp_path, variant)
+    model = eq.built(backend, case)
+    backend.loss_terms(model, case.batch)
+    backend.loss_terms(model, case.batch, training=False)
+    backend.gradients(model, case.batch)
+    after = state_of(backend.get_weights(model))
+    assert after and all(np.array_equal(after[k], v) for k, v in state_of(case.weights).items())
+
+
+@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+def test_batch_norm_trainer_step_updates_the_running_statistics_as_the_oracle(backend, variant, tmp_path) -> None:
+    """One trainer step: the running statistics of its training-mode pass, the oracle's update
+    rule from the case's weights. A swapped momentum or variance convention is off by 1e-2;
+    1e-6 leaves room for keras-torch, whose float64 keras.ops.matmul on the CPU is 1e-8 off
+    here (its Dense before the batch_norm; 3e-4 absolute on a (32, 784) @ (784, 5) product)."""
+    case = batch_norm_case(tmp_path, variant)
+    step = eq.trajectory_steps(case)[0]
+    batch = Batch(case.train_x[step.indices], None, step.noise)
+    expected = state_of(oracle.train_state(case.spec, case.weights, batch, case.plan))
+    model = eq.built(backend, case)
+    backend.trainer(model, case.train_x, None).run([step])
+    got = state_of(backend.get_weights(model))
+    assert {k: eq.scaled_error(got[k], v) for k, v in expected.items()} == pytest.approx(
+        dict.fromkeys(expected, 0.0), abs=1e-6
+    )
+
+
+_TORCH_TRAJECTORIES: dict[str, eq.Trajectory] = {}
+
+
+@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+def test_batch_norm_trajectory_running_statistics_agree_with_torch(backend, variant, tmp_path: Path) -> None:
+    """The 50-step trajectory against torch's, the running statistics among its weights."""
+    from aebench.plugins.registry import load_backend
+
+    case = batch_norm_case(tmp_path, variant)
+    if variant not in _TORCH_TRAJECTORIES:
+        _TORCH_TRAJECTORIES[variant] = eq.trajectory(load_backend("torch"), case)
+    ref = _TORCH_TRAJECTORIES[variant]
+    assert state_of(ref.weights)
+    got = eq.trajectory(backend, case)
+    judge = eq.Judge(backend.name, case.spec.dtype)
+    assert not eq.failures(eq.compare_trajectories(judge, got, ref, eq.term_names(case)))

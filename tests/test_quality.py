@@ -172,8 +172,8 @@ class OracleBackend:
         joined = z if labels is None else np.concatenate([z, labels], axis=1)
         return oracle.output(self.spec, oracle.run_stack(self.plan.decoder, weights, joined))
 
-    def loss_terms(self, weights, batch):
-        return oracle.loss_terms(self.spec, weights, batch, self.plan)
+    def loss_terms(self, weights, batch, training=True):
+        return oracle.loss_terms(self.spec, weights, batch, self.plan, training)
 
 
 def test_every_backend_scores_what_the_oracle_scores(backend) -> None:

@@ -78,7 +78,7 @@ class JaxBackend:
         model.params = canonical.to_params(model.plan, weights, model.dtype, self._device)
 
     def get_weights(self, model: JaxModel) -> Weights:
-        return canonical.to_weights(model.plan, model.params)
+        return canonical.to_weights(model.plan.params, model.params)
 
     def _inputs(self, model: JaxModel, batch: Batch) -> tuple:
         def put(a):
@@ -91,16 +91,22 @@ class JaxBackend:
             model.compiled[key] = jax.jit(make())
         return model.compiled[key]
 
-    def loss_terms(self, model: JaxModel, batch: Batch) -> dict[str, float]:
-        fn = self._compiled(model, "loss", lambda: lambda p, *a: loss_terms(model.net, model.spec, p, *a))
+    def loss_terms(self, model: JaxModel, batch: Batch, training: bool = True) -> dict[str, float]:
+        """The terms in training mode (batch statistics; the updated state is dropped,
+        model.params kept) or evaluation mode."""
+
+        def terms_of(params, x, labels, eps, corruption):
+            return loss_terms(model.net, model.spec, params, x, labels, eps, corruption, training=training)
+
+        fn = self._compiled(model, "loss" if training else "eval-loss", lambda: terms_of)
         terms = fn(model.params, *self._inputs(model, batch))  # a jitted dict comes back key-sorted
         return {name: float(terms[name]) for name in loss_term_names(model.spec)}
 
     def gradients(self, model: JaxModel, batch: Batch) -> tuple[dict[str, float], Weights]:
         fn = self._compiled(model, "grad", lambda: grad_fn(model.net, model.spec))
-        terms, grads = fn(model.params, *self._inputs(model, batch))
+        terms, grads, _ = fn(model.params, *self._inputs(model, batch))  # the state is left as it was
         values = np.asarray(terms, dtype=np.float64).tolist()
-        return dict(zip(loss_term_names(model.spec), values)), canonical.to_weights(model.plan, grads)
+        return dict(zip(loss_term_names(model.spec), values)), canonical.to_weights(model.plan.trainable, grads)
 
     def trainer(
         self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray], steps_per_epoch: Optional[int] = None

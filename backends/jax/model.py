@@ -29,6 +29,8 @@ from .precision import layer_precision
 Params = dict[str, dict[str, jax.Array]]
 LayerFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
 """(this layer's parameters, input) -> output before the activation."""
+TrainFn = Callable[[dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+"""(this layer's parameters and state, input) -> (training-mode output, its updated state)."""
 
 
 def activation(act: Optional[Activation]) -> Callable[[jax.Array], jax.Array]:
@@ -102,6 +104,48 @@ def _upsample(plan: LayerPlan, common: dict) -> LayerFn:
     return lambda params, x: jax.image.resize(x, (x.shape[0], *plan.out_shape), method=method)
 
 
+class BatchNormFns:
+    """Flax's nn.BatchNorm (momentum = 1 - the spec's, epsilon the spec's) as a pure evaluation
+    function (use_running_average=True) and a training function (``train``: batch statistics,
+    the ``batch_stats`` collection mutable). Canonical gamma, beta, running_mean, running_var are
+    Flax's params scale, bias and batch_stats mean, var. Flax updates the running variance with
+    the biased batch variance; ``unbiased`` rescales that update by hand."""
+
+    def __init__(self, plan: LayerPlan, common: dict):
+        layer = plan.layer
+        self.layer, self.n_axes = layer, len(plan.in_shape)
+        self.module = nn.BatchNorm(
+            momentum=1.0 - layer.momentum,
+            epsilon=layer.epsilon,
+            dtype=common["dtype"],
+            param_dtype=common["param_dtype"],
+            use_fast_variance=False,
+            force_float32_reductions=False,
+        )
+
+    @staticmethod
+    def _variables(params: dict[str, jax.Array]) -> dict:
+        return {
+            "params": {"scale": params["gamma"], "bias": params["beta"]},
+            "batch_stats": {"mean": params["running_mean"], "var": params["running_var"]},
+        }
+
+    def __call__(self, params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        return self.module.apply(self._variables(params), x, use_running_average=True)
+
+    def train(self, params: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        y, changed = self.module.apply(self._variables(params), x, use_running_average=False, mutable=["batch_stats"])
+        stats = changed["batch_stats"]
+        var = stats["var"]
+        if self.layer.variance_update == "unbiased":
+            axes = tuple(range(x.ndim - 1))
+            n = x.size // x.shape[-1]
+            var = params["running_var"] + self.layer.momentum * (
+                jnp.var(x, axis=axes) * (n / (n - 1)) - params["running_var"]
+            )
+        return y, {"running_mean": stats["mean"], "running_var": var}
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, dict], LayerFn]] = {
     "dense": lambda plan, common: _flax(nn.Dense(plan.layer.units, **common)),
     "conv": _conv,
@@ -111,13 +155,20 @@ BUILDERS: dict[str, Callable[[LayerPlan, dict], LayerFn]] = {
     "max_pool": _max_pool,
     "avg_pool": _avg_pool,
     "upsample": _upsample,
+    "batch_norm": BatchNormFns,
 }
 """Layer kind (aebench.layers) -> a pure function computing it before its activation, given
-the Flax module settings (dtype, param_dtype, precision) every layer is built with."""
+the Flax module settings (dtype, param_dtype, precision) every layer is built with. A builder
+whose function has a ``train`` attribute (TrainFn) behaves differently in training mode."""
+
+Updates = dict[str, dict[str, jax.Array]]
+"""Updated state by layer name, collected by a training-mode pass."""
 
 
 class Autoencoder:
-    """Pure functions of (params, inputs): hidden, head, decode_logits."""
+    """Pure functions of (params, inputs): hidden, head, decode_logits. ``params`` holds every
+    canonical weight, state included. They run in evaluation mode (running statistics), or in
+    training mode when given ``updates`` (a dict that receives each layer's updated state)."""
 
     def __init__(self, plan: ModelPlan, dtype: jnp.dtype):
         self.plan, self.dtype = plan, dtype
@@ -130,22 +181,34 @@ class Autoencoder:
         common = dict(dtype=self.dtype, param_dtype=self.dtype, precision=precision)
         self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in self.plan.layers}
 
-    def apply_layer(self, params: Params, plan: LayerPlan, x: jax.Array) -> jax.Array:
-        return self.acts[plan.name](self.ops[plan.name](params.get(plan.name, {}), x))
+    def apply_layer(
+        self, params: Params, plan: LayerPlan, x: jax.Array, updates: Optional[Updates] = None
+    ) -> jax.Array:
+        op, own = self.ops[plan.name], params.get(plan.name, {})
+        train = getattr(op, "train", None)
+        if updates is not None and train is not None:
+            y, updates[plan.name] = train(own, x)
+        else:
+            y = op(own, x)
+        return self.acts[plan.name](y)
 
-    def hidden(self, params: Params, x_in: jax.Array, labels: Optional[jax.Array]) -> jax.Array:
+    def hidden(
+        self, params: Params, x_in: jax.Array, labels: Optional[jax.Array], updates: Optional[Updates] = None
+    ) -> jax.Array:
         h = _join(x_in, labels)
         for plan in self.plan.encoder:
-            h = self.apply_layer(params, plan, h)
+            h = self.apply_layer(params, plan, h, updates)
         return h
 
-    def head(self, params: Params, name: str, h: jax.Array) -> jax.Array:
-        return self.apply_layer(params, self.by_name[name], h)
+    def head(self, params: Params, name: str, h: jax.Array, updates: Optional[Updates] = None) -> jax.Array:
+        return self.apply_layer(params, self.by_name[name], h, updates)
 
-    def decode_logits(self, params: Params, z: jax.Array, labels: Optional[jax.Array]) -> jax.Array:
+    def decode_logits(
+        self, params: Params, z: jax.Array, labels: Optional[jax.Array], updates: Optional[Updates] = None
+    ) -> jax.Array:
         h = _join(z, labels)
         for plan in self.plan.decoder:
-            h = self.apply_layer(params, plan, h)
+            h = self.apply_layer(params, plan, h, updates)
         return h
 
 

@@ -17,6 +17,7 @@ import optax
 
 from aebench.plugins.adam import adam_scalars, coupled_decay, decoupled_decay, epoch_steps, schedule_period
 from aebench.plugins.backend_api import Step, loss_term_names
+from aebench.spec.shapes import ModelPlan
 from aebench.spec.types import Adam, Spec
 
 from .losses import loss_terms
@@ -68,17 +69,43 @@ def stock_adam(opt: Adam, steps_per_epoch: Optional[int]) -> optax.GradientTrans
     return optax.adam(learning_rate, **hyper)
 
 
+def split(plan: ModelPlan, params: Params) -> tuple[Params, Params]:
+    """(trainable, state): the parameter tree parted into what the optimizer updates and the
+    running statistics (Flax's ``params`` and ``batch_stats`` collections)."""
+    state_names = {p.name for p in plan.state}
+    trainable: Params = {}
+    state: Params = {}
+    for layer, roles in params.items():
+        for role, value in roles.items():
+            (state if f"{layer}.{role}" in state_names else trainable).setdefault(layer, {})[role] = value
+    return trainable, state
+
+
+def merge(*trees: Params) -> Params:
+    """One parameter tree from several; later trees win."""
+    out: Params = {}
+    for tree in trees:
+        for layer, roles in tree.items():
+            out[layer] = {**out.get(layer, {}), **roles}
+    return out
+
+
 def grad_fn(model: Autoencoder, spec: Spec):
-    """(params, x, labels, eps, corruption) -> (terms, grads of the total)."""
+    """(params, x, labels, eps, corruption) -> (terms, grads of the total over the trainable
+    parameters, the state after this training-mode pass)."""
     names = loss_term_names(spec)
 
-    def total(params, x, labels, eps, corruption):
-        terms = loss_terms(model, spec, params, x, labels, eps, corruption)
-        return terms["total"], jnp.stack([terms[n] for n in names])
+    def total(trainable, state, x, labels, eps, corruption):
+        updates: Params = {}
+        terms = loss_terms(model, spec, merge(trainable, state), x, labels, eps, corruption, updates)
+        return terms["total"], (jnp.stack([terms[n] for n in names]), merge(state, updates))
 
     def fn(params, x, labels, eps, corruption):
-        (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params, x, labels, eps, corruption)
-        return terms, grads
+        trainable, state = split(model.plan, params)
+        (_, (terms, state)), grads = jax.value_and_grad(total, has_aux=True)(
+            trainable, state, x, labels, eps, corruption
+        )
+        return terms, grads, state
 
     return fn
 
@@ -86,10 +113,12 @@ def grad_fn(model: Autoencoder, spec: Spec):
 def make_step(model: Autoencoder, spec: Spec, steps_per_epoch: Optional[int] = None):
     """The training step shared by JaxTrainer and the benchmark modes (bench.py).
 
-    Returns (init, step): ``init(params)`` is the optimizer state, and
+    Returns (init, step): ``init(params)`` is the optimizer state (over the trainable
+    parameters), and
     ``step(params, state, x, labels, eps, corruption, step_size, c2_sqrt, decay_factor) ->
     (params, state, terms)`` computes the loss terms (loss_term_names order), their gradients
-    and one update with the spec's optimizer: the reference Adam with the given scalars of this
+    and one update with the spec's optimizer (the returned params carry the state, running
+    statistics, of this step's training-mode pass): the reference Adam with the given scalars of this
     step, or Optax's (stock_adam, whose schedule counts ``steps_per_epoch`` updates an epoch;
     the scalars are then ignored and may be None). Pure, so it can be jitted, scanned or run
     op by op.
@@ -100,19 +129,22 @@ def make_step(model: Autoencoder, spec: Spec, steps_per_epoch: Optional[int] = N
         tx = stock_adam(opt, steps_per_epoch)
 
         def stock_step(params, state, x, labels, eps, corruption, step_size=None, c2_sqrt=None, decay_factor=None):
-            terms, grads = gradients(params, x, labels, eps, corruption)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state, terms
+            terms, grads, stats = gradients(params, x, labels, eps, corruption)
+            trainable = split(model.plan, params)[0]
+            updates, state = tx.update(grads, state, trainable)
+            return merge(optax.apply_updates(trainable, updates), stats), state, terms
 
-        return tx.init, stock_step
+        return lambda params: tx.init(split(model.plan, params)[0]), stock_step
 
     def init(params: Params):
-        return jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)
+        trainable = split(model.plan, params)[0]
+        return jax.tree.map(jnp.zeros_like, trainable), jax.tree.map(jnp.zeros_like, trainable)
 
     def reference_step(params, state, x, labels, eps, corruption, step_size, c2_sqrt, decay_factor):
-        terms, grads = gradients(params, x, labels, eps, corruption)
-        params, m, v = reference_adam(opt, params, grads, *state, step_size, c2_sqrt, decay_factor)
-        return params, (m, v), terms
+        terms, grads, stats = gradients(params, x, labels, eps, corruption)
+        trainable = split(model.plan, params)[0]
+        trainable, m, v = reference_adam(opt, trainable, grads, *state, step_size, c2_sqrt, decay_factor)
+        return merge(trainable, stats), (m, v), terms
 
     return init, reference_step
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from aebench.plugins.backend_api import Weights
 from aebench.plugins.canonical import check_weights
-from aebench.spec.shapes import ModelPlan
+from aebench.spec.shapes import ModelPlan, Param
 
 from .model import Params
 
@@ -25,9 +25,10 @@ def to_params(plan: ModelPlan, weights: Weights, dtype: jnp.dtype, device: jax.D
     return params
 
 
-def to_weights(plan: ModelPlan, params: Params) -> Weights:
+def to_weights(params_of: tuple[Param, ...], params: Params) -> Weights:
+    """The canonical arrays of ``params_of`` (plan.params, or plan.trainable for gradients)."""
     out = {}
-    for p in plan.params:
+    for p in params_of:
         layer, _, role = p.name.rpartition(".")
         out[p.name] = np.array(params[layer][role])
     return out

@@ -57,15 +57,27 @@ class KerasBackend:
     def _tensor(self, model: Autoencoder, a: Optional[np.ndarray]):
         return None if a is None else ops.convert_to_tensor(np.asarray(a, dtype=model.dtype))
 
-    def _terms(self, model: Autoencoder, batch: Batch) -> dict:
+    def _terms(self, model: Autoencoder, batch: Batch, training: bool = True) -> dict:
         t = lambda a: self._tensor(model, a)  # noqa: E731
-        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption))
+        x, labels, eps, corruption = t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption)
+        return loss_terms(model, model.spec, x, labels, eps, corruption, training)
 
-    def loss_terms(self, model: Autoencoder, batch: Batch) -> dict[str, float]:
-        return {k: float(ops.convert_to_numpy(v)) for k, v in self._terms(model, batch).items()}
+    def loss_terms(self, model: Autoencoder, batch: Batch, training: bool = True) -> dict[str, float]:
+        """The terms in training mode (batch statistics) or evaluation mode; the running
+        statistics are put back."""
+        state = canonical.get_state(model)
+        try:
+            return {k: float(ops.convert_to_numpy(v)) for k, v in self._terms(model, batch, training).items()}
+        finally:
+            canonical.set_state(model, state)
 
     def gradients(self, model: Autoencoder, batch: Batch) -> tuple[dict[str, float], Weights]:
-        terms, grads = engines.value_and_grad(lambda: self._terms(model, batch), model.variables)
+        """Training-mode terms and gradients; the running statistics are put back."""
+        state = canonical.get_state(model)
+        try:
+            terms, grads = engines.value_and_grad(lambda: self._terms(model, batch), model.variables)
+        finally:
+            canonical.set_state(model, state)
         return ({k: float(ops.convert_to_numpy(v)) for k, v in terms.items()}, canonical.as_weights(model, grads))
 
     def trainer(

@@ -206,7 +206,7 @@ def _tensorflow_loop(step: Callable, steps_per_call: int, dtype: str) -> Callabl
     return loop
 
 
-# JAX: a stateless step (parameters, optimizer state, step counter) -> (state, total loss).
+# JAX: a stateless step (parameters, running statistics, optimizer state, step counter) -> (state, total loss).
 
 
 def _jax_runner(model, spec: Spec, mode: str, data: BenchData, steps_per_call: int) -> KerasStepRunner:
@@ -215,7 +215,8 @@ def _jax_runner(model, spec: Spec, mode: str, data: BenchData, steps_per_call: i
 
     dev = DeviceData(data, model.dtype)
     step, opt_state = _jax_step(model, spec, dev)
-    state = {"now": ([v.value for v in model.variables], opt_state, jnp.zeros((), jnp.int32))}
+    values, stats = [v.value for v in model.variables], [v.value for v in model.state]
+    state = {"now": (values, stats, opt_state, jnp.zeros((), jnp.int32))}
     if mode == "eager":
 
         def one(s):
@@ -248,7 +249,7 @@ def _jax_step(model, spec: Spec, dev: DeviceData) -> tuple[Callable, object]:
     """The step function and its initial optimizer state."""
     from keras import ops
 
-    from .engines import stateless_value_and_grad
+    from .engines import stateful_value_and_grad
 
     terms_of = _terms_fn(model, spec)
     variables = model.variables
@@ -266,11 +267,11 @@ def _jax_step(model, spec: Spec, dev: DeviceData) -> tuple[Callable, object]:
             return optimizer.inner.stateless_apply(opt_state, optimizer.gradients(grads, values), values)
 
     def step(state):
-        values, opt_state, k = state
+        values, stats, opt_state, k = state
         batch = dev.batch(k)
-        terms, grads = stateless_value_and_grad(lambda: terms_of(*batch), variables, values)
+        terms, grads, stats = stateful_value_and_grad(lambda: terms_of(*batch), variables, values, model.state, stats)
         values, opt_state = update(values, opt_state, grads, k)
-        return (values, opt_state, k + 1), terms["total"]
+        return (values, stats, opt_state, k + 1), terms["total"]
 
     return step, opt_state
 

@@ -1,15 +1,17 @@
 """What Keras 3 leaves to its engine: gradients, the engine's versions and its device name.
 (The precision switches, TF32 and JAX's x64, are set in precision.py.)
 
-``value_and_grad(fn, variables)`` runs ``fn()`` (which reads the variables) and returns its
-result dict and the gradient of its 'total' with respect to each variable, on the engine
+``value_and_grad(fn, variables, state)`` runs ``fn()`` (which reads the variables) and returns
+its result dict and the gradient of its 'total' with respect to each variable, on the engine
 Keras was imported with: a GradientTape on TensorFlow, jax.value_and_grad through a
-keras.StatelessScope on JAX, torch.autograd.grad on torch.
+keras.StatelessScope on JAX, torch.autograd.grad on torch. The ``state`` variables (running
+statistics) that ``fn`` assigns hold the assigned values afterwards on every engine: TensorFlow
+and torch assign in place; on JAX the scope collects the assignments and they are copied out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -18,8 +20,10 @@ def engine() -> str:
     return keras.backend.backend()
 
 
-def value_and_grad(fn: Callable[[], dict], variables: list) -> tuple[dict, list]:
-    return {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}[engine()](fn, variables)
+def value_and_grad(fn: Callable[[], dict], variables: list, state: Sequence = ()) -> tuple[dict, list]:
+    if engine() == "jax":
+        return _jax(fn, variables, state)
+    return {"tensorflow": _tensorflow, "torch": _torch}[engine()](fn, variables)
 
 
 def _tensorflow(fn, variables):
@@ -30,22 +34,33 @@ def _tensorflow(fn, variables):
     return terms, tape.gradient(terms["total"], [v.value for v in variables])
 
 
-def _jax(fn, variables):
-    return stateless_value_and_grad(fn, variables, [v.value for v in variables])
+def _jax(fn, variables, state):
+    terms, grads, new_state = stateful_value_and_grad(
+        fn, variables, [v.value for v in variables], state, [v.value for v in state]
+    )
+    for variable, value in zip(state, new_state):
+        variable.assign(value)
+    return terms, grads
 
 
-def stateless_value_and_grad(fn: Callable[[], dict], variables: list, values: list) -> tuple[dict, list]:
-    """JAX: ``fn()``'s terms and the gradient of its 'total' with respect to ``values``, which
-    stand in for ``variables`` (keras.StatelessScope), so it traces under jax.jit and lax.scan."""
+def stateful_value_and_grad(
+    fn: Callable[[], dict], variables: list, values: list, state: Sequence = (), state_values: Sequence = ()
+) -> tuple[dict, list, list]:
+    """JAX: ``fn()``'s terms, the gradient of its 'total' with respect to ``values``, which
+    stand in for ``variables`` (keras.StatelessScope), so it traces under jax.jit and lax.scan,
+    and the values of the non-trainable ``state`` variables (standing in as ``state_values``)
+    after ``fn``: what it assigned them, else unchanged."""
     import jax
 
     def total(values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+        mapping = list(zip(variables, values)) + list(zip(state, state_values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
             terms = fn()
-        return terms["total"], terms
+            new_state = [scope.get_current_value(v) for v in state]
+        return terms["total"], (terms, new_state)
 
-    (_, terms), grads = jax.value_and_grad(total, has_aux=True)(values)
-    return terms, grads
+    (_, (terms, new_state)), grads = jax.value_and_grad(total, has_aux=True)(values)
+    return terms, grads, new_state
 
 
 def _torch(fn, variables):

@@ -214,6 +214,59 @@ def _upsample(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
     return keras.layers.UpSampling2D(layer.factor, interpolation=layer.interpolation, dtype=dtype)
 
 
+def _moments(x) -> tuple:
+    """Per-channel mean and biased variance as sums over counts: ops.mean, ops.var and
+    ops.moments accumulate float64 in float32 on the JAX and torch engines (Keras 3.15)."""
+    axes = tuple(range(len(x.shape) - 1))
+    n = float(math.prod(x.shape[:-1]))
+    mean = ops.sum(x, axis=axes) / n
+    return mean, ops.sum(ops.square(x - mean), axis=axes) / n
+
+
+class BatchNorm(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization with momentum = 1 - the spec's (Keras' is the old
+    statistics' weight) and the spec's epsilon, called with ``training``. Keras updates the
+    moving variance with the biased batch variance; ``unbiased`` redoes that update by hand.
+    Canonical running_mean, running_var are Keras' moving_mean, moving_variance."""
+
+    def __init__(self, plan: LayerPlan, dtype: str):
+        layer = plan.layer
+        super().__init__(axis=-1, momentum=1.0 - layer.momentum, epsilon=layer.epsilon, dtype=dtype)
+        self.new_weight, self.unbiased = layer.momentum, layer.variance_update == "unbiased"
+
+    @property
+    def running_mean(self) -> keras.Variable:
+        return self.moving_mean
+
+    @property
+    def running_var(self) -> keras.Variable:
+        return self.moving_variance
+
+    def call(self, inputs, training=None, mask=None):
+        old = ops.copy(self.moving_variance.value)  # TensorFlow and torch: .value is the variable itself
+        if self.dtype == "float64" and keras.backend.backend() in ("jax", "torch"):
+            out = self._float64_call(inputs, training)
+        else:
+            out = super().call(inputs, training=training)
+        if training and self.unbiased:
+            n = math.prod(inputs.shape[:-1])
+            unbiased = _moments(ops.stop_gradient(inputs))[1] * (n / (n - 1))
+            self.moving_variance.assign(old + self.new_weight * (unbiased - old))
+        return out
+
+    def _float64_call(self, inputs, training):
+        """Keras' own call, less its cast to result_type(dtype, 'float32'), which on the JAX and
+        torch engines is float32 (Keras 3.15): 4e-8 off in a float64 model."""
+        mean, variance = self.moving_mean.value, self.moving_variance.value
+        if training:
+            mean, variance = _moments(inputs)
+            self.moving_mean.assign(self.moving_mean.value * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance.value * self.momentum + variance * (1.0 - self.momentum))
+        return ops.batch_normalization(
+            inputs, mean, variance, axis=-1, offset=self.beta.value, scale=self.gamma.value, epsilon=self.epsilon
+        )
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "dense": lambda plan, dtype: keras.layers.Dense(plan.layer.units, dtype=dtype),
     "conv": _conv,
@@ -225,6 +278,7 @@ BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     ),
     "avg_pool": _avg_pool,
     "upsample": _upsample,
+    "batch_norm": BatchNorm,
 }
 """Layer kind (aebench.layers) -> the Keras layer computing it before its activation."""
 
@@ -237,7 +291,9 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
 
 
 class Autoencoder:
-    """Built Keras layers keyed by canonical name; hidden, head and decode_logits."""
+    """Built Keras layers keyed by canonical name; hidden, head and decode_logits, in
+    evaluation mode, or in training mode (``training=True``: batch statistics, the layers
+    assign their updated state, running statistics, to their variables)."""
 
     spec: Spec  # set by KerasBackend.build
 
@@ -246,33 +302,41 @@ class Autoencoder:
         self.layers = {p.name: keras_layer(p, dtype) for p in plan.layers}
         self.by_name = {p.name: p for p in plan.layers}
 
+    def variable(self, name: str) -> keras.Variable:
+        """The Keras variable behind a canonical name such as 'encoder.0.kernel'."""
+        layer_name, _, role = name.rpartition(".")
+        return getattr(self.layers[layer_name], role)
+
     @property
     def variables(self) -> list:
-        """Trainable variables in canonical order (kernel, bias per layer)."""
-        out = []
-        for p in self.plan.params:
-            layer_name, _, role = p.name.rpartition(".")
-            out.append(getattr(self.layers[layer_name], role))
-        return out
+        """Trainable variables in canonical order (kernel, bias per layer): what gradients and
+        optimizers see."""
+        return [self.variable(p.name) for p in self.plan.trainable]
 
-    def apply(self, plan: LayerPlan, x):
-        out = self.layers[plan.name](x)
+    @property
+    def state(self) -> list:
+        """Non-trainable variables (running statistics) in canonical order."""
+        return [self.variable(p.name) for p in self.plan.state]
+
+    def apply(self, plan: LayerPlan, x, training: bool = False):
+        layer = self.layers[plan.name]
+        out = layer(x, training=True) if training and isinstance(layer, BatchNorm) else layer(x)
         act = getattr(plan.layer, "activation", None)
         return out if act is None else activate(act, out)
 
-    def hidden(self, x_in, labels: Optional[object]):
+    def hidden(self, x_in, labels: Optional[object], training: bool = False):
         h = _join(x_in, labels)
         for plan in self.plan.encoder:
-            h = self.apply(plan, h)
+            h = self.apply(plan, h, training)
         return h
 
-    def head(self, name: str, h):
-        return self.apply(self.by_name[name], h)
+    def head(self, name: str, h, training: bool = False):
+        return self.apply(self.by_name[name], h, training)
 
-    def decode_logits(self, z, labels: Optional[object]):
+    def decode_logits(self, z, labels: Optional[object], training: bool = False):
         h = _join(z, labels)
         for plan in self.plan.decoder:
-            h = self.apply(plan, h)
+            h = self.apply(plan, h, training)
         return h
 
 

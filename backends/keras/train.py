@@ -132,7 +132,9 @@ class KerasTrainer:
             labels = None if self.labels is None else ops.take(self.labels, idx, axis=0)
             eps, corruption = self._tensor(step.noise.eps), self._tensor(step.noise.corruption)
             terms, grads = value_and_grad(
-                partial(loss_terms, self.model, self.spec, x, labels, eps, corruption), self.model.variables
+                partial(loss_terms, self.model, self.spec, x, labels, eps, corruption),
+                self.model.variables,
+                self.model.state,  # the running statistics: updated by the step
             )
             self.optimizer.step(grads)
             rows.append([ops.convert_to_numpy(terms[n]) for n in self.names])

@@ -6,6 +6,8 @@ float32 on Ampere/Hopper GPUs too (torch leaves TF32 on for cuDNN convolutions b
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Optional
 
 import numpy as np
@@ -24,6 +26,20 @@ from .precision import set_precision
 from .train import TorchTrainer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@contextlib.contextmanager
+def in_mode(model: Autoencoder, training: bool) -> Iterator[None]:
+    """The model in training mode (batch statistics) with its state (running statistics) put
+    back afterwards, or in evaluation mode (running statistics); its mode is restored."""
+    was, state = model.training, canonical.get_state(model)
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was)
+        if training:
+            canonical.set_state(model, state)
 
 
 class TorchBackend:
@@ -69,14 +85,18 @@ class TorchBackend:
         t = lambda a: self._tensor(model, a)  # noqa: E731
         return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption))
 
-    def loss_terms(self, model: Autoencoder, batch: Batch) -> dict[str, float]:
-        with torch.no_grad():
+    def loss_terms(self, model: Autoencoder, batch: Batch, training: bool = True) -> dict[str, float]:
+        """The terms in training mode (batch statistics) or evaluation mode; the running
+        statistics are left as they were."""
+        with torch.no_grad(), in_mode(model, training):
             return {k: float(v) for k, v in self._terms(model, batch).items()}
 
     def gradients(self, model: Autoencoder, batch: Batch) -> tuple[dict[str, float], Weights]:
+        """Training-mode terms and gradients; the running statistics are left as they were."""
         model.zero_grad(set_to_none=True)
-        terms = self._terms(model, batch)
-        terms["total"].backward()
+        with in_mode(model, training=True):  # the backward pass reads the buffers: restore after it
+            terms = self._terms(model, batch)
+            terms["total"].backward()
         grads = canonical.gradients(model)
         model.zero_grad(set_to_none=True)
         return {k: float(v.detach()) for k, v in terms.items()}, grads
@@ -88,13 +108,18 @@ class TorchBackend:
 
     @torch.no_grad()
     def encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        with in_mode(model, training=False):
+            return self._encode(model, x, labels)
+
+    def _encode(self, model: Autoencoder, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         h = model.hidden(self._tensor(model, x), self._tensor(model, labels))
         names = ENCODED_NAMES
         return {names[name]: model.head(name, h).cpu().numpy() for name in model.heads}
 
     @torch.no_grad()
     def decode(self, model: Autoencoder, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
-        logits = model.decode_logits(self._tensor(model, z), self._tensor(model, labels))
+        with in_mode(model, training=False):
+            logits = model.decode_logits(self._tensor(model, z), self._tensor(model, labels))
         return output(model.spec, logits).cpu().numpy()
 
 

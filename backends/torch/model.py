@@ -179,6 +179,35 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=self.factor, mode="bilinear", align_corners=False)
 
 
+def batch_norm(plan: LayerPlan) -> nn.Module:
+    """nn.BatchNorm1d (flat) or nn.BatchNorm2d (images, NCHW inside the model) with the spec's
+    momentum (torch's convention: the new batch's weight) and epsilon; torch updates the
+    running variance with the unbiased batch variance, so ``biased`` updates it by hand."""
+    layer = plan.layer
+    base = nn.BatchNorm1d if len(plan.in_shape) == 1 else nn.BatchNorm2d
+    cls = base if layer.variance_update == "unbiased" else _biased_update(base)
+    return cls(plan.in_shape[-1], eps=layer.epsilon, momentum=layer.momentum)
+
+
+@functools.cache
+def _biased_update(base: type[nn.modules.batchnorm._BatchNorm]) -> type[nn.Module]:
+    class BiasedUpdate(base):
+        """Normalises as torch does; updates the running variance with the biased batch variance."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                return super().forward(x)
+            out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            dims = [0, *range(2, x.dim())]
+            with torch.no_grad():
+                self.running_mean.lerp_(x.mean(dims), self.momentum)
+                self.running_var.lerp_(x.var(dims, unbiased=False), self.momentum)
+            return out
+
+    BiasedUpdate.__name__ = f"{base.__name__}BiasedUpdate"
+    return BiasedUpdate
+
+
 BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "dense": lambda plan: nn.Linear(plan.in_shape[0], plan.layer.units),
     "conv": PaddedConv2d,
@@ -188,6 +217,7 @@ BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "max_pool": MaxPool,
     "avg_pool": AvgPool,
     "upsample": Upsample,
+    "batch_norm": batch_norm,
 }
 """Layer kind (aebench.layers) -> the module computing it before its activation."""
 

@@ -132,6 +132,8 @@ class TorchTrainer:
         return None if array is None else torch.as_tensor(array, dtype=self.dtype).to(self.device, non_blocking=True)
 
     def run(self, steps: Iterable[Step]) -> np.ndarray:
+        """Training-mode steps: batch statistics, running statistics updated in the forward pass."""
+        self.model.train()
         rows = []
         for step in steps:
             idx = torch.as_tensor(step.indices, device=self.device)

@@ -3,7 +3,8 @@
 Dense: canonical (in, out), torch Linear.weight (out, in).
 Conv: canonical HWIO, torch OIHW = k.transpose(3, 2, 0, 1).
 ConvTranspose: canonical (kh, kw, out, in), torch (in, out, kh, kw) = k.transpose(3, 2, 0, 1),
-no spatial flip. Biases are the same in both.
+no spatial flip. Biases are the same in both. BatchNorm: gamma, beta are weight, bias; running_mean,
+running_var are the buffers of the same names.
 """
 
 from __future__ import annotations
@@ -20,11 +21,25 @@ _TO_TORCH = (3, 2, 0, 1)
 _FROM_TORCH = (2, 3, 1, 0)
 
 
-def parameter(model: Autoencoder, name: str) -> torch.nn.Parameter:
-    """The torch parameter behind a canonical name such as 'encoder.0.kernel'."""
+_ATTRIBUTE = {"kernel": "weight", "gamma": "weight", "beta": "bias"}
+"""Canonical role -> torch attribute where the names differ (running_mean, running_var: the same)."""
+
+
+def parameter(model: Autoencoder, name: str) -> torch.Tensor:
+    """The torch parameter (or buffer, for state) behind a canonical name such as 'encoder.0.kernel'."""
     layer_name, _, role = name.rpartition(".")
-    module = model.layer(layer_name)
-    return module.weight if role == "kernel" else module.bias
+    return getattr(model.layer(layer_name), _ATTRIBUTE.get(role, role))
+
+
+def get_state(model: Autoencoder) -> list[torch.Tensor]:
+    """Copies of the model's state (running statistics), in plan order."""
+    return [parameter(model, p.name).detach().clone() for p in model.plan.state]
+
+
+@torch.no_grad()
+def set_state(model: Autoencoder, state: list[torch.Tensor]) -> None:
+    for p, value in zip(model.plan.state, state):
+        parameter(model, p.name).copy_(value)
 
 
 def _relayout(array: np.ndarray, conv_axes: tuple[int, ...]) -> np.ndarray:
@@ -57,8 +72,8 @@ def get_weights(model: Autoencoder) -> Weights:
 
 
 def gradients(model: Autoencoder) -> Weights:
-    """The .grad of every parameter, in the canonical layout."""
+    """The .grad of every trainable parameter, in the canonical layout."""
     return {
         p.name: to_canonical_layout(parameter(model, p.name).grad.detach().cpu().numpy()).copy()
-        for p in model.plan.params
+        for p in model.plan.trainable
     }

@@ -98,11 +98,11 @@ class Judge:
 def make_case(
     spec: Spec, seed: int = 0, mnist_path: Optional[str | Path] = None, batch_size: int = CHECK_BATCH
 ) -> Case:
-    """Weights from the spec's initialiser plus random biases; the first training examples."""
+    """Weights from the spec's initialiser plus random biases (and offsets, scales and running
+    statistics: check_weights); the first training examples."""
     plan = plan_model(spec)
     rng = stream(seed, CHECK_STREAM)
-    weights = init_weights(plan, spec.init.kernel, seed)
-    weights = {k: rng.normal(0.0, BIAS_SD, v.shape) if k.endswith(".bias") else v for k, v in weights.items()}
+    weights = check_weights(plan, init_weights(plan, spec.init.kernel, seed), rng)
     data = load_dataset(spec, mnist_path)
     labels = None
     if spec.model.conditional:
@@ -112,6 +112,20 @@ def make_case(
         x[:batch_size], None if labels is None else labels[:batch_size], draw_noise(spec, plan, batch_size, rng)
     )
     return Case(spec, plan, weights, batch, x, labels)
+
+
+def check_weights(plan: ModelPlan, weights: Weights, rng: np.random.Generator) -> Weights:
+    """Biases drawn too, so bias layouts are exercised; batch-norm scales, offsets and running
+    statistics drawn away from their starts (ones and zeros would hide a swapped layout or an
+    evaluation that used batch statistics)."""
+    moved = {
+        "bias": lambda shape: rng.normal(0.0, BIAS_SD, shape),
+        "offset": lambda shape: rng.normal(0.0, BIAS_SD, shape),
+        "mean": lambda shape: rng.normal(0.0, BIAS_SD, shape),
+        "scale": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "variance": lambda shape: rng.uniform(0.5, 1.5, shape),
+    }
+    return {p.name: moved[p.role](p.shape) if p.role in moved else weights[p.name] for p in plan.params}
 
 
 def relative_error(got: np.ndarray | float, ref: np.ndarray | float, floor: float) -> float:
@@ -185,7 +199,7 @@ def check_gradients_fd(backend: Backend, case: Case, seed: int = 0) -> list[Comp
     _, grads = backend.gradients(built(backend, case), case.batch)
     rng = np.random.default_rng(seed)
     out = []
-    for param in case.plan.params:
+    for param in case.plan.trainable:
         if param.name not in grads or np.shape(grads[param.name]) != param.shape:
             out.append(judge(f"grad-fd:{param.name}", float("inf"), FD_TOL))
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Collection, Iterable
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -44,18 +44,28 @@ def kind_of(layer: Any) -> LayerKind:
     return LAYER_KINDS[layer.type]
 
 
-def apply_layer(plan: LayerPlan, weights: Weights, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def apply_layer(
+    plan: LayerPlan, weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
-    followed by its activation if it has one."""
-    pre = kind_of(plan.layer).oracle(plan, weights, x)
+    followed by its activation if it has one. With ``updates`` (a dict) the layer runs in
+    training mode and its updated state is written there; without, in evaluation mode."""
+    kind = kind_of(plan.layer)
+    if updates is not None and kind.train_oracle is not None:
+        pre, new_state = kind.train_oracle(plan, weights, x)
+        updates.update(new_state)
+    else:
+        pre = kind.oracle(plan, weights, x)
     act = getattr(plan.layer, "activation", None)
     return pre, pre if act is None else activate(act, pre)
 
 
-def run_stack(layers: Iterable[LayerPlan], weights: Weights, x: np.ndarray) -> np.ndarray:
-    """The float64 oracle of a stack of planned layers."""
+def run_stack(
+    layers: Iterable[LayerPlan], weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+) -> np.ndarray:
+    """The float64 oracle of a stack of planned layers (training mode with ``updates``: apply_layer)."""
     for plan in layers:
-        x = apply_layer(plan, weights, x)[1]
+        x = apply_layer(plan, weights, x, updates)[1]
     return x
 
 

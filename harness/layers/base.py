@@ -23,19 +23,22 @@ MAX_SIZE = 2**31 - 1
 
 Shape = tuple[int, ...]
 Weights = dict[str, np.ndarray]
-Role = Literal["kernel", "bias"]
-"""How a parameter starts: 'kernel' draws from the spec's init law, 'bias' is zeros."""
+Role = Literal["kernel", "bias", "scale", "offset", "mean", "variance"]
+"""How a parameter starts: 'kernel' draws from the spec's init law, 'bias', 'offset' and
+'mean' are zeros, 'scale' and 'variance' are ones."""
 
 
 @dataclass(frozen=True)
 class Param:
-    """One canonical parameter array."""
+    """One canonical parameter array. A non-trainable one (a running statistic) is state: it
+    is set, read and compared like the others, but has no gradient and no optimizer slot."""
 
     name: str
     shape: Shape
     role: Role
     fan_in: int
     fan_out: int
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ Planner = Callable[[Any, Shape, Where], tuple[Shape, tuple[Param, ...]]]
 """(layer, input shape, where) -> (output shape, parameters); raises where.error(...)."""
 Oracle = Callable[[LayerPlan, Weights, np.ndarray], np.ndarray]
 """(plan, float64 weights, float64 input batch) -> the layer's output before its activation."""
+TrainOracle = Callable[[LayerPlan, Weights, np.ndarray], tuple[np.ndarray, Weights]]
+"""(plan, weights, batch) -> (training-mode output before the activation, the layer's updated
+state by canonical name)."""
 
 
 def no_macs(plan: LayerPlan) -> int:
@@ -89,7 +95,9 @@ class LayerKind:
     kept for the backward pass (aebench.spec.memory); size_field: the schema field that
     sets the output size, named when a spec does not fit in memory; affine: the layer is
     x @ kernel + bias on flat features, so a Jacobian through it is J @ kernel (the
-    contractive term allows encoders of such layers only).
+    contractive term allows encoders of such layers only); train_oracle: the forward pass
+    in training mode for a kind that behaves differently there (batch statistics) and updates
+    its state; None: the same as ``oracle``, no state.
     """
 
     name: str
@@ -100,6 +108,7 @@ class LayerKind:
     activation_values: Callable[[LayerPlan], int] = output_values
     size_field: Optional[str] = None
     affine: bool = False
+    train_oracle: Optional[TrainOracle] = None
 
 
 def kernel_bias(name: str, kernel: Shape, units: int, fan_in: int, fan_out: int) -> tuple[Param, Param]:

@@ -106,8 +106,11 @@ class Backend(Protocol):
     def get_weights(self, model: object) -> Weights:
         """The model's weights in the canonical layout, as NumPy arrays."""
 
-    def loss_terms(self, model: object, batch: Batch) -> dict[str, float]:
-        """Every loss term of the spec for the batch (no update)."""
+    def loss_terms(self, model: object, batch: Batch, training: bool = True) -> dict[str, float]:
+        """Every loss term of the spec for the batch (no update): in training mode (batch
+        statistics, as a training step computes them) or, ``training=False``, in evaluation
+        mode (running statistics). Either way the model's state (running statistics) is left
+        as it was."""
 
     def gradients(self, model: object, batch: Batch) -> tuple[dict[str, float], Weights]:
         """The loss terms and the gradient of the total with respect to every canonical weight."""

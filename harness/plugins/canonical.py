@@ -13,7 +13,8 @@ _TRUNCATED_NORMAL_SD = 0.87962566103423978
 
 
 def init_weights(plan: ModelPlan, kernel_init: str, seed: int) -> Weights:
-    """Weights drawn with the spec's initialiser (biases zero), in float64."""
+    """Weights drawn with the spec's initialiser (biases, offsets, running means zero; scales and
+    running variances one), in float64, state included."""
     rng = np.random.default_rng(seed)
     return {p.name: _draw(rng, p, kernel_init) for p in plan.params}
 
@@ -30,8 +31,10 @@ def check_weights(plan: ModelPlan, weights: Weights) -> None:
 
 
 def _draw(rng: np.random.Generator, p: Param, law: str) -> np.ndarray:
-    if p.role == "bias":
+    if p.role in ("bias", "offset", "mean"):
         return np.zeros(p.shape)
+    if p.role in ("scale", "variance"):
+        return np.ones(p.shape)
     if law == "glorot_uniform":
         limit = np.sqrt(6.0 / (p.fan_in + p.fan_out))
         return rng.uniform(-limit, limit, p.shape)

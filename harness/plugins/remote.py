@@ -112,8 +112,8 @@ class WorkerBackend:
     def get_weights(self, model: Handle) -> Weights:
         return self.call("get_weights", model.id)
 
-    def loss_terms(self, model: Handle, batch: Batch) -> dict[str, float]:
-        return self.call("loss_terms", model.id, batch)
+    def loss_terms(self, model: Handle, batch: Batch, training: bool = True) -> dict[str, float]:
+        return self.call("loss_terms", model.id, batch, training)
 
     def gradients(self, model: Handle, batch: Batch) -> tuple[dict[str, float], Weights]:
         return self.call("gradients", model.id, batch)

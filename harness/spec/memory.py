@@ -40,7 +40,8 @@ FALLBACK_MEMORY_BYTES = 1 << 40
 class MemoryNeed:
     """What training a spec holds in memory at its peak, in bytes (an estimate from below).
 
-    Parameters count four times (the weights, their gradients, Adam's two moments) and the data
+    Trainable parameters count four times (the weights, their gradients, Adam's two moments),
+    state (running statistics) once, and the data
     set once (data_values), for the whole run. On top of them comes the larger of two phases,
     which never overlap: a training step's activations, counted twice (every layer's output at
     the spec's batch size, kept for the backward pass, and its gradient), and the quality step's
@@ -65,10 +66,12 @@ class MemoryNeed:
     """Values, float64, the quality step holds beyond the data set while it scores the trained
     model: the test split's one-hot labels once more (conditional specs) plus the larger of one
     NLL decode chunk and the NLL's log weights (family vae; see nll_values)."""
+    state_values: int = 0
+    """Non-trainable values (running statistics): held once, no gradient and no Adam state."""
 
     @property
     def parameter_bytes(self) -> int:
-        return 4 * self.weights * BYTES_PER_VALUE[self.dtype]
+        return (4 * self.weights + self.state_values) * BYTES_PER_VALUE[self.dtype]
 
     @property
     def activation_bytes(self) -> int:
@@ -115,7 +118,7 @@ def memory_need(
     per_example += sum(kind_of(layer.layer).activation_values(layer) for layer in plan.layers)
     if spec.model.family == "vae":
         per_example += 2 * plan.latent_size  # the noise and z
-    weights = sum(math.prod(p.shape) for p in plan.params)
+    weights = sum(math.prod(p.shape) for p in plan.trainable)
     nll_k = quality.k if spec.model.family == "vae" else 0
     return MemoryNeed(
         spec.dtype,
@@ -126,6 +129,7 @@ def memory_need(
         data_values(spec, plan, n_train + n_test),
         nll_k,
         plan.label_size * n_test + (nll_values(plan, quality, n_test) if nll_k else 0),
+        state_values=sum(math.prod(p.shape) for p in plan.state),
     )
 
 

@@ -43,6 +43,16 @@ class ModelPlan:
         return tuple(p for layer in self.layers for p in layer.params)
 
     @property
+    def trainable(self) -> tuple[Param, ...]:
+        """The parameters with a gradient and an optimizer slot (``params`` less the state)."""
+        return tuple(p for p in self.params if p.trainable)
+
+    @property
+    def state(self) -> tuple[Param, ...]:
+        """The non-trainable parameters (running statistics), updated by training steps."""
+        return tuple(p for p in self.params if not p.trainable)
+
+    @property
     def latent_size(self) -> int:
         return self.heads[0].out_shape[0]
 

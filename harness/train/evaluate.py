@@ -23,7 +23,8 @@ def evaluate(
     labels: Optional[np.ndarray],
     batch_size: int = EVAL_BATCH,
 ) -> dict[str, float]:
-    """Mean loss terms over ``x`` in fixed batches with fixed noise (the TEST stream).
+    """Mean loss terms over ``x`` in fixed batches with fixed noise (the TEST stream), in
+    evaluation mode (running statistics).
 
     Batch-mean terms average exactly; the sparsity term's rho_hat is per batch of ``batch_size``.
     """
@@ -32,7 +33,7 @@ def evaluate(
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         lb = None if labels is None else labels[start : start + batch_size]
-        terms = backend.loss_terms(model, Batch(xb, lb, draw_noise(spec, plan, len(xb), rng)))
+        terms = backend.loss_terms(model, Batch(xb, lb, draw_noise(spec, plan, len(xb), rng)), training=False)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value * len(xb)
     return {name: total / len(x) for name, total in sums.items()}
