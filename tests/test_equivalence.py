@@ -35,7 +35,9 @@ def reference_trajectory(spec_name: str, dtype: str) -> eq.Trajectory:
 def test_gradients_agree_with_the_reference_backend(backend, spec_name: str, dtype: str) -> None:
     case = case_for(spec_name, dtype)
     got = eq.gradients(backend, case)
-    assert not eq.failures(eq.compare_gradients(eq.Judge(backend.name, dtype), got, reference_gradients(spec_name)))
+    assert not eq.failures(
+        eq.compare_gradients(eq.Judge(backend.name, dtype), got, reference_gradients(spec_name), case.plan)
+    )
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from cases import suite_spec
 from matplotlib.figure import Figure
 
 from aebench.data.datasets import load_dataset
@@ -49,7 +50,7 @@ class ArrayBackend:
 
 
 def figures_of(spec_name: str) -> dict[str, Figure]:
-    spec = load_spec(spec_name)
+    spec = suite_spec(spec_name)
     spec = spec.replace(train=dataclasses.replace(spec.train, epochs=EPOCHS))
     return dict(training_figures(ArrayBackend(spec), None, spec, plan_model(spec), load_dataset(spec)))
 

@@ -11,6 +11,7 @@ import pytest
 from aebench.check import oracle
 from aebench.data.datasets import Dataset, load_dataset
 from aebench.layers.activations import sigmoid
+from aebench.losses import decoder_log_likelihood
 from aebench.losses.reconstruction import bce_with_logits, reconstruction_loss
 from aebench.plugins.backend_api import Batch, Noise
 from aebench.plugins.canonical import init_weights
@@ -18,7 +19,6 @@ from aebench.spec.load import load_spec
 from aebench.spec.shapes import plan_model
 from aebench.train.quality import (
     QualitySettings,
-    decoder_log_likelihood,
     importance_log_weights,
     nll_from_log_weights,
     per_image_psnr,
@@ -123,7 +123,7 @@ def test_bernoulli_nll_matches_quadrature() -> None:
 def test_bernoulli_likelihood_is_minus_the_bce_of_the_logits() -> None:
     rng = np.random.default_rng(3)
     logits, x = rng.normal(0, 4, (5, 784)), rng.random((5, 784))
-    ll = decoder_log_likelihood(load_spec("vae_dense"), x, sigmoid(logits))
+    ll = decoder_log_likelihood(load_spec("vae_dense").loss, x, sigmoid(logits))
     np.testing.assert_allclose(ll, -bce_with_logits(logits, x).sum(axis=1), rtol=1e-9)
 
 
@@ -140,7 +140,7 @@ def test_gaussian_likelihood_has_the_spec_reconstruction_term_as_its_quadratic_p
     variance = 0.5 if features == "sum" else 0.5 * 784
     constant = 0.5 * 784 * np.log(2 * np.pi * variance)
     terms = [reconstruction_loss(spec.loss.reconstruction, "linear", out[i : i + 1], x[i : i + 1]) for i in range(3)]
-    np.testing.assert_allclose(-decoder_log_likelihood(spec, x, out) - constant, terms, rtol=1e-12)
+    np.testing.assert_allclose(-decoder_log_likelihood(spec.loss, x, out) - constant, terms, rtol=1e-12)
 
 
 def test_psnr_of_a_known_error() -> None:

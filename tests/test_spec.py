@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from cases import TEST_SIZES
 
 from aebench.cli.main import main
 from aebench.errors import SpecError
-from aebench.spec.load import builtin_specs_dir, load_spec
+from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Gaussian, Masking, SaltAndPepper
 
@@ -41,6 +43,14 @@ def test_every_shipped_spec_loads_and_plans(spec_name: str) -> None:
     plan = plan_model(spec)
     assert spec.name == spec_name
     assert plan.params, "a spec without weights"
+
+
+def test_every_test_size_extends_the_shipped_spec_of_its_name() -> None:
+    """A test size (tests/test_sizes) follows its shipped spec: it extends it, and keeps its name."""
+    for small in sorted(TEST_SIZES.glob("*.yaml")):
+        assert yaml.safe_load(small.read_text())["extends"] == small.stem, small
+        assert small.stem in list_specs(), small
+        assert plan_model(load_spec(small)).params
 
 
 def test_the_ten_variants_of_the_design_are_shipped() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0 'aebench[torch]')")
 
-from cases import conv2d, conv2d_transpose  # noqa: E402
+from cases import conv2d, conv2d_transpose, suite_spec  # noqa: E402
 
 from aebench.backends.torch.model import CroppedConvTranspose2d, PaddedConv2d  # noqa: E402
 from aebench.backends.torch.train import ReferenceAdam, StockAdam  # noqa: E402
@@ -125,7 +125,7 @@ def test_data_lives_on_cuda_when_there_is_one() -> None:
 def test_every_convolution_sees_nchw_contiguous_activations(spec_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """One memory format for every image activation, so inductor's fake convolution_backward
     and cuDNN cannot disagree on strides (the H100 failure of torch compiled on vae_conv)."""
-    spec = load_spec(spec_name)
+    spec = suite_spec(spec_name)
     plan = plan_model(spec)
     convs = [p for p in plan.layers if isinstance(p.layer, (Conv, ConvTranspose))]
     if not convs:

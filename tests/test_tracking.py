@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cases import suite_spec
 
 from aebench.data.datasets import Dataset, load_dataset
 from aebench.environment import spec_sha256
 from aebench.errors import AebenchError
-from aebench.spec.load import load_spec
 from aebench.track.bundle import RunRecord, find_bundles, read_bundle, write_bundle
 from aebench.track.tracking import BUNDLE_ID_TAG, flatten, log_bundle, record
 from aebench.track.train_run import TrackingOptions, train_tracked
@@ -115,7 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def tiny(spec_name: str, epochs: int = 1, n_train: int = 256, n_test: int = 64):
     """The spec for ``epochs`` epochs on the first n_train/n_test examples of its data."""
-    spec = load_spec(spec_name)
+    spec = suite_spec(spec_name)
     spec = spec.replace(train=dataclasses.replace(spec.train, epochs=epochs))
     data = load_dataset(spec)
     data = Dataset(

@@ -14,17 +14,17 @@ from typing import Optional
 
 import numpy as np
 import pytest
+from cases import suite_spec
 
 from aebench.data.datasets import Dataset, load_dataset
 from aebench.errors import AebenchError
-from aebench.spec.load import load_spec
 from aebench.train.loop import TrainingDiverged, train
 
 TRAIN_EXAMPLES, TEST_EXAMPLES = 2048, 512
 
 
 def one_epoch(spec_name: str):
-    spec = load_spec(spec_name)
+    spec = suite_spec(spec_name)
     return spec.replace(train=dataclasses.replace(spec.train, epochs=1))
 
 

@@ -10,7 +10,7 @@ tolerance with a stated one and the comparison says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +51,8 @@ class Case:
     batch: Batch
     train_x: np.ndarray  # TRAJECTORY_STEPS * TRAJECTORY_BATCH examples for the trajectory
     train_labels: Optional[np.ndarray]
+    finite_differences: dict[tuple[str, int], float] = field(default_factory=dict, compare=False, repr=False)
+    """The oracle's finite differences computed so far (fd_entry), shared by every backend checked."""
 
 
 @dataclass(frozen=True)
@@ -137,14 +139,29 @@ def relative_error(got: np.ndarray | float, ref: np.ndarray | float, floor: floa
     return float(np.nan_to_num(err, nan=np.inf).max()) if err.size else 0.0
 
 
-def scaled_error(got: np.ndarray, ref: np.ndarray) -> float:
-    """max |got - ref| / max |ref|: the error of an array on the scale of its largest entry."""
+def scaled_error(got: np.ndarray, ref: np.ndarray, scale: float = 0.0) -> float:
+    """max |got - ref| / max(max |ref|, scale): the error of an array on the scale of its
+    largest entry, or on ``scale`` where that is larger."""
     got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     if got.shape != ref.shape:
         return float("inf")
     if not ref.size:
         return 0.0
-    return float(np.nan_to_num(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300), nan=np.inf))
+    return float(np.nan_to_num(np.abs(got - ref).max() / max(np.abs(ref).max(), scale, 1e-300), nan=np.inf))
+
+
+def layer_gradient_scales(plan: ModelPlan, grads: Weights) -> dict[str, float]:
+    """Each trainable array's judging scale: the largest |gradient| over the arrays of its layer.
+    An array whose gradient vanishes (a bias straight before batch_norm, which the batch mean
+    removes: docs/EQUIVALENCE.md) holds only rounding, which its own scale would magnify."""
+    scales = {}
+    for layer in plan.layers:
+        names = [p.name for p in layer.params if p.trainable and p.name in grads]
+        largest = max(
+            (float(np.abs(np.asarray(grads[n], dtype=np.float64)).max(initial=0.0)) for n in names), default=0.0
+        )
+        scales.update(dict.fromkeys(names, largest))
+    return scales
 
 
 # ---------------------------------------------------------------- against the oracle
@@ -182,8 +199,15 @@ def oracle_total(case: Case, weights: Weights) -> float:
     return oracle.loss_terms(case.spec, weights, case.batch, case.plan)["total"]
 
 
-def fd_entry(case: Case, name: str, index: int, step: float = FD_STEP) -> float:
-    """Central finite difference of the oracle's total along one weight entry."""
+def fd_entry(case: Case, name: str, index: int) -> float:
+    """Central finite difference (step FD_STEP) of the oracle's total along one weight entry,
+    computed once per case: it depends on the oracle only, not on the backend checked."""
+    if (name, index) not in case.finite_differences:
+        case.finite_differences[name, index] = _central_difference(case, name, index, FD_STEP)
+    return case.finite_differences[name, index]
+
+
+def _central_difference(case: Case, name: str, index: int, step: float) -> float:
     values = []
     for sign in (1.0, -1.0):
         moved = dict(case.weights)
@@ -198,13 +222,14 @@ def check_gradients_fd(backend: Backend, case: Case, seed: int = 0) -> list[Comp
     judge = Judge(backend.name, case.spec.dtype)
     _, grads = backend.gradients(built(backend, case), case.batch)
     rng = np.random.default_rng(seed)
+    scales = layer_gradient_scales(case.plan, grads)
     out = []
     for param in case.plan.trainable:
         if param.name not in grads or np.shape(grads[param.name]) != param.shape:
             out.append(judge(f"grad-fd:{param.name}", float("inf"), FD_TOL))
             continue
         flat = np.asarray(grads[param.name], dtype=np.float64).ravel()
-        scale = float(np.abs(flat).max()) or 1.0
+        scale = scales[param.name] or 1.0
         picks = {int(np.argmax(np.abs(flat)))}
         picks.update(int(i) for i in rng.choice(flat.size, min(FD_SAMPLES_PER_ARRAY - 1, flat.size), replace=False))
         worst = max(abs(fd_entry(case, param.name, i) - flat[i]) / scale for i in sorted(picks))
@@ -219,10 +244,15 @@ def gradients(backend: Backend, case: Case) -> Weights:
     return backend.gradients(built(backend, case), case.batch)[1]
 
 
-def compare_gradients(judge: Judge, got: Weights, ref: Weights) -> list[Comparison]:
-    """Every gradient array against a reference backend's float64 gradients."""
+def compare_gradients(judge: Judge, got: Weights, ref: Weights, plan: ModelPlan) -> list[Comparison]:
+    """Every gradient array against a reference backend's float64 gradients, on its layer's scale."""
+    scales = layer_gradient_scales(plan, ref)
     return [
-        judge(f"grad:{name}", scaled_error(got.get(name, np.array(np.nan)), ref[name]), GRAD_TOL[judge.dtype])
+        judge(
+            f"grad:{name}",
+            scaled_error(got.get(name, np.array(np.nan)), ref[name], scales.get(name, 0.0)),
+            GRAD_TOL[judge.dtype],
+        )
         for name in ref
     ]
 

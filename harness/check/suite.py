@@ -144,7 +144,7 @@ def _comparisons(backend: Backend, case: eq.Case, reference: str, ref_grads, ref
     if case.spec.dtype == "float64":
         steps.append(lambda: eq.check_gradients_fd(backend, case))
     if isinstance(ref_grads, dict) and not (backend.name == reference and case.spec.dtype == "float64"):
-        steps.append(lambda: eq.compare_gradients(judge, eq.gradients(backend, case), ref_grads))
+        steps.append(lambda: eq.compare_gradients(judge, eq.gradients(backend, case), ref_grads, case.plan))
     if isinstance(ref_traj, eq.Trajectory) and backend.name != reference:
         names = eq.term_names(case)
         steps.append(lambda: eq.compare_trajectories(judge, eq.trajectory(backend, case), ref_traj, names))

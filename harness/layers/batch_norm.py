@@ -9,7 +9,8 @@ Conventions the frameworks do not share, each stated in the spec:
   biased one (Keras, Flax). Normalisation in training mode always uses the biased one.
 
 Training mode normalises with the batch statistics and updates the running ones; evaluation
-mode normalises with the running statistics. Parameters: trainable ``gamma`` (ones) and
+mode normalises with the running statistics. An ``activation`` follows the normalisation (the
+conv, batch_norm, activation block of torch code). Parameters: trainable ``gamma`` (ones) and
 ``beta`` (zeros); state ``running_mean`` (zeros) and ``running_var`` (ones).
 """
 
@@ -20,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from aebench.layers.activations import LINEAR, Activation
 from aebench.layers.base import LayerKind, LayerPlan, Param, Shape, Weights, Where
 from aebench.spec.schema import greater_than, in_interval, rule, shown
 
@@ -32,6 +34,7 @@ class BatchNorm:
     momentum: float = field(metadata=rule(in_interval(0.0, 1.0, closed_low=False, closed_high=True)))
     epsilon: float = field(metadata=rule(greater_than(0.0)))
     variance_update: Literal["unbiased", "biased"]
+    activation: Activation = LINEAR
 
 
 def plan(layer: BatchNorm, shape: Shape, where: Where) -> tuple[Shape, tuple[Param, ...]]:

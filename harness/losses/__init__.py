@@ -14,6 +14,8 @@ import pkgutil
 from collections.abc import Collection
 from typing import Any, Optional
 
+import numpy as np
+
 from aebench.errors import LossTermNotImplemented
 from aebench.losses.base import LossTerm
 
@@ -50,6 +52,28 @@ def present_terms(loss: Any) -> tuple[str, ...]:
 def term_weights(loss: Any) -> dict[str, float]:
     """The weight of each present term in the total."""
     return {name: LOSS_TERMS[name].weight(getattr(loss, name)) for name in present_terms(loss)}
+
+
+def decoder_term(loss: Any) -> str:
+    """The present term that is the decoder's negative log-likelihood (the reconstruction)."""
+    return next(name for name in present_terms(loss) if LOSS_TERMS[name].log_likelihood is not None)
+
+
+def decoder_log_likelihood(loss: Any, x: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """log p(x|z) per row under the spec's decoder term (LossTerm.log_likelihood), float64."""
+    name = decoder_term(loss)
+    likelihood = LOSS_TERMS[name].log_likelihood
+    assert likelihood is not None, "decoder_term picks a term with a likelihood"
+    return likelihood(getattr(loss, name), x, decoded)
+
+
+def code_targets(loss: Any) -> dict[str, float]:
+    """The mean code activation each present term pulls toward (LossTerm.code_target), by term."""
+    return {
+        name: target(getattr(loss, name))
+        for name in present_terms(loss)
+        if (target := LOSS_TERMS[name].code_target) is not None
+    }
 
 
 def check_terms_implemented(backend: str, implemented: Collection[str], loss: Any) -> None:

@@ -63,7 +63,10 @@ class LossTerm:
     rank: its place in the total's sum (lower first) and in result columns; weight: its
     weight in the total, read from its settings; oracle: its unweighted float64 value;
     rules: cross-field checks, failing through ``fail(field, message)``; required: why a
-    spec must have the term ("" when it need not).
+    spec must have the term ("" when it need not); log_likelihood: for a term that is the
+    negative log of the decoder's likelihood, log p(x|z) per row (settings, clean x, decoded
+    output) -> (rows,), which the quality step's NLL uses; code_target: for a term that pulls
+    the code's mean activation toward a value, that value (drawn on the code-activations figure).
     """
 
     name: str
@@ -73,6 +76,8 @@ class LossTerm:
     oracle: Callable[[Any, OracleInputs], float]
     rules: Callable[[Any, Any, Fail], None] = no_rules
     required: Callable[[Any], str] = not_required
+    log_likelihood: Optional[Callable[[Any, np.ndarray, np.ndarray], np.ndarray]] = None
+    code_target: Optional[Callable[[Any], float]] = None
 
 
 def reduce(per_element: np.ndarray, features: str, batch: str) -> float:

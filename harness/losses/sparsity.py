@@ -44,4 +44,12 @@ def rules(cfg: Sparsity, spec: Any, fail: Fail) -> None:
         )
 
 
-TERM = LossTerm("sparsity", Sparsity, rank=2, weight=lambda cfg: cfg.weight, oracle=oracle, rules=rules)
+TERM = LossTerm(
+    "sparsity",
+    Sparsity,
+    rank=2,
+    weight=lambda cfg: cfg.weight,
+    oracle=oracle,
+    rules=rules,
+    code_target=lambda cfg: cfg.rho,
+)

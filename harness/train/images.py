@@ -32,6 +32,7 @@ from aebench.data.noise import (  # noqa: E402
     draw_noise,
     stream,
 )
+from aebench.losses import code_targets  # noqa: E402
 from aebench.plugins.backend_api import Backend  # noqa: E402
 from aebench.spec.shapes import ModelPlan  # noqa: E402
 from aebench.spec.types import Spec  # noqa: E402
@@ -67,7 +68,8 @@ def training_figures(
     reconstructions.png always; samples.png (family vae); interpolation.png (decoded straight
     lines between the latent points of test pairs; the one-hot label is interpolated too for
     conditional specs); denoising.png (specs with corruption: clean, corrupted, restored, with
-    each image's PSNR); code_activations.png (specs with a sparsity term); latent_scatter.png
+    each image's PSNR); code_activations.png (specs with a term
+    that sets a code target, as sparsity does); latent_scatter.png
     (latent size 2: posterior means or codes of the test split, coloured by label).
     Each title is run_heading (spec, backend, epochs) over what the figure shows; tabular
     data is plotted against its feature names (Dataset.feature_names).
@@ -79,7 +81,7 @@ def training_figures(
     noise = draw_noise(spec, plan, len(x), stream(spec.train.seed, TEST_STREAM, 99))
     shown_input = corrupt(spec.corruption, x, noise.corruption)
     restored = backend.decode(model, _latent(backend.encode(model, shown_input, labels)), labels)
-    rows = {"input": x, "corrupted": shown_input, "reconstruction": restored}
+    rows = {"input": x, "corrupted": shown_input, "reconstructed": restored}
     if spec.corruption is None:
         rows.pop("corrupted")
     yield "reconstructions.png", reconstructions_figure(rows, plan, heading, data.feature_names)
@@ -91,8 +93,9 @@ def training_figures(
     yield "interpolation.png", interpolation_figure(backend, model, spec, plan, data, heading)
     if spec.corruption is not None:
         yield "denoising.png", denoising_figure(rows, plan, heading, data.feature_names)
-    if spec.loss.sparsity is not None:
-        yield "code_activations.png", code_activations_figure(backend, model, spec, data, heading)
+    target = next(iter(code_targets(spec.loss).values()), None)
+    if target is not None:
+        yield "code_activations.png", code_activations_figure(backend, model, spec, data, heading, target)
     if plan.latent_size == 2:
         yield "latent_scatter.png", latent_scatter_figure(backend, model, spec, data, heading)
 
@@ -142,7 +145,7 @@ def _path_scatter(
 
 def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, heading: str, names: tuple[str, ...]) -> Figure:
     """(clean, corrupted, restored) triplets with the PSNR of the corrupted and restored images."""
-    clean, corrupted, restored = (rows[k][:TRIPLETS] for k in ("input", "corrupted", "reconstruction"))
+    clean, corrupted, restored = (rows[k][:TRIPLETS] for k in ("input", "corrupted", "reconstructed"))
     shape = image_shape(plan)
     if shape is None:
         series = {"clean": clean, "corrupted": corrupted, "restored": restored}
@@ -159,8 +162,11 @@ def denoising_figure(rows: dict[str, np.ndarray], plan: ModelPlan, heading: str,
     return _titled(fig, heading, "clean, corrupted, restored")
 
 
-def code_activations_figure(backend: Backend, model: object, spec: Spec, data: Dataset, heading: str) -> Figure:
-    """Histogram of every code activation, and each unit's mean activation against rho."""
+def code_activations_figure(
+    backend: Backend, model: object, spec: Spec, data: Dataset, heading: str, target: float
+) -> Figure:
+    """Histogram of every code activation, and each unit's mean activation against the target
+    a loss term pulls it toward (the sparsity term's rho)."""
     x = data.x_test[:SCATTER_POINTS]
     code = np.asarray(backend.encode(model, x, _labels(spec, _first(data.y_test, len(x))))["code"], np.float64)
     rho_hat = np.sort(code.mean(axis=0))[::-1]
@@ -171,7 +177,7 @@ def code_activations_figure(backend: Backend, model: object, spec: Spec, data: D
     left.set_ylabel("count (log)")
     left.set_title(f"all {code.shape[1]} units x {len(x)} test examples", fontsize=8)
     right.bar(np.arange(len(rho_hat)), rho_hat, color="tab:orange")
-    right.axhline(spec.loss.sparsity.rho, color="black", linestyle="--", label=f"target rho {spec.loss.sparsity.rho}")
+    right.axhline(target, color="black", linestyle="--", label=f"target rho {target}")
     right.set_xlabel("unit (sorted)")
     right.set_ylabel("mean activation")
     right.set_title("each unit's mean activation (rho_hat)", fontsize=8)

@@ -7,7 +7,8 @@ scored on the same numbers. The metrics (all per test example, means over the ex
 - ``recon_sse``: squared error summed over the features between clean x and the decoded
   posterior mean (family vae) or code (family ae) of the encoder's input (corrupted for
   denoising specs); ``recon_mse`` is the same per feature.
-- ``recon_term``: the spec's own (unweighted) reconstruction term on the test split, as
+- ``recon_term``: the spec's own (unweighted) reconstruction term (aebench.losses.decoder_term)
+  on the test split, as
   training evaluates it (train.evaluate: sampled z, the TEST noise stream).
 - ``psnr`` (specs with corruption): mean per-image PSNR of the restored images against the
   clean ones, data range 1 (MNIST, image folders and synthetic data all lie in [0, 1]);
@@ -46,6 +47,7 @@ import numpy as np
 
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TEST_STREAM, corrupt, draw_noise, stream
+from aebench.losses import decoder_log_likelihood, decoder_term
 from aebench.plugins.backend_api import Backend
 from aebench.scoring import QualitySettings
 from aebench.spec.shapes import ModelPlan
@@ -68,7 +70,7 @@ def quality_metrics(
     """Every quality metric that applies to the spec (see the module docstring), by name."""
     labels = _labels(spec, data.y_test)
     metrics = reconstruction_error(backend, model, spec, plan, data.x_test, labels, settings.decode_rows)
-    metrics["recon_term"] = evaluate(backend, model, spec, plan, data.x_test, labels)["reconstruction"]
+    metrics["recon_term"] = evaluate(backend, model, spec, plan, data.x_test, labels)[decoder_term(spec.loss)]
     if spec.model.family == "vae":
         n = settings.examples(len(data.x_test))
         sub_labels = None if labels is None else labels[:n]
@@ -153,26 +155,11 @@ def _batch_log_weights(
     z = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
     repeated = None if labels is None else np.repeat(labels, k, axis=0)
     decoded = backend.decode(model, z.reshape(n * k, latent), repeated)
-    recon_ll = decoder_log_likelihood(spec, np.repeat(x, k, axis=0), decoded).reshape(n, k)
+    recon_ll = decoder_log_likelihood(spec.loss, np.repeat(x, k, axis=0), decoded).reshape(n, k)
     log_prior = -0.5 * (z**2).sum(axis=2) - 0.5 * latent * LOG_2PI
     log_posterior = -0.5 * (eps**2 + log_var[:, None, :]).sum(axis=2) - 0.5 * latent * LOG_2PI
     kl = 0.5 * (np.exp(log_var) + mean**2 - 1.0 - log_var).sum(axis=1)
     return recon_ll + log_prior - log_posterior, -recon_ll, kl
-
-
-def decoder_log_likelihood(spec: Spec, x: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """log p(x|z) per row under the spec's decoder (Bernoulli for BCE, fixed-variance
-    Gaussian for MSE; see the module docstring), float64."""
-    eps = np.finfo(np.asarray(decoded).dtype).eps if np.issubdtype(np.asarray(decoded).dtype, np.floating) else 0.0
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    out = np.asarray(decoded, np.float64).reshape(len(x), -1)
-    recon = spec.loss.reconstruction
-    if recon.kind == "bce":
-        p = np.clip(out, eps, 1.0 - eps)
-        return (x * np.log(p) + (1.0 - x) * np.log1p(-p)).sum(axis=1)
-    features = x.shape[1]
-    variance = 0.5 if recon.features == "sum" else 0.5 * features
-    return -((x - out) ** 2).sum(axis=1) / (2.0 * variance) - 0.5 * features * np.log(2.0 * np.pi * variance)
 
 
 def nll_from_log_weights(log_w: np.ndarray) -> np.ndarray:
