@@ -70,12 +70,12 @@ VARIANTS = {
     ],
     "batch_norm_flat_unbiased": [
         "{type: flatten}",
-        "{type: dense, units: 5, activation: tanh}",  # tanh: a bias straight before batch_norm has no gradient
+        "{type: dense, units: 5}",  # a bias straight before batch_norm: no gradient (docs/EQUIVALENCE.md)
         "{type: batch_norm, momentum: 0.1, epsilon: 1.0e-5, variance_update: unbiased}",
     ],
     "batch_norm_image_biased": [
-        "{type: conv, filters: 2, kernel: 3, stride: 2, padding: same, activation: tanh}",
-        "{type: batch_norm, momentum: 0.3, epsilon: 1.0e-3, variance_update: biased}",
+        "{type: conv, filters: 2, kernel: 3, stride: 2, padding: same}",
+        "{type: batch_norm, momentum: 0.3, epsilon: 1.0e-3, variance_update: biased, activation: {name: elu}}",
         "{type: flatten}",
     ],
     "upsample_bilinear": [
@@ -125,6 +125,19 @@ def test_layer_matches_the_oracle_on_every_backend(backend, variant: str, tmp_pa
     comparisons = eq.check_loss_terms(backend, case) + eq.check_encode_decode(backend, case)
     comparisons += eq.check_gradients_fd(backend, case)
     assert not eq.failures(comparisons)
+
+
+def test_a_bias_straight_before_batch_norm_has_no_gradient_so_it_is_judged_on_its_layer_scale(
+    tmp_path: Path,
+) -> None:
+    """The batch mean removes the bias: its gradient is rounding, ~1e-17 of its kernel's, which
+    its own scale would magnify past any tolerance (the batch_norm variants above check it)."""
+    case = eq.make_case(variant_spec(tmp_path, "batch_norm_flat_unbiased"))
+    kernel = max(abs(eq.fd_entry(case, "encoder.1.kernel", 406 * 5 + unit)) for unit in range(5))  # centre pixel
+    bias = max(abs(eq.fd_entry(case, "encoder.1.bias", unit)) for unit in range(5))
+    assert kernel > 1e-3 and bias < 1e-6 * kernel
+    scales = eq.layer_gradient_scales(case.plan, {"encoder.1.kernel": np.ones((2, 2)), "encoder.1.bias": np.zeros(2)})
+    assert scales["encoder.1.bias"] == scales["encoder.1.kernel"] == 1.0
 
 
 def test_average_pooling_divisors_differ_at_the_borders_only() -> None:
