@@ -15,7 +15,11 @@ from aebench.bench.cell import Cell, run_cell
 from aebench.bench.timing import Protocol
 from aebench.check.suite import run_check
 from aebench.cli.main import main
-from aebench.layers import LAYER_KINDS
+from aebench.errors import LayerNotImplemented
+from aebench.layers import LAYER_KINDS, check_implemented, plan_layer
+from aebench.layers.base import Where
+from aebench.layers.conv import Conv
+from aebench.layers.residual import Residual
 from aebench.plugins.registry import available_backends, load_backend
 from aebench.spec.load import load_spec
 
@@ -96,3 +100,11 @@ def test_train_refuses_in_one_line_before_any_data_loads(backend_without_conv: s
     code = main(["train", "vae_conv", "--backend", backend_without_conv, "--out", str(tmp_path / "run")])
     assert code == 2
     assert capsys.readouterr().err.strip().endswith(f"{backend_without_conv} {MISSING}")
+
+
+def test_a_missing_kind_inside_a_residual_block_is_named_by_its_spec_field() -> None:
+    block = Residual("residual", (Conv("conv", 2, 3, 1, "same"),))
+    plan = plan_layer(block, (4, 4, 2), Where("<test>", "encoder.1", "model.encoder[1]"))
+    with pytest.raises(LayerNotImplemented) as info:
+        check_implemented("b", set(LAYER_KINDS) - {"conv"}, [plan])
+    assert str(info.value) == "b does not implement layer conv (model.encoder[1].layers[0])"

@@ -12,17 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cases import oracle_layer
 
 from aebench.check import equivalence as eq
 from aebench.check import oracle
-from aebench.layers import LAYER_KINDS, kind_of
+from aebench.layers import LAYER_KINDS, apply_layer, kind_of, plan_layer, spec_path, walk
+from aebench.layers.activations import Activation
 from aebench.layers.avg_pool import AvgPool
 from aebench.layers.base import LayerPlan, Where
 from aebench.layers.batch_norm import BatchNorm
+from aebench.layers.dense import Dense
+from aebench.layers.residual import Residual
 from aebench.layers.upsample import Upsample
 from aebench.plugins.backend_api import Batch
+from aebench.plugins.registry import available_backends, load_backend
 from aebench.spec.load import load_spec
+from aebench.spec.schema import Parser
+from aebench.spec.shapes import ModelPlan, plan_model
+from aebench.spec.types import Spec
 
 CONV = "{type: conv, filters: 2, kernel: 3, stride: 1, padding: same}"  # linear: pooling sees negative values
 VARIANTS = {
@@ -83,6 +91,25 @@ VARIANTS = {
         "{type: upsample, factor: 3, interpolation: bilinear}",
         "{type: flatten}",
     ],
+    "residual_image_identity": [  # tanh: a bias straight before batch_norm has no gradient
+        "{type: conv, filters: 2, kernel: 3, stride: 4, padding: same}",
+        "{type: residual, activation: relu, layers: ["
+        "{type: conv, filters: 2, kernel: 3, stride: 1, padding: same, activation: tanh}, "
+        "{type: batch_norm, momentum: 0.1, epsilon: 1.0e-5, variance_update: unbiased}]}",
+        "{type: flatten}",
+    ],
+    "residual_image_projection": [  # 7x7x2 -> 4x4x3: a 1x1 convolution at stride 2 on the shortcut
+        "{type: conv, filters: 2, kernel: 3, stride: 4, padding: same}",
+        "{type: residual, projection: true, activation: tanh, layers: ["
+        "{type: conv, filters: 3, kernel: 3, stride: 2, padding: same, activation: relu}]}",
+        "{type: flatten}",
+    ],
+    "residual_flat": [
+        "{type: flatten}",
+        "{type: dense, units: 5, activation: tanh}",
+        "{type: residual, activation: elu, layers: ["
+        "{type: dense, units: 4, activation: tanh}, {type: dense, units: 5}]}",
+    ],
 }
 
 SPEC = """
@@ -114,8 +141,6 @@ def test_every_layer_kind_has_a_variant_here() -> None:
 
 
 def variant_spec_layers(variant: str):
-    import yaml
-
     return [type("L", (), yaml.safe_load(text)) for text in VARIANTS[variant]]
 
 
@@ -156,6 +181,8 @@ def test_bilinear_upsampling_uses_half_pixel_centres_not_aligned_corners() -> No
 # ---------------------------------------------------------------- batch_norm's conventions
 
 BATCH_NORM_VARIANTS = ("batch_norm_flat_unbiased", "batch_norm_image_biased")
+STATE_VARIANTS = (*BATCH_NORM_VARIANTS, "residual_image_identity")
+"""The variants whose running statistics a trainer step updates: a batch_norm inside a residual block too."""
 
 
 def batch_norm_train(x: np.ndarray, momentum: float, variance_update: str, **weights: np.ndarray):
@@ -226,7 +253,7 @@ def test_batch_norm_loss_terms_and_gradients_leave_the_running_statistics(backen
     assert after and all(np.array_equal(after[k], v) for k, v in state_of(case.weights).items())
 
 
-@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+@pytest.mark.parametrize("variant", STATE_VARIANTS)
 def test_batch_norm_trainer_step_updates_the_running_statistics_as_the_oracle(backend, variant, tmp_path) -> None:
     """One trainer step: the running statistics of its training-mode pass, the oracle's update
     rule from the case's weights. A swapped momentum or variance convention is off by 1e-2;
@@ -247,11 +274,9 @@ def test_batch_norm_trainer_step_updates_the_running_statistics_as_the_oracle(ba
 _TORCH_TRAJECTORIES: dict[str, eq.Trajectory] = {}
 
 
-@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+@pytest.mark.parametrize("variant", STATE_VARIANTS)
 def test_batch_norm_trajectory_running_statistics_agree_with_torch(backend, variant, tmp_path: Path) -> None:
     """The 50-step trajectory against torch's, the running statistics among its weights."""
-    from aebench.plugins.registry import load_backend
-
     case = batch_norm_case(tmp_path, variant)
     if variant not in _TORCH_TRAJECTORIES:
         _TORCH_TRAJECTORIES[variant] = eq.trajectory(load_backend("torch"), case)
@@ -260,3 +285,87 @@ def test_batch_norm_trajectory_running_statistics_agree_with_torch(backend, vari
     got = eq.trajectory(backend, case)
     judge = eq.Judge(backend.name, case.spec.dtype)
     assert not eq.failures(eq.compare_trajectories(judge, got, ref, eq.term_names(case)))
+
+
+# ---------------------------------------------------------------- residual's conventions
+
+
+def variant_plan(variant: str) -> ModelPlan:
+    """The plan of a variant's spec (parsed from text, no file)."""
+    data = yaml.safe_load(SPEC.format(encoder=", ".join(VARIANTS[variant])))
+    return plan_model(Parser("<test>").parse_dataclass(Spec, {"name": "t", **data}, ""))
+
+
+def residual_plan(layer: Residual, shape: tuple[int, ...]) -> LayerPlan:
+    return plan_layer(layer, shape, Where("<test>", "encoder.1", "model.encoder[1]"))
+
+
+def test_residual_applies_its_activation_after_the_add() -> None:
+    """relu(body(x) + x), not relu(body(x)) + x: they differ where x is negative."""
+    block = residual_plan(Residual("residual", (Dense("dense", 2),), activation=Activation("relu")), (2,))
+    x = np.array([[-1.0, 2.0]])
+    weights = {"encoder.1.layers.0.kernel": 0.5 * np.eye(2), "encoder.1.layers.0.bias": np.zeros(2)}
+    out = apply_layer(block, weights, x)[1]
+    np.testing.assert_array_equal(out, [[0.0, 3.0]])  # relu(1.5 x); activation before the add: [-1, 3]
+
+
+def test_residual_layers_continue_the_block_s_names_and_spec_paths() -> None:
+    inner = Residual("residual", (Dense("dense", 3),), projection=True)
+    block = residual_plan(Residual("residual", (Dense("dense", 4), inner), projection=True), (2,))
+    names = [p.name for p in block.params]
+    assert names == [
+        "encoder.1.layers.0.kernel",
+        "encoder.1.layers.0.bias",
+        "encoder.1.layers.1.layers.0.kernel",
+        "encoder.1.layers.1.layers.0.bias",
+        "encoder.1.layers.1.projection.kernel",
+        "encoder.1.layers.1.projection.bias",
+        "encoder.1.projection.kernel",
+        "encoder.1.projection.bias",
+    ]
+    paths = [spec_path(p.name) for p in walk([block])]
+    assert paths == [
+        "model.encoder[1]",
+        "model.encoder[1].layers[0]",
+        "model.encoder[1].layers[1]",
+        "model.encoder[1].layers[1].layers[0]",
+        "model.encoder[1].layers[1].projection",
+        "model.encoder[1].projection",
+    ]
+    assert [p.shape for p in block.params][-2:] == [(2, 3), (3,)]  # the projection: dense 2 -> 3
+
+
+def test_residual_projection_on_images_is_a_1x1_convolution_at_the_stride_that_fits() -> None:
+    block = variant_plan("residual_image_projection").encoder[1]
+    projection = block.children[-1]
+    assert (projection.layer.type, projection.layer.kernel, projection.layer.stride) == ("conv", 1, 2)
+    assert (projection.in_shape, projection.out_shape) == ((7, 7, 2), (4, 4, 3))
+
+
+def test_residual_counts_the_work_and_memory_of_the_layers_inside() -> None:
+    block = variant_plan("residual_image_projection").encoder[1]
+    conv, projection = block.children
+    assert kind_of(block.layer).macs(block) == 4 * 4 * 3 * 9 * 2 + 4 * 4 * 3 * 2
+    assert kind_of(block.layer).activation_values(block) == 3 * 4 * 4 * 3  # the conv's, the projection's, the sum
+    assert block.params == conv.params + projection.params
+
+
+def test_residual_with_its_activation_before_the_add_fails_the_check(monkeypatch, tmp_path: Path) -> None:
+    """torch's block computing relu(body(x)) + x instead of relu(body(x) + x) must fail the check."""
+    if "torch" not in available_backends():
+        pytest.skip("torch is not available")
+    from aebench.backends.torch import model
+
+    def activation_before_add(self, x):
+        if not isinstance(self.op, model.Residual):
+            return self.act(self.op(x))
+        h = x
+        for module in self.op.layers:
+            h = module(h)
+        return self.act(h) + (x if self.op.projection is None else self.op.projection(x))
+
+    case = eq.make_case(variant_spec(tmp_path, "residual_image_identity"))
+    backend = load_backend("torch")
+    assert not eq.failures(eq.check_loss_terms(backend, case))
+    monkeypatch.setattr(model.Activated, "forward", activation_before_add)
+    assert eq.failures(eq.check_loss_terms(backend, case))

@@ -102,6 +102,17 @@ def edit(text: str, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
+def residual(filters: str, padding: str = "padding: same", *more: str) -> str:
+    """A residual block of one 3x3 convolution (``filters``, ``padding``) and ``more`` fields."""
+    conv = f"{{type: conv, {filters}, kernel: 3, stride: 1, {padding}}}"
+    return f"{{type: residual, layers: [{conv}]{''.join(', ' + m for m in more)}}}"
+
+
+def with_block(block: str) -> str:
+    """GOOD with ``block`` between its convolution (output 14x14x4) and its flatten."""
+    return edit(GOOD, "    - {type: flatten}\n", f"    - {block}\n    - {{type: flatten}}\n")
+
+
 # (case id, files to write {name: text}, the file to validate, text the error must contain)
 BAD_SPECS = [
     (
@@ -240,6 +251,31 @@ BAD_SPECS = [
         ["optimizer.schedule.gamma", "must lie in (0, 1]"],
     ),
     ("dense-on-images", {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "")}, "s.yaml", ["model.encoder", "flat"]),
+    (
+        "residual-shape-mismatch",
+        {"s.yaml": with_block(residual("filters: 8"))},
+        "s.yaml",
+        ["model.encoder[1].layers: output shape (14, 14, 8) differs from the block's input shape (14, 14, 4)"]
+        + ["projection: true"],
+    ),
+    (
+        "residual-without-layers",
+        {"s.yaml": with_block("{type: residual, layers: []}")},
+        "s.yaml",
+        ["model.encoder[1].layers: must hold at least one layer"],
+    ),
+    (
+        "residual-inner-layer-error",
+        {"s.yaml": with_block(residual("filtrs: 4"))},
+        "s.yaml",
+        ["model.encoder[1].layers[0].filtrs: unknown key (did you mean 'filters'?)"],
+    ),
+    (
+        "residual-projection-that-cannot-fit",
+        {"s.yaml": with_block(residual("filters: 4", "padding: valid", "projection: true"))},
+        "s.yaml",
+        ["model.encoder[1].projection: no stride of a 1x1 convolution takes the block's input 14x14"],
+    ),
 ]
 
 

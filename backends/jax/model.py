@@ -5,19 +5,21 @@ Flax's own for Dense (in, out) and Conv (HWIO); ConvTranspose takes the Keras
 (kh, kw, out, in) kernel unchanged with ``transpose_kernel=True`` (with Flax's default the
 kernel would need a spatial flip and a channel swap). 'SAME' padding is lax's, which puts
 the extra row/column at the bottom/right, as TensorFlow does. Images are NHWC throughout.
-``BUILDERS`` maps each layer kind to a pure function of (its parameters, input).
+``BUILDERS`` maps each layer kind to a pure function of (its parameters, input); a layer with
+layers inside it (residual) gets instead a function that applies them (NestedFn).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Optional
+from typing import Optional, Union, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aebench.layers import walk
 from aebench.layers.activations import Activation
 from aebench.layers.conv import explicit_pads
 from aebench.layers.conv_transpose import deconv_crop
@@ -31,6 +33,11 @@ LayerFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
 """(this layer's parameters, input) -> output before the activation."""
 TrainFn = Callable[[dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 """(this layer's parameters and state, input) -> (training-mode output, its updated state)."""
+Apply = Callable[[LayerPlan, jax.Array], jax.Array]
+"""(a layer inside this one, its input) -> its output after its activation."""
+NestedFn = Callable[[Apply, jax.Array], jax.Array]
+"""(apply the layers inside, input) -> output before the activation: a layer holding layers,
+whose parameters and state are theirs (the model applies them, in training mode or not)."""
 
 
 def activation(act: Optional[Activation]) -> Callable[[jax.Array], jax.Array]:
@@ -146,7 +153,21 @@ class BatchNormFns:
         return y, {"running_mean": stats["mean"], "running_var": var}
 
 
-BUILDERS: dict[str, Callable[[LayerPlan, dict], LayerFn]] = {
+def _residual(plan: LayerPlan, common: dict) -> NestedFn:
+    """The block's layers in order, plus its input or its projection."""
+    n = len(plan.layer.layers)
+    body, projection = plan.children[:n], plan.children[n:]
+
+    def residual(apply: Apply, x: jax.Array) -> jax.Array:
+        h = x
+        for child in body:
+            h = apply(child, h)
+        return h + (apply(projection[0], x) if projection else x)
+
+    return residual
+
+
+BUILDERS: dict[str, Callable[[LayerPlan, dict], Union[LayerFn, NestedFn]]] = {
     "dense": lambda plan, common: _flax(nn.Dense(plan.layer.units, **common)),
     "conv": _conv,
     "conv_transpose": _conv_transpose,
@@ -156,10 +177,12 @@ BUILDERS: dict[str, Callable[[LayerPlan, dict], LayerFn]] = {
     "avg_pool": _avg_pool,
     "upsample": _upsample,
     "batch_norm": BatchNormFns,
+    "residual": _residual,
 }
 """Layer kind (aebench.layers) -> a pure function computing it before its activation, given
 the Flax module settings (dtype, param_dtype, precision) every layer is built with. A builder
-whose function has a ``train`` attribute (TrainFn) behaves differently in training mode."""
+whose function has a ``train`` attribute (TrainFn) behaves differently in training mode; a
+planned layer with children gets a NestedFn."""
 
 Updates = dict[str, dict[str, jax.Array]]
 """Updated state by layer name, collected by a training-mode pass."""
@@ -173,23 +196,27 @@ class Autoencoder:
     def __init__(self, plan: ModelPlan, dtype: jnp.dtype):
         self.plan, self.dtype = plan, dtype
         self.set_layer_precision(layer_precision(Precision()))
-        self.acts = {p.name: activation(getattr(p.layer, "activation", None)) for p in plan.layers}
+        self.acts = {p.name: activation(getattr(p.layer, "activation", None)) for p in walk(plan.layers)}
         self.by_name = {p.name: p for p in plan.layers}
 
     def set_layer_precision(self, precision: jax.lax.Precision) -> None:
-        """(Re)build every layer with ``precision`` (aebench.backends.jax.precision)."""
+        """(Re)build every layer, nested ones included, with ``precision`` (aebench.backends.jax.precision)."""
         common = dict(dtype=self.dtype, param_dtype=self.dtype, precision=precision)
-        self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in self.plan.layers}
+        self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in walk(self.plan.layers)}
 
     def apply_layer(
         self, params: Params, plan: LayerPlan, x: jax.Array, updates: Optional[Updates] = None
     ) -> jax.Array:
-        op, own = self.ops[plan.name], params.get(plan.name, {})
+        op = self.ops[plan.name]
+        if plan.children:
+            y = cast(NestedFn, op)(lambda child, h: self.apply_layer(params, child, h, updates), x)
+            return self.acts[plan.name](y)
+        own, layer_fn = params.get(plan.name, {}), cast(LayerFn, op)
         train = getattr(op, "train", None)
         if updates is not None and train is not None:
             y, updates[plan.name] = train(own, x)
         else:
-            y = op(own, x)
+            y = layer_fn(own, x)
         return self.acts[plan.name](y)
 
     def hidden(

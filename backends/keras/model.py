@@ -3,7 +3,8 @@
 Keras' own layouts are the canonical ones: Dense (in, out), Conv2D HWIO, Conv2DTranspose
 (kh, kw, out, in), NHWC images, Flatten in (H, W, C) order, 'same' padding with the extra
 row/column at the bottom/right on every engine (Keras >= 3.15 on torch). ``BUILDERS`` maps
-each layer kind to its Keras layer.
+each layer kind to its Keras layer; a residual block holds its layers' Keras layers, which the
+model also keys by their canonical names.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from aebench.layers import walk
 from aebench.layers.activations import Activation
 from aebench.layers.conv import explicit_pads, same_pads
 from aebench.layers.upsample import source_positions
@@ -267,6 +269,36 @@ class BatchNorm(keras.layers.BatchNormalization):
         )
 
 
+class Residual(keras.layers.Layer):
+    """A residual block: its layers in order (each with its activation), plus its input or its
+    projection. ``nested`` holds the layers inside it by canonical name; called with
+    ``training``, it passes that on to them (``apply``)."""
+
+    def __init__(self, plan: LayerPlan, dtype: str):
+        super().__init__(dtype=dtype)
+        n = len(plan.layer.layers)
+        self.body_plans, self.projection_plans = plan.children[:n], plan.children[n:]
+        self.body = [keras_layer(child, dtype) for child in self.body_plans]
+        self.projection = [keras_layer(child, dtype) for child in self.projection_plans]
+
+    @property
+    def nested(self) -> dict[str, keras.layers.Layer]:
+        plans = self.body_plans + self.projection_plans
+        return {plan.name: layer for plan, layer in zip(plans, [*self.body, *self.projection])}
+
+    def build(self, input_shape) -> None:
+        """Nothing to build: the layers inside were built for their shapes when made."""
+
+    def call(self, x, training: bool = False):
+        h = x
+        for plan, layer in zip(self.body_plans, self.body):
+            h = apply(layer, plan, h, training)
+        shortcut = x
+        for plan, layer in zip(self.projection_plans, self.projection):
+            shortcut = apply(layer, plan, x, training)
+        return h + shortcut
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "dense": lambda plan, dtype: keras.layers.Dense(plan.layer.units, dtype=dtype),
     "conv": _conv,
@@ -279,6 +311,7 @@ BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "avg_pool": _avg_pool,
     "upsample": _upsample,
     "batch_norm": BatchNorm,
+    "residual": Residual,
 }
 """Layer kind (aebench.layers) -> the Keras layer computing it before its activation."""
 
@@ -288,6 +321,14 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
     made = BUILDERS[plan.layer.type](plan, dtype)
     made.build((None, *plan.in_shape))
     return made
+
+
+def apply(layer: keras.layers.Layer, plan: LayerPlan, x, training: bool = False):
+    """``layer`` (of ``plan``) on x, then the layer's activation; in training mode (batch
+    statistics) with ``training``."""
+    out = layer(x, training=True) if training and isinstance(layer, (BatchNorm, Residual)) else layer(x)
+    act = getattr(plan.layer, "activation", None)
+    return out if act is None else activate(act, out)
 
 
 class Autoencoder:
@@ -300,6 +341,8 @@ class Autoencoder:
     def __init__(self, plan: ModelPlan, dtype: str):
         self.plan, self.dtype = plan, dtype
         self.layers = {p.name: keras_layer(p, dtype) for p in plan.layers}
+        for p in walk(plan.layers):  # the layers inside a residual block: its own Keras layers
+            self.layers.update(getattr(self.layers[p.name], "nested", {}))
         self.by_name = {p.name: p for p in plan.layers}
 
     def variable(self, name: str) -> keras.Variable:
@@ -319,10 +362,7 @@ class Autoencoder:
         return [self.variable(p.name) for p in self.plan.state]
 
     def apply(self, plan: LayerPlan, x, training: bool = False):
-        layer = self.layers[plan.name]
-        out = layer(x, training=True) if training and isinstance(layer, BatchNorm) else layer(x)
-        act = getattr(plan.layer, "activation", None)
-        return out if act is None else activate(act, out)
+        return apply(self.layers[plan.name], plan, x, training)
 
     def hidden(self, x_in, labels: Optional[object], training: bool = False):
         h = _join(x_in, labels)

@@ -12,7 +12,8 @@ the same family). One layout everywhere leaves nothing for the two to disagree o
 'same' convolutions pad as TensorFlow does (the extra row/column at the bottom/right:
 torch's padding=1 would pad both sides); transposed convolutions run unpadded and are
 cropped to Keras' output length (torch's padding=1, output_padding=1 has the right shape
-but is shifted one pixel). ``BUILDERS`` maps each layer kind to its module.
+but is shifted one pixel). ``BUILDERS`` maps each layer kind to its module; a residual block
+holds its layers' modules (``layers``, ``projection``), found by canonical name with ``find_op``.
 """
 
 from __future__ import annotations
@@ -208,6 +209,23 @@ def _biased_update(base: type[nn.modules.batchnorm._BatchNorm]) -> type[nn.Modul
     return BiasedUpdate
 
 
+class Residual(nn.Module):
+    """A residual block: its layers in order (each with its activation), plus its input or its
+    projection; the block's own activation comes after (``Activated``)."""
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        n = len(plan.layer.layers)
+        self.layers = nn.ModuleList(Activated(child) for child in plan.children[:n])
+        self.projection = Activated(plan.children[n]) if plan.layer.projection else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for module in self.layers:
+            h = module(h)
+        return h + (x if self.projection is None else self.projection(x))
+
+
 BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "dense": lambda plan: nn.Linear(plan.in_shape[0], plan.layer.units),
     "conv": PaddedConv2d,
@@ -218,6 +236,7 @@ BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "avg_pool": AvgPool,
     "upsample": Upsample,
     "batch_norm": batch_norm,
+    "residual": Residual,
 }
 """Layer kind (aebench.layers) -> the module computing it before its activation."""
 
@@ -246,9 +265,9 @@ class Autoencoder(nn.Module):
         self.decoder = nn.ModuleList(Activated(p) for p in plan.decoder)
 
     def layer(self, name: str) -> nn.Module:
-        """The module holding a canonical layer's parameters ('encoder.3', 'z_mean', 'decoder.0')."""
-        stack, _, index = name.partition(".")
-        return (self.heads[name] if not index else getattr(self, stack)[int(index)]).op
+        """The module holding a canonical layer's parameters ('encoder.3', 'z_mean', 'decoder.0',
+        'encoder.3.layers.0')."""
+        return self.heads[name].op if name in self.heads else find_op(self, name)
 
     def hidden(self, x_in: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Encoder stack output for canonical-layout input (NHWC images)."""
@@ -268,6 +287,17 @@ class Autoencoder(nn.Module):
         for module in self.decoder:
             h = module(h)
         return h.permute(0, 2, 3, 1) if h.dim() == 4 else h
+
+
+def find_op(owner: nn.Module, name: str) -> nn.Module:
+    """The ``op`` of the layer ``name`` inside ``owner``, its attributes and list indices in turn:
+    'encoder.3' is owner.encoder[3].op, 'encoder.3.projection' that op's projection.op."""
+    attribute, _, rest = name.partition(".")
+    found = getattr(owner, attribute)
+    if isinstance(found, nn.ModuleList):
+        index, _, rest = rest.partition(".")
+        found = found[int(index)]
+    return find_op(found.op, rest) if rest else found.op
 
 
 def _join(x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:

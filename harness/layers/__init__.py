@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Collection, Iterable
-from typing import Any, Optional, Union
+import re
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any, Optional
 
 import numpy as np
 
 from aebench.errors import LayerNotImplemented
-from aebench.layers.activations import Activation, activate
-from aebench.layers.base import LayerKind, LayerPlan, Weights
+from aebench.layers.activations import Activation
+from aebench.layers.base import KINDS, LayerKind, LayerPlan, Weights, apply_layer, kind_of, layer_schemas, plan_layer
+
+__all__ = [
+    "LAYER_KINDS",
+    "LAYER_SCHEMAS",
+    "apply_layer",
+    "check_implemented",
+    "kind_of",
+    "latent_head",
+    "plan_layer",
+    "run_stack",
+    "spec_path",
+    "walk",
+]
 
 _NOT_KINDS = {"base", "activations"}
 
@@ -32,32 +46,12 @@ def _discover() -> dict[str, LayerKind]:
     return kinds
 
 
-LAYER_KINDS: dict[str, LayerKind] = _discover()
+KINDS.update(_discover())
+LAYER_KINDS: dict[str, LayerKind] = KINDS
 """Every layer kind, by the name a spec's ``type`` gives it."""
 
-LAYER_SCHEMAS: Any = Union[tuple(kind.schema for kind in LAYER_KINDS.values())]
+LAYER_SCHEMAS: Any = layer_schemas()
 """The union a spec's layer entry parses into (told apart by ``type``)."""
-
-
-def kind_of(layer: Any) -> LayerKind:
-    """The registered kind of a parsed layer."""
-    return LAYER_KINDS[layer.type]
-
-
-def apply_layer(
-    plan: LayerPlan, weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
-    followed by its activation if it has one. With ``updates`` (a dict) the layer runs in
-    training mode and its updated state is written there; without, in evaluation mode."""
-    kind = kind_of(plan.layer)
-    if updates is not None and kind.train_oracle is not None:
-        pre, new_state = kind.train_oracle(plan, weights, x)
-        updates.update(new_state)
-    else:
-        pre = kind.oracle(plan, weights, x)
-    act = getattr(plan.layer, "activation", None)
-    return pre, pre if act is None else activate(act, pre)
 
 
 def run_stack(
@@ -74,14 +68,24 @@ def latent_head(units: int, activation: Activation) -> Any:
     return LAYER_KINDS["dense"].schema("dense", units, activation)
 
 
-def check_implemented(backend: str, kinds: Collection[str], layers: Iterable[LayerPlan]) -> None:
-    """LayerNotImplemented for the first planned layer whose kind is not in ``kinds``."""
+def walk(layers: Iterable[LayerPlan]) -> Iterator[LayerPlan]:
+    """Every planned layer, each followed by the layers inside it (depth first, in plan order)."""
     for plan in layers:
+        yield plan
+        yield from walk(plan.children)
+
+
+def check_implemented(backend: str, kinds: Collection[str], layers: Iterable[LayerPlan]) -> None:
+    """LayerNotImplemented for the first planned layer (nested ones included) whose kind is not in ``kinds``."""
+    for plan in walk(layers):
         if plan.layer.type not in kinds:
             raise LayerNotImplemented(backend, plan.layer.type, spec_path(plan.name))
 
 
+_INDEX = re.compile(r"\.([0-9]+)")
+
+
 def spec_path(name: str) -> str:
-    """The spec field of a canonical layer name: 'encoder.2' -> 'model.encoder[2]', 'z_mean' -> 'model.latent'."""
-    stack, _, index = name.partition(".")
-    return f"model.{stack}[{index}]" if index else "model.latent"
+    """The spec field of a canonical layer name: 'encoder.2' -> 'model.encoder[2]', 'z_mean' ->
+    'model.latent'; nested layers 'encoder.2.layers.0' -> 'model.encoder[2].layers[0]'."""
+    return "model." + _INDEX.sub(r"[\1]", name) if "." in name else "model.latent"

@@ -1,9 +1,14 @@
-"""What every layer kind declares, and the planned layer the harness and the backends share.
+"""What every layer kind declares, the planned layer the harness and the backends share, and
+the registry every kind is reached through.
 
 A layer kind is one module of this package holding a ``KIND``: its spec schema (a frozen
 dataclass whose first field is ``type: Literal[...]``), its shape rule, its multiply-adds,
 its activation memory and its NumPy float64 oracle. Canonical parameters (``Param``) say
 how they are drawn through their role; the backends map a kind's name to a builder.
+
+A kind whose layers hold layers (residual) plans, runs and counts them through ``KINDS``,
+which aebench.layers fills when it finds the kinds: ``Where.nested`` plans a layer inside
+another, ``apply_layer`` runs one.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
 from aebench.errors import SpecError
+from aebench.layers.activations import activate
 from aebench.spec.schema import shown
 
 MAX_SIZE = 2**31 - 1
@@ -43,13 +49,15 @@ class Param:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """A layer with its canonical name, shapes and parameters."""
+    """A layer with its canonical name, shapes and parameters (those of the layers inside it
+    included, in their order), and the planned layers inside it (``Where.nested``), if any."""
 
     name: str
     layer: Any
     in_shape: Shape
     out_shape: Shape
     params: tuple[Param, ...]
+    children: tuple[LayerPlan, ...] = ()
 
     def weight(self, weights: Weights, role: str) -> np.ndarray:
         """This layer's parameter ``role`` ('kernel', 'bias') from canonical weights."""
@@ -57,14 +65,23 @@ class LayerPlan:
 
 
 class Where:
-    """Where a layer sits: its canonical name and spec path, and how to fail there."""
+    """Where a layer sits: its canonical name and spec path, how to fail there, and the layers
+    planned inside it (``nested``)."""
 
     def __init__(self, file: str, name: str, path: str):
         self.file, self.name, self.path = file, name, path
+        self.children: list[LayerPlan] = []
 
     def error(self, field: str, message: str) -> SpecError:
         """A SpecError naming ``path.field`` (the layer itself when ``field`` is "")."""
         return SpecError(self.file, f"{self.path}.{field}" if field else self.path, message)
+
+    def nested(self, layer: Any, shape: Shape, name: str, field: str) -> LayerPlan:
+        """Plan ``layer`` inside this one, on ``shape``: canonical name ``{self.name}.{name}``,
+        spec path ``{self.path}.{field}``. It becomes one of this layer's ``children``."""
+        plan = plan_layer(layer, shape, Where(self.file, f"{self.name}.{name}", f"{self.path}.{field}"))
+        self.children.append(plan)
+        return plan
 
 
 Planner = Callable[[Any, Shape, Where], tuple[Shape, tuple[Param, ...]]]
@@ -131,3 +148,39 @@ def needs_image(kind: str, shape: Shape, where: Where) -> None:
             f"{kind} needs (height, width, channels) input, got shape {shown(shape)}: "
             "add {type: reshape, shape: [h, w, c]} before it",
         )
+
+
+KINDS: dict[str, LayerKind] = {}
+"""Every layer kind by its spec ``type``; aebench.layers fills it (as LAYER_KINDS) on import."""
+
+
+def kind_of(layer: Any) -> LayerKind:
+    """The registered kind of a parsed layer."""
+    return KINDS[layer.type]
+
+
+def layer_schemas() -> Any:
+    """The union a spec's layer entry parses into (told apart by ``type``)."""
+    return Union[tuple(kind.schema for kind in KINDS.values())]
+
+
+def plan_layer(layer: Any, shape: Shape, where: Where) -> LayerPlan:
+    """The planned ``layer`` on input ``shape``, named and placed by ``where``; raises where.error(...)."""
+    out, params = kind_of(layer).plan(layer, shape, where)
+    return LayerPlan(where.name, layer, shape, out, params, tuple(where.children))
+
+
+def apply_layer(
+    plan: LayerPlan, weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
+    followed by its activation if it has one. With ``updates`` (a dict) the layer runs in
+    training mode and its updated state is written there; without, in evaluation mode."""
+    kind = kind_of(plan.layer)
+    if updates is not None and kind.train_oracle is not None:
+        pre, new_state = kind.train_oracle(plan, weights, x)
+        updates.update(new_state)
+    else:
+        pre = kind.oracle(plan, weights, x)
+    act = getattr(plan.layer, "activation", None)
+    return pre, pre if act is None else activate(act, pre)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from aebench.errors import SpecError
-from aebench.layers import kind_of, spec_path
+from aebench.layers import kind_of, spec_path, walk
 from aebench.scoring import QualitySettings
 from aebench.spec.shapes import LayerPlan, ModelPlan, plan_model
 from aebench.spec.types import HeightWeight, Images, Mnist, Spec, Synthetic
@@ -218,10 +218,11 @@ def _field_to_shrink(spec: Spec, plan: ModelPlan, need: MemoryNeed) -> str:
 
 
 def _largest_size_field(plan: ModelPlan) -> str:
-    """The field that sets the largest output of a layer with weights (or the label size): the one to shrink."""
+    """The field that sets the largest output of a layer with weights of its own, not only those of
+    layers inside it (or the label size): the one to shrink."""
     candidates = [(plan.label_size, "model.conditioning.num_classes")]
-    for layer in plan.layers:
-        if layer.params:
+    for layer in walk(plan.layers):
+        if layer.params and not layer.children:
             candidates.append((math.prod(layer.out_shape), _size_field(layer)))
     return max(candidates, key=lambda candidate: candidate[0])[1]
 

@@ -3,6 +3,7 @@
 The canonical weight layout, shared by every backend, is defined here:
 - names ``encoder.{i}.kernel`` / ``.bias`` (i = the layer's index in the spec's list),
   ``code.*`` (family ae) or ``z_mean.*`` and ``z_log_var.*`` (family vae), ``decoder.{i}.*``;
+  a layer inside another continues its name (``encoder.{i}.layers.{j}.*``);
 - each layer kind's parameters as its module in aebench.layers states them (Keras'
   layouts); features NHWC, flattened in (H, W, C) order.
 """
@@ -13,7 +14,7 @@ import functools
 from dataclasses import dataclass
 
 from aebench.errors import SpecError
-from aebench.layers import kind_of, latent_head
+from aebench.layers import latent_head, plan_layer
 from aebench.layers.activations import LINEAR
 from aebench.layers.base import LayerPlan, Param, Shape, Where
 from aebench.spec.schema import shown
@@ -127,5 +128,4 @@ def _plan_stack(file: str, stack: str, layers: tuple[Layer, ...], shape: Shape) 
 
 
 def _plan_layer(file: str, name: str, path: str, layer: Layer, shape: Shape) -> LayerPlan:
-    out, params = kind_of(layer).plan(layer, shape, Where(file, name, path))
-    return LayerPlan(name, layer, shape, out, params)
+    return plan_layer(layer, shape, Where(file, name, path))
