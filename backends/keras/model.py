@@ -9,7 +9,7 @@ each layer kind to its Keras layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import keras
@@ -267,6 +267,24 @@ class BatchNorm(keras.layers.BatchNormalization):
         )
 
 
+class InjectedDropout(keras.layers.Layer):
+    """keras.layers.Dropout's inverted dropout (kept values times 1 / (1 - rate)) with the mask
+    injected: called with ``training=True`` and a uniform ``draw``, a value is kept where its
+    draw is >= rate; otherwise the identity. keras.layers.Dropout would draw its own mask from a
+    SeedGenerator, whose numbers differ between engines."""
+
+    def __init__(self, plan: LayerPlan, dtype: str):
+        super().__init__(dtype=dtype)
+        self.rate = plan.layer.rate
+
+    def call(self, inputs, draw=None, training=False):
+        if not training:
+            return inputs
+        if draw is None:
+            raise ValueError("a dropout layer runs in training mode without its injected draw")
+        return ops.where(draw >= self.rate, inputs / (1 - self.rate), ops.zeros_like(inputs))
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "dense": lambda plan, dtype: keras.layers.Dense(plan.layer.units, dtype=dtype),
     "conv": _conv,
@@ -279,6 +297,7 @@ BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "avg_pool": _avg_pool,
     "upsample": _upsample,
     "batch_norm": BatchNorm,
+    "dropout": InjectedDropout,
 }
 """Layer kind (aebench.layers) -> the Keras layer computing it before its activation."""
 
@@ -290,10 +309,16 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
     return made
 
 
+Draws = Mapping[str, object]
+"""The layers' injected draws of a training batch (engine tensors), by canonical layer name (Noise.draws)."""
+NO_DRAWS: Draws = {}
+
+
 class Autoencoder:
     """Built Keras layers keyed by canonical name; hidden, head and decode_logits, in
     evaluation mode, or in training mode (``training=True``: batch statistics, the layers
-    assign their updated state, running statistics, to their variables)."""
+    assign their updated state, running statistics, to their variables; dropout with the
+    layers' injected ``draws``)."""
 
     spec: Spec  # set by KerasBackend.build
 
@@ -318,25 +343,30 @@ class Autoencoder:
         """Non-trainable variables (running statistics) in canonical order."""
         return [self.variable(p.name) for p in self.plan.state]
 
-    def apply(self, plan: LayerPlan, x, training: bool = False):
+    def apply(self, plan: LayerPlan, x, training: bool = False, draws: Draws = NO_DRAWS):
         layer = self.layers[plan.name]
-        out = layer(x, training=True) if training and isinstance(layer, BatchNorm) else layer(x)
+        if training and isinstance(layer, BatchNorm):
+            out = layer(x, training=True)
+        elif training and isinstance(layer, InjectedDropout):
+            out = layer(x, draw=draws.get(plan.name), training=True)
+        else:
+            out = layer(x)
         act = getattr(plan.layer, "activation", None)
         return out if act is None else activate(act, out)
 
-    def hidden(self, x_in, labels: Optional[object], training: bool = False):
+    def hidden(self, x_in, labels: Optional[object], training: bool = False, draws: Draws = NO_DRAWS):
         h = _join(x_in, labels)
         for plan in self.plan.encoder:
-            h = self.apply(plan, h, training)
+            h = self.apply(plan, h, training, draws)
         return h
 
     def head(self, name: str, h, training: bool = False):
         return self.apply(self.by_name[name], h, training)
 
-    def decode_logits(self, z, labels: Optional[object], training: bool = False):
+    def decode_logits(self, z, labels: Optional[object], training: bool = False, draws: Draws = NO_DRAWS):
         h = _join(z, labels)
         for plan in self.plan.decoder:
-            h = self.apply(plan, h, training)
+            h = self.apply(plan, h, training, draws)
         return h
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import torch
@@ -208,6 +208,26 @@ def _biased_update(base: type[nn.modules.batchnorm._BatchNorm]) -> type[nn.Modul
     return BiasedUpdate
 
 
+class InjectedDropout(nn.Module):
+    """nn.Dropout's inverted dropout (kept values times 1 / (1 - rate)) with the mask injected:
+    in training a value is kept where its uniform draw (canonical layout, NHWC for images) is
+    >= rate; in evaluation (``eval()``) the identity. nn.Dropout would draw its own mask from
+    torch's generator."""
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        self.rate = plan.layer.rate
+
+    def forward(self, x: torch.Tensor, draw: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.training:
+            return x
+        if draw is None:
+            raise ValueError("a dropout layer runs in training mode without its injected draw")
+        if draw.dim() == 4:
+            draw = draw.permute(0, 3, 1, 2)
+        return torch.where(draw >= self.rate, x / (1 - self.rate), 0.0)
+
+
 BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "dense": lambda plan: nn.Linear(plan.in_shape[0], plan.layer.units),
     "conv": PaddedConv2d,
@@ -218,20 +238,27 @@ BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "avg_pool": AvgPool,
     "upsample": Upsample,
     "batch_norm": batch_norm,
+    "dropout": InjectedDropout,
 }
 """Layer kind (aebench.layers) -> the module computing it before its activation."""
 
 
 class Activated(nn.Module):
-    """A layer's module followed by the layer's activation. ``op`` holds the parameters."""
+    """A layer's module followed by the layer's activation. ``op`` holds the parameters; a
+    layer that takes an injected draw (dropout) gets it as a second argument."""
 
     def __init__(self, plan: LayerPlan):
         super().__init__()
         self.op = BUILDERS[plan.layer.type](plan)
         self.act = activation(getattr(plan.layer, "activation", None))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.op(x))
+    def forward(self, x: torch.Tensor, draw: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.act(self.op(x) if draw is None else self.op(x, draw))
+
+
+Draws = Mapping[str, torch.Tensor]
+"""The layers' injected draws of a training batch, by canonical layer name (Noise.draws)."""
+NO_DRAWS: Draws = {}
 
 
 class Autoencoder(nn.Module):
@@ -250,23 +277,23 @@ class Autoencoder(nn.Module):
         stack, _, index = name.partition(".")
         return (self.heads[name] if not index else getattr(self, stack)[int(index)]).op
 
-    def hidden(self, x_in: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """Encoder stack output for canonical-layout input (NHWC images)."""
+    def hidden(self, x_in: torch.Tensor, labels: Optional[torch.Tensor], draws: Draws = NO_DRAWS) -> torch.Tensor:
+        """Encoder stack output for canonical-layout input (NHWC images); ``draws`` in training."""
         h = _join(x_in, labels)
         if h.dim() == 4:
             h = h.permute(0, 3, 1, 2).contiguous()
-        for module in self.encoder:
-            h = module(h)
+        for plan, module in zip(self.plan.encoder, self.encoder):
+            h = module(h, draws.get(plan.name))
         return h
 
     def head(self, name: str, h: torch.Tensor) -> torch.Tensor:
         return self.heads[name](h)
 
-    def decode_logits(self, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """Decoder output before the output activation, canonical layout (NHWC images)."""
+    def decode_logits(self, z: torch.Tensor, labels: Optional[torch.Tensor], draws: Draws = NO_DRAWS) -> torch.Tensor:
+        """Decoder output before the output activation, canonical layout (NHWC images); ``draws`` in training."""
         h = _join(z, labels)
-        for module in self.decoder:
-            h = module(h)
+        for plan, module in zip(self.plan.decoder, self.decoder):
+            h = module(h, draws.get(plan.name))
         return h.permute(0, 2, 3, 1) if h.dim() == 4 else h
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -45,14 +45,25 @@ def kind_of(layer: Any) -> LayerKind:
 
 
 def apply_layer(
-    plan: LayerPlan, weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+    plan: LayerPlan,
+    weights: Weights,
+    x: np.ndarray,
+    updates: Optional[Weights] = None,
+    draws: Optional[Mapping[str, np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
     followed by its activation if it has one. With ``updates`` (a dict) the layer runs in
-    training mode and its updated state is written there; without, in evaluation mode."""
+    training mode, its updated state is written there and a kind that ``draws`` takes its
+    injected draw from ``draws`` (by canonical layer name: aebench.data.noise); without, in
+    evaluation mode, and ``draws`` is not read."""
     kind = kind_of(plan.layer)
     if updates is not None and kind.train_oracle is not None:
-        pre, new_state = kind.train_oracle(plan, weights, x)
+        draw = None
+        if kind.draws:
+            if draws is None or plan.name not in draws:
+                raise ValueError(f"layer {plan.name} ({kind.name}) runs in training mode without its injected draw")
+            draw = np.asarray(draws[plan.name], dtype=np.float64)
+        pre, new_state = kind.train_oracle(plan, weights, x, draw)
         updates.update(new_state)
     else:
         pre = kind.oracle(plan, weights, x)
@@ -61,11 +72,15 @@ def apply_layer(
 
 
 def run_stack(
-    layers: Iterable[LayerPlan], weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+    layers: Iterable[LayerPlan],
+    weights: Weights,
+    x: np.ndarray,
+    updates: Optional[Weights] = None,
+    draws: Optional[Mapping[str, np.ndarray]] = None,
 ) -> np.ndarray:
     """The float64 oracle of a stack of planned layers (training mode with ``updates``: apply_layer)."""
     for plan in layers:
-        x = apply_layer(plan, weights, x, updates)[1]
+        x = apply_layer(plan, weights, x, updates, draws)[1]
     return x
 
 

@@ -71,9 +71,9 @@ Planner = Callable[[Any, Shape, Where], tuple[Shape, tuple[Param, ...]]]
 """(layer, input shape, where) -> (output shape, parameters); raises where.error(...)."""
 Oracle = Callable[[LayerPlan, Weights, np.ndarray], np.ndarray]
 """(plan, float64 weights, float64 input batch) -> the layer's output before its activation."""
-TrainOracle = Callable[[LayerPlan, Weights, np.ndarray], tuple[np.ndarray, Weights]]
-"""(plan, weights, batch) -> (training-mode output before the activation, the layer's updated
-state by canonical name)."""
+TrainOracle = Callable[[LayerPlan, Weights, np.ndarray, Optional[np.ndarray]], tuple[np.ndarray, Weights]]
+"""(plan, weights, batch, the layer's injected draw: None unless its kind ``draws``) ->
+(training-mode output before the activation, the layer's updated state by canonical name)."""
 
 
 def no_macs(plan: LayerPlan) -> int:
@@ -96,8 +96,11 @@ class LayerKind:
     sets the output size, named when a spec does not fit in memory; affine: the layer is
     x @ kernel + bias on flat features, so a Jacobian through it is J @ kernel (the
     contractive term allows encoders of such layers only); train_oracle: the forward pass
-    in training mode for a kind that behaves differently there (batch statistics) and updates
-    its state; None: the same as ``oracle``, no state.
+    in training mode for a kind that behaves differently there (batch statistics, a dropout
+    mask) and may update its state; None: the same as ``oracle``, no state; draws: the kind
+    takes an injected uniform [0, 1) draw of its input's shape per example in training (a
+    dropout mask: aebench.data.noise draws it in NumPy, so every backend gets the same), which
+    its train_oracle receives.
     """
 
     name: str
@@ -109,6 +112,7 @@ class LayerKind:
     size_field: Optional[str] = None
     affine: bool = False
     train_oracle: Optional[TrainOracle] = None
+    draws: bool = False
 
 
 def kernel_bias(name: str, kernel: Shape, units: int, fan_in: int, fan_out: int) -> tuple[Param, Param]:

@@ -16,7 +16,7 @@ mode normalises with the running statistics. Parameters: trainable ``gamma`` (on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -57,8 +57,10 @@ def oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> np.ndarray:
     return _normalise(plan, weights, x, plan.weight(weights, "running_mean"), plan.weight(weights, "running_var"))
 
 
-def train_oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> tuple[np.ndarray, Weights]:
-    """Training mode: the batch statistics (biased variance), and the updated running ones."""
+def train_oracle(
+    plan: LayerPlan, weights: Weights, x: np.ndarray, draw: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, Weights]:
+    """Training mode: the batch statistics (biased variance), and the updated running ones (no draw)."""
     layer = plan.layer
     axes = tuple(range(x.ndim - 1))
     n = int(np.prod([x.shape[a] for a in axes]))
