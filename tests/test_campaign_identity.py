@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from cases import bench_command, cheap_backend
 
-from aebench.bench.campaign import plan_cells
+from aebench.bench.campaign import load_campaign, plan_cells
 from aebench.bench.cell import Cell
 from aebench.bench.identity import cell_settings, changed_cells, differences
 from aebench.bench.report import write_report
@@ -87,6 +87,15 @@ def test_a_record_of_an_older_aebench_counts_as_changed() -> None:
     [cell] = plan_cells(CampaignConfig(specs=("vae_toy",), backends=(cheap_backend(),), modes=("eager",)))
     changed = changed_cells([cell], {cell.key: {"key": cell.key, "status": "ok"}})
     assert changed[cell.key] and all("(not recorded) ->" in d for d in changed[cell.key])
+
+
+@pytest.mark.parametrize(
+    "campaign", sorted((Path(__file__).parents[1] / "results" / "campaigns").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_campaign_file_loads(campaign: Path) -> None:
+    """The campaigns in results/campaigns name registered backends, shipped specs and modes."""
+    config = load_campaign(campaign)
+    assert config.specs and config.backends and config.modes
 
 
 def test_a_rejected_bench_command_creates_no_results_folder(tmp_path: Path) -> None:

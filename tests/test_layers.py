@@ -8,6 +8,9 @@ have a variant here (the coverage test fails until a new kind has one)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +20,20 @@ from cases import oracle_layer
 
 from aebench.check import equivalence as eq
 from aebench.check import oracle
+from aebench.data.noise import draw_noise, stream
 from aebench.layers import LAYER_KINDS, apply_layer, kind_of, plan_layer, spec_path, walk
 from aebench.layers.activations import Activation
 from aebench.layers.avg_pool import AvgPool
 from aebench.layers.base import LayerPlan, Where
 from aebench.layers.batch_norm import BatchNorm
 from aebench.layers.dense import Dense
+from aebench.layers.dropout import Dropout
 from aebench.layers.residual import Residual
 from aebench.layers.upsample import Upsample
-from aebench.plugins.backend_api import Batch
+from aebench.plugins.adam import NumpyAdam
+from aebench.plugins.backend_api import Batch, loss_term_names
 from aebench.plugins.registry import available_backends, load_backend
-from aebench.spec.load import load_spec
+from aebench.spec.load import builtin_specs_dir, load_spec
 from aebench.spec.schema import Parser
 from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
@@ -110,6 +116,18 @@ VARIANTS = {
         "{type: residual, activation: elu, layers: ["
         "{type: dense, units: 4, activation: tanh}, {type: dense, units: 5}]}",
     ],
+    "residual_flat_with_dropout": [  # the block passes the batch's draws on to the dropout inside
+        "{type: flatten}",
+        "{type: dense, units: 5, activation: tanh}",
+        "{type: residual, layers: [{type: dense, units: 5, activation: tanh}, {type: dropout, rate: 0.4}]}",
+    ],
+    "dropout": [
+        "{type: conv, filters: 2, kernel: 3, stride: 4, padding: same, activation: tanh}",
+        "{type: dropout, rate: 0.3}",  # image features: the draw is NHWC, torch's activations NCHW
+        "{type: flatten}",
+        "{type: dense, units: 5, activation: tanh}",
+        "{type: dropout, rate: 0.5}",
+    ],
 }
 
 SPEC = """
@@ -191,7 +209,7 @@ def batch_norm_train(x: np.ndarray, momentum: float, variance_update: str, **wei
     kind = kind_of(layer)
     _, params = kind.plan(layer, x.shape[1:], Where("<test>", "layer", "layer"))
     plan = LayerPlan("layer", layer, x.shape[1:], x.shape[1:], params)
-    out, state = kind.train_oracle(plan, {f"layer.{role}": value for role, value in weights.items()}, x)
+    out, state = kind.train_oracle(plan, {f"layer.{role}": value for role, value in weights.items()}, x, {})
     return out, {name.rpartition(".")[2]: value for name, value in state.items()}
 
 
@@ -369,3 +387,197 @@ def test_residual_with_its_activation_before_the_add_fails_the_check(monkeypatch
     assert not eq.failures(eq.check_loss_terms(backend, case))
     monkeypatch.setattr(model.Activated, "forward", activation_before_add)
     assert eq.failures(eq.check_loss_terms(backend, case))
+
+
+# ---------------------------------------------------------------- dropout's conventions
+
+
+def dropout_train(x: np.ndarray, rate: float, draw: np.ndarray) -> np.ndarray:
+    """The oracle's training-mode dropout of ``x`` with the injected ``draw``."""
+    layer = Dropout("dropout", rate)
+    plan = LayerPlan("layer", layer, x.shape[1:], x.shape[1:], ())
+    out, state = kind_of(layer).train_oracle(plan, {}, x, {"layer": draw})
+    assert state == {}
+    return out
+
+
+ROW = np.full((1, 4), 2.0)
+DRAW = np.array([[0.1, 0.3, 0.5, 0.9]])  # 0.3: a draw equal to the rate is kept
+
+
+def test_dropout_keeps_the_values_drawn_at_or_above_the_rate_scaled_by_one_over_the_keep_probability() -> None:
+    """Inverted dropout: x * (u >= rate) / (1 - rate). Not inverted (x * keep) gives 2, 2, 2 where
+    kept; keep and drop swapped (u < rate kept) gives 2 / 0.7, 0, 0, 0."""
+    np.testing.assert_allclose(dropout_train(ROW, 0.3, DRAW), [[0.0, 2 / 0.7, 2 / 0.7, 2 / 0.7]], rtol=1e-15)
+    np.testing.assert_array_equal(dropout_train(ROW, 0.0, DRAW), ROW)  # rate 0 keeps everything as it is
+
+
+def test_dropout_is_the_identity_in_evaluation_and_needs_its_draw_in_training() -> None:
+    layer = Dropout("dropout", 0.5)
+    plan = LayerPlan("encoder.0", layer, (4,), (4,), ())
+    np.testing.assert_array_equal(oracle_layer(layer, ROW), ROW)
+    np.testing.assert_array_equal(apply_layer(plan, {}, ROW, None, {"encoder.0": DRAW})[1], ROW)  # draws unread
+    with pytest.raises(ValueError, match="encoder.0 .dropout. runs in training mode without its injected draw"):
+        apply_layer(plan, {}, ROW, {})
+
+
+def test_dropout_draws_come_after_the_other_noise_and_only_for_training(tmp_path: Path) -> None:
+    """A spec's reparameterisation and corruption noise do not move when a dropout layer is
+    added (its draws come last from the batch's stream); evaluation draws none."""
+    path = tmp_path / "denoising_vae_dropout.yaml"
+    path.write_text(
+        f"extends: {builtin_specs_dir() / 'denoising_vae.yaml'}\n"
+        "model:\n  encoder:\n    - {type: dense, units: 512, activation: relu}\n    - {type: dropout, rate: 0.2}\n"
+    )
+    base, with_dropout = load_spec("denoising_vae"), load_spec(path)
+    before = draw_noise(base, plan_model(base), 4, stream(0, 1))
+    after = draw_noise(with_dropout, plan_model(with_dropout), 4, stream(0, 1))
+    evaluation = draw_noise(with_dropout, plan_model(with_dropout), 4, stream(0, 1), training=False)
+    assert before.draws == {} and evaluation.draws == {}
+    for noise in (after, evaluation):
+        np.testing.assert_array_equal(noise.eps, before.eps)
+        np.testing.assert_array_equal(noise.corruption, before.corruption)
+    assert {k: v.shape for k, v in after.draws.items()} == {"encoder.1": (4, 512)}
+
+
+def dropout_case(tmp_path: Path) -> eq.Case:
+    return eq.make_case(variant_spec(tmp_path, "dropout"))
+
+
+def test_dropout_is_off_in_evaluation(backend, tmp_path: Path) -> None:
+    """loss_terms(training=False), what the test split is scored with, is the oracle's
+    evaluation (no dropout) although the batch carries draws; the training-mode loss differs."""
+    case = dropout_case(tmp_path)
+    assert set(case.batch.noise.draws) == {"encoder.1", "encoder.4"}
+    got = backend.loss_terms(eq.built(backend, case), case.batch, training=False)
+    ref = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan, training=False)
+    train = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan)
+    assert abs(ref["total"] - train["total"]) > 1e-6 * abs(ref["total"])  # 1e4 times the 1e-10 tolerance
+    assert not eq.failures(eq.compare_loss_terms(eq.Judge(backend.name, case.spec.dtype), got, ref))
+
+
+def test_dropout_trainer_steps_use_each_steps_draws(backend, tmp_path: Path) -> None:
+    """Three float64 trainer steps, each with its own draws, equal backend.gradients on that
+    step's batch followed by the NumPy reference Adam."""
+    case = dropout_case(tmp_path)
+    steps = eq.trajectory_steps(case)[:3]
+    model = eq.built(backend, case)
+    losses = backend.trainer(model, case.train_x, None).run(steps)
+    trained = backend.get_weights(model)
+
+    probe = eq.built(backend, case)
+    adam, weights, expected = NumpyAdam(case.spec.optimizer, case.weights), case.weights, []
+    for step in steps:
+        backend.set_weights(probe, weights)
+        terms, grads = backend.gradients(probe, Batch(case.train_x[step.indices], None, step.noise))
+        expected.append([terms[t] for t in loss_term_names(case.spec)])
+        weights = adam.update(weights, grads)
+    assert len({float(row[0]) for row in expected}) == 3
+    np.testing.assert_allclose(losses, expected, rtol=1e-12)
+    for name in weights:
+        np.testing.assert_allclose(trained[name], weights[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def broken_dropout(convention: str):
+    """A forward for torch's InjectedDropout on another convention than aebench's."""
+    import torch
+    import torch.nn.functional as F
+
+    def nchw(draw):
+        return draw.permute(0, 3, 1, 2) if draw.dim() == 4 else draw
+
+    def not_inverted(self, x, draw=None):
+        return torch.where(nchw(draw) >= self.rate, x, 0.0) if self.training else x
+
+    def keep_and_drop_swapped(self, x, draw=None):
+        return torch.where(nchw(draw) < self.rate, x / (1 - self.rate), 0.0) if self.training else x
+
+    def active_in_evaluation(self, x, draw=None):  # the draw whenever there is one, else torch's own mask
+        if draw is None:
+            return F.dropout(x, self.rate, training=True)
+        return torch.where(nchw(draw) >= self.rate, x / (1 - self.rate), 0.0)
+
+    return {f.__name__: f for f in (not_inverted, keep_and_drop_swapped, active_in_evaluation)}[convention]
+
+
+def dropout_check_failures(backend, case: eq.Case) -> set[str]:
+    """The failed quantities of the training-mode loss terms, encode/decode and the
+    evaluation-mode loss terms ('eval ...') against the oracle."""
+    judge = eq.Judge(backend.name, case.spec.dtype)
+    comparisons = eq.check_loss_terms(backend, case) + eq.check_encode_decode(backend, case)
+    got = backend.loss_terms(eq.built(backend, case), case.batch, training=False)
+    ref = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan, training=False)
+    comparisons += [
+        eq.Comparison(f"eval {c.quantity}", c.error, c.tolerance) for c in eq.compare_loss_terms(judge, got, ref)
+    ]
+    return {c.quantity for c in comparisons if not c.passed}
+
+
+@pytest.mark.parametrize(
+    "convention, caught",
+    [
+        ("not_inverted", {"loss:total"}),
+        ("keep_and_drop_swapped", {"loss:total"}),
+        ("active_in_evaluation", {"encode:code", "eval loss:total"}),
+    ],
+)
+def test_another_dropout_convention_in_torch_fails_the_check(convention, caught, monkeypatch, tmp_path) -> None:
+    if "torch" not in available_backends():
+        pytest.skip("torch is not available here")
+    from aebench.backends.torch import model
+    from aebench.plugins.registry import load_backend
+
+    backend, case = load_backend("torch"), dropout_case(tmp_path)
+    assert dropout_check_failures(backend, case) == set()
+    monkeypatch.setattr(model.InjectedDropout, "forward", broken_dropout(convention))
+    assert caught <= dropout_check_failures(backend, case)
+
+
+DROPOUT_BENCH_MODE = {"torch": "eager", "jax": "fast"}
+"""A mode per backend that reads the draws from its device tables: torch's eager (its compiled
+modes, a cold torch.compile each, take a minute) and JAX's lax.scan. The Keras runners take
+their draws the same way; a process of a Keras engine costs 15-25 s here, so they are left out
+(every real cell still replays its first steps on the trainer: aebench.bench.cell)."""
+DROPOUT_BENCH_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from aebench.bench.cell import bench_steps
+    from aebench.bench.data import make_bench_data
+    from aebench.data.datasets import load_dataset
+    from aebench.plugins.bench_api import Precision
+    from aebench.plugins.registry import load_backend, plugin
+    from aebench.spec.load import load_spec
+
+    name, mode, path = sys.argv[1:]
+    backend, spec = load_backend(name), load_spec(path)
+    data = make_bench_data(spec, load_dataset(spec), 8, 3)
+    runner = plugin(name).bench().prepare(backend, spec, mode, data, Precision(), 3 if mode == "fast" else 1)
+    handles = [runner.dispatch() for _ in range(3 // runner.steps_per_call)]
+    runner.wait(handles[-1])
+    model = backend.build(spec)
+    backend.set_weights(model, data.weights)
+    replay = backend.trainer(model, data.x, data.labels, data.steps_per_epoch).run(bench_steps(data, 3))[:, 0]
+    print(sorted(data.draws), float(np.max(np.abs(runner.losses(handles) - replay) / np.abs(replay))))
+""")
+
+
+@pytest.mark.parametrize("name", sorted(DROPOUT_BENCH_MODE))
+def test_dropout_bench_steps_replay_on_the_trainer(name: str, tmp_path: Path) -> None:
+    """A bench runner's steps read each step's draws from the device tables as the trainer gets
+    them from its Steps: three timed steps' losses equal the trainer's, in a process of the
+    backend's own as a cell runs."""
+    if name not in available_backends():
+        pytest.skip(f"{name} is not available here")
+    path = tmp_path / "dropout.yaml"
+    path.write_text(SPEC.format(encoder=", ".join(VARIANTS["dropout"])))
+    mode = DROPOUT_BENCH_MODE[name]
+    out = subprocess.run(
+        [sys.executable, "-c", DROPOUT_BENCH_PROBE, name, mode, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    names, error = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert names == "['encoder.1', 'encoder.4']"
+    assert float(error) <= 1e-12, (name, mode, error)

@@ -276,6 +276,34 @@ BAD_SPECS = [
         "s.yaml",
         ["model.encoder[1].projection: no stride of a 1x1 convolution takes the block's input 14x14"],
     ),
+    (
+        "dropout-rate-of-one",
+        {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "    - {type: dropout, rate: 1.0}\n    - {type: flatten}\n")},
+        "s.yaml",
+        ["model.encoder[1].rate", "must lie in [0, 1), got 1.0"],
+    ),
+    (
+        "dropout-negative-rate",
+        {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "    - {type: dropout, rate: -0.1}\n    - {type: flatten}\n")},
+        "s.yaml",
+        ["model.encoder[1].rate", "must lie in [0, 1), got -0.1"],
+    ),
+    (
+        "dropout-without-rate",
+        {"s.yaml": edit(GOOD, "    - {type: flatten}\n", "    - {type: dropout}\n    - {type: flatten}\n")},
+        "s.yaml",
+        ["model.encoder[1].rate", "is required"],
+    ),
+    (
+        "dropout-in-a-contractive-encoder",
+        {"s.yaml": "extends: contractive_ae\nmodel: {encoder: [{type: dropout, rate: 0.1}]}\n"},
+        "s.yaml",
+        [
+            "model.encoder[0].type",
+            "loss.contractive needs an encoder of layers whose Jacobian is their kernel",
+            "dropout",
+        ],
+    ),
 ]
 
 

@@ -84,7 +84,9 @@ class JaxBackend:
         def put(a):
             return None if a is None else jax.device_put(jnp.asarray(a, dtype=model.dtype), self._device)
 
-        return put(batch.x), put(batch.labels), put(batch.noise.eps), put(batch.noise.corruption)
+        noise = batch.noise
+        draws = {name: put(draw) for name, draw in noise.draws.items()}
+        return put(batch.x), put(batch.labels), put(noise.eps), put(noise.corruption), draws
 
     def _compiled(self, model: JaxModel, key: str, make):
         if key not in model.compiled:
@@ -92,11 +94,11 @@ class JaxBackend:
         return model.compiled[key]
 
     def loss_terms(self, model: JaxModel, batch: Batch, training: bool = True) -> dict[str, float]:
-        """The terms in training mode (batch statistics; the updated state is dropped,
-        model.params kept) or evaluation mode."""
+        """The terms in training mode (batch statistics, the batch's layer draws; the updated
+        state is dropped, model.params kept) or evaluation mode."""
 
-        def terms_of(params, x, labels, eps, corruption):
-            return loss_terms(model.net, model.spec, params, x, labels, eps, corruption, training=training)
+        def terms_of(params, x, labels, eps, corruption, draws):
+            return loss_terms(model.net, model.spec, params, x, labels, eps, corruption, draws, training=training)
 
         fn = self._compiled(model, "loss" if training else "eval-loss", lambda: terms_of)
         terms = fn(model.params, *self._inputs(model, batch))  # a jitted dict comes back key-sorted
@@ -119,11 +121,11 @@ class JaxBackend:
         )
 
     def encode(self, model: JaxModel, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
-        xs, ls, _, _ = self._inputs(model, Batch(x, labels, Noise()))
+        xs, ls, *_ = self._inputs(model, Batch(x, labels, Noise()))
         h = model.net.hidden(model.params, xs, ls)
         names = ENCODED_NAMES
         return {names[p.name]: np.asarray(model.net.head(model.params, p.name, h)) for p in model.plan.heads}
 
     def decode(self, model: JaxModel, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
-        zs, ls, _, _ = self._inputs(model, Batch(z, labels, Noise()))
+        zs, ls, *_ = self._inputs(model, Batch(z, labels, Noise()))
         return np.asarray(output(model.spec, model.net.decode_logits(model.params, zs, ls)))

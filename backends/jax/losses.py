@@ -16,7 +16,7 @@ from aebench.losses import present_terms
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import Autoencoder, Params, Updates, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Params, Updates, activation
 
 
 def corrupt(spec: Spec, x: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
@@ -103,22 +103,23 @@ def loss_terms(
     labels: Optional[jax.Array],
     eps: Optional[jax.Array],
     corruption: Optional[jax.Array],
+    draws: Draws = NO_DRAWS,
     updates: Optional[Updates] = None,
     training: bool = True,
 ) -> dict[str, jax.Array]:
-    """Unweighted terms and their weighted 'total', in training mode (batch statistics; the
-    updated state goes into ``updates`` when given, else it is dropped) or, ``training=False``,
-    in evaluation mode (running statistics)."""
+    """Unweighted terms and their weighted 'total', in training mode (batch statistics, the
+    layers' injected ``draws``; the updated state goes into ``updates`` when given, else it is
+    dropped) or, ``training=False``, in evaluation mode (running statistics, no dropout)."""
     updates = None if not training else {} if updates is None else updates
     x_in = corrupt(spec, x, corruption)
-    h = model.hidden(params, x_in, labels, updates)
+    h = model.hidden(params, x_in, labels, updates, draws)
     mean = log_var = None
     if spec.model.family == "vae":
         mean, log_var = model.head(params, "z_mean", h, updates), model.head(params, "z_log_var", h, updates)
         z = mean + jnp.exp(0.5 * log_var) * eps
     else:
         z = model.head(params, "code", h, updates)
-    logits = model.decode_logits(params, z, labels, updates)
+    logits = model.decode_logits(params, z, labels, updates, draws)
     p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 

@@ -12,7 +12,7 @@ layers inside it (residual) gets instead a function that applies them (NestedFn)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Optional, Union, cast
 
 import flax.linen as nn
@@ -31,8 +31,9 @@ from .precision import layer_precision
 Params = dict[str, dict[str, jax.Array]]
 LayerFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
 """(this layer's parameters, input) -> output before the activation."""
-TrainFn = Callable[[dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
-"""(this layer's parameters and state, input) -> (training-mode output, its updated state)."""
+TrainFn = Callable[[dict[str, jax.Array], jax.Array, Optional[jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+"""(this layer's parameters and state, input, its injected draw or None) -> (training-mode
+output, its updated state: empty for a stateless layer)."""
 Apply = Callable[[LayerPlan, jax.Array], jax.Array]
 """(a layer inside this one, its input) -> its output after its activation."""
 NestedFn = Callable[[Apply, jax.Array], jax.Array]
@@ -140,7 +141,9 @@ class BatchNormFns:
     def __call__(self, params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
         return self.module.apply(self._variables(params), x, use_running_average=True)
 
-    def train(self, params: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def train(
+        self, params: dict[str, jax.Array], x: jax.Array, draw: Optional[jax.Array] = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         y, changed = self.module.apply(self._variables(params), x, use_running_average=False, mutable=["batch_stats"])
         stats = changed["batch_stats"]
         var = stats["var"]
@@ -167,6 +170,39 @@ def _residual(plan: LayerPlan, common: dict) -> NestedFn:
     return residual
 
 
+class InjectedDropout(nn.Module):
+    """Inverted dropout (kept values times 1 / (1 - rate), as nn.Dropout scales) whose mask
+    comes from an injected uniform draw, a call argument: a value is kept where its draw is
+    >= rate. nn.Dropout would draw its mask from the module's 'dropout' rng stream.
+    ``deterministic`` (evaluation) is the identity."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, draw: Optional[jax.Array] = None, deterministic: bool = False) -> jax.Array:
+        if deterministic:
+            return x
+        if draw is None:
+            raise ValueError("a dropout layer runs in training mode without its injected draw")
+        return jnp.where(draw >= self.rate, x / (1 - self.rate), jnp.zeros_like(x))
+
+
+class DropoutFns:
+    """InjectedDropout as a pure evaluation function (deterministic: the identity) and a
+    training function (``train``: the draw's mask, no state)."""
+
+    def __init__(self, plan: LayerPlan, common: dict):
+        self.module = InjectedDropout(plan.layer.rate)
+
+    def __call__(self, params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        return self.module.apply({}, x, deterministic=True)
+
+    def train(
+        self, params: dict[str, jax.Array], x: jax.Array, draw: Optional[jax.Array] = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.module.apply({}, x, draw), {}
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, dict], Union[LayerFn, NestedFn]]] = {
     "dense": lambda plan, common: _flax(nn.Dense(plan.layer.units, **common)),
     "conv": _conv,
@@ -178,6 +214,7 @@ BUILDERS: dict[str, Callable[[LayerPlan, dict], Union[LayerFn, NestedFn]]] = {
     "upsample": _upsample,
     "batch_norm": BatchNormFns,
     "residual": _residual,
+    "dropout": DropoutFns,
 }
 """Layer kind (aebench.layers) -> a pure function computing it before its activation, given
 the Flax module settings (dtype, param_dtype, precision) every layer is built with. A builder
@@ -186,12 +223,16 @@ planned layer with children gets a NestedFn."""
 
 Updates = dict[str, dict[str, jax.Array]]
 """Updated state by layer name, collected by a training-mode pass."""
+Draws = Mapping[str, jax.Array]
+"""The layers' injected draws of a training batch, by canonical layer name (Noise.draws)."""
+NO_DRAWS: Draws = {}
 
 
 class Autoencoder:
     """Pure functions of (params, inputs): hidden, head, decode_logits. ``params`` holds every
-    canonical weight, state included. They run in evaluation mode (running statistics), or in
-    training mode when given ``updates`` (a dict that receives each layer's updated state)."""
+    canonical weight, state included. They run in evaluation mode (running statistics, no
+    dropout), or in training mode when given ``updates`` (a dict that receives each layer's
+    updated state), with the layers' injected ``draws``."""
 
     def __init__(self, plan: ModelPlan, dtype: jnp.dtype):
         self.plan, self.dtype = plan, dtype
@@ -205,37 +246,54 @@ class Autoencoder:
         self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in walk(self.plan.layers)}
 
     def apply_layer(
-        self, params: Params, plan: LayerPlan, x: jax.Array, updates: Optional[Updates] = None
+        self,
+        params: Params,
+        plan: LayerPlan,
+        x: jax.Array,
+        updates: Optional[Updates] = None,
+        draws: Draws = NO_DRAWS,
     ) -> jax.Array:
         op = self.ops[plan.name]
         if plan.children:
-            y = cast(NestedFn, op)(lambda child, h: self.apply_layer(params, child, h, updates), x)
+            y = cast(NestedFn, op)(lambda child, h: self.apply_layer(params, child, h, updates, draws), x)
             return self.acts[plan.name](y)
         own, layer_fn = params.get(plan.name, {}), cast(LayerFn, op)
         train = getattr(op, "train", None)
         if updates is not None and train is not None:
-            y, updates[plan.name] = train(own, x)
+            y, state = train(own, x, draws.get(plan.name))
+            if state:
+                updates[plan.name] = state
         else:
             y = layer_fn(own, x)
         return self.acts[plan.name](y)
 
     def hidden(
-        self, params: Params, x_in: jax.Array, labels: Optional[jax.Array], updates: Optional[Updates] = None
+        self,
+        params: Params,
+        x_in: jax.Array,
+        labels: Optional[jax.Array],
+        updates: Optional[Updates] = None,
+        draws: Draws = NO_DRAWS,
     ) -> jax.Array:
         h = _join(x_in, labels)
         for plan in self.plan.encoder:
-            h = self.apply_layer(params, plan, h, updates)
+            h = self.apply_layer(params, plan, h, updates, draws)
         return h
 
     def head(self, params: Params, name: str, h: jax.Array, updates: Optional[Updates] = None) -> jax.Array:
         return self.apply_layer(params, self.by_name[name], h, updates)
 
     def decode_logits(
-        self, params: Params, z: jax.Array, labels: Optional[jax.Array], updates: Optional[Updates] = None
+        self,
+        params: Params,
+        z: jax.Array,
+        labels: Optional[jax.Array],
+        updates: Optional[Updates] = None,
+        draws: Draws = NO_DRAWS,
     ) -> jax.Array:
         h = _join(z, labels)
         for plan in self.plan.decoder:
-            h = self.apply_layer(params, plan, h, updates)
+            h = self.apply_layer(params, plan, h, updates, draws)
         return h
 
 

@@ -91,19 +91,19 @@ def merge(*trees: Params) -> Params:
 
 
 def grad_fn(model: Autoencoder, spec: Spec):
-    """(params, x, labels, eps, corruption) -> (terms, grads of the total over the trainable
-    parameters, the state after this training-mode pass)."""
+    """(params, x, labels, eps, corruption, draws) -> (terms, grads of the total over the
+    trainable parameters, the state after this training-mode pass)."""
     names = loss_term_names(spec)
 
-    def total(trainable, state, x, labels, eps, corruption):
+    def total(trainable, state, x, labels, eps, corruption, draws):
         updates: Params = {}
-        terms = loss_terms(model, spec, merge(trainable, state), x, labels, eps, corruption, updates)
+        terms = loss_terms(model, spec, merge(trainable, state), x, labels, eps, corruption, draws, updates)
         return terms["total"], (jnp.stack([terms[n] for n in names]), merge(state, updates))
 
-    def fn(params, x, labels, eps, corruption):
+    def fn(params, x, labels, eps, corruption, draws):
         trainable, state = split(model.plan, params)
         (_, (terms, state)), grads = jax.value_and_grad(total, has_aux=True)(
-            trainable, state, x, labels, eps, corruption
+            trainable, state, x, labels, eps, corruption, draws
         )
         return terms, grads, state
 
@@ -115,21 +115,23 @@ def make_step(model: Autoencoder, spec: Spec, steps_per_epoch: Optional[int] = N
 
     Returns (init, step): ``init(params)`` is the optimizer state (over the trainable
     parameters), and
-    ``step(params, state, x, labels, eps, corruption, step_size, c2_sqrt, decay_factor) ->
-    (params, state, terms)`` computes the loss terms (loss_term_names order), their gradients
-    and one update with the spec's optimizer (the returned params carry the state, running
-    statistics, of this step's training-mode pass): the reference Adam with the given scalars of this
-    step, or Optax's (stock_adam, whose schedule counts ``steps_per_epoch`` updates an epoch;
-    the scalars are then ignored and may be None). Pure, so it can be jitted, scanned or run
-    op by op.
+    ``step(params, state, x, labels, eps, corruption, draws, step_size, c2_sqrt, decay_factor)
+    -> (params, state, terms)`` (``draws``: the layers' injected draws, a dict by layer name)
+    computes the loss terms (loss_term_names order), their gradients and one update with the
+    spec's optimizer (the returned params carry the state, running statistics, of this step's
+    training-mode pass): the reference Adam with the given scalars of this step, or Optax's
+    (stock_adam, whose schedule counts ``steps_per_epoch`` updates an epoch; the scalars are
+    then ignored and may be None). Pure, so it can be jitted, scanned or run op by op.
     """
     gradients = grad_fn(model, spec)
     opt = spec.optimizer
     if opt.implementation == "stock":
         tx = stock_adam(opt, steps_per_epoch)
 
-        def stock_step(params, state, x, labels, eps, corruption, step_size=None, c2_sqrt=None, decay_factor=None):
-            terms, grads, stats = gradients(params, x, labels, eps, corruption)
+        def stock_step(
+            params, state, x, labels, eps, corruption, draws, step_size=None, c2_sqrt=None, decay_factor=None
+        ):
+            terms, grads, stats = gradients(params, x, labels, eps, corruption, draws)
             trainable = split(model.plan, params)[0]
             updates, state = tx.update(grads, state, trainable)
             return merge(optax.apply_updates(trainable, updates), stats), state, terms
@@ -140,8 +142,8 @@ def make_step(model: Autoencoder, spec: Spec, steps_per_epoch: Optional[int] = N
         trainable = split(model.plan, params)[0]
         return jax.tree.map(jnp.zeros_like, trainable), jax.tree.map(jnp.zeros_like, trainable)
 
-    def reference_step(params, state, x, labels, eps, corruption, step_size, c2_sqrt, decay_factor):
-        terms, grads, stats = gradients(params, x, labels, eps, corruption)
+    def reference_step(params, state, x, labels, eps, corruption, draws, step_size, c2_sqrt, decay_factor):
+        terms, grads, stats = gradients(params, x, labels, eps, corruption, draws)
         trainable = split(model.plan, params)[0]
         trainable, m, v = reference_adam(opt, trainable, grads, *state, step_size, c2_sqrt, decay_factor)
         return merge(trainable, stats), (m, v), terms
@@ -176,9 +178,11 @@ class JaxTrainer:
         self.state = init(params)
 
         @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def indexed_step(params, state, x_all, labels_all, idx, eps, corruption, step_size, c2_sqrt, decay_factor):
+        def indexed_step(
+            params, state, x_all, labels_all, idx, eps, corruption, draws, step_size, c2_sqrt, decay_factor
+        ):
             labels = None if labels_all is None else labels_all[idx]
-            return step(params, state, x_all[idx], labels, eps, corruption, step_size, c2_sqrt, decay_factor)
+            return step(params, state, x_all[idx], labels, eps, corruption, draws, step_size, c2_sqrt, decay_factor)
 
         self._step = indexed_step
 
@@ -203,6 +207,7 @@ class JaxTrainer:
                 idx,
                 self._array(step.noise.eps),
                 self._array(step.noise.corruption),
+                {name: self._array(draw) for name, draw in step.noise.draws.items()},
                 *self._adam_scalars(),
             )
             self.on_update(self.params)  # the step donated the old buffers

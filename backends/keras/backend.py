@@ -60,7 +60,8 @@ class KerasBackend:
     def _terms(self, model: Autoencoder, batch: Batch, training: bool = True) -> dict:
         t = lambda a: self._tensor(model, a)  # noqa: E731
         x, labels, eps, corruption = t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption)
-        return loss_terms(model, model.spec, x, labels, eps, corruption, training)
+        draws = {name: t(draw) for name, draw in batch.noise.draws.items()}
+        return loss_terms(model, model.spec, x, labels, eps, corruption, draws, training)
 
     def loss_terms(self, model: Autoencoder, batch: Batch, training: bool = True) -> dict[str, float]:
         """The terms in training mode (batch statistics) or evaluation mode; the running

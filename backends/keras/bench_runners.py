@@ -70,6 +70,7 @@ class DeviceData:
             put(data.eps),
             put(data.corruption),
         )
+        self.draws = {name: put(draw) for name, draw in data.draws.items()}
         self.order = put(data.order, index_dtype)
         self.step_size, self.c2_sqrt = put(data.adam_step_size), put(data.adam_bias_correction2_sqrt)
         self.decay_factor = put(data.adam_decay_factor)
@@ -77,7 +78,7 @@ class DeviceData:
         self.n = len(data.order)
 
     def batch(self, k) -> tuple:
-        """(x, labels, eps, corruption) of step k: batch k mod n."""
+        """(x, labels, eps, corruption, the layers' draws) of step k: batch k mod n."""
         from keras import ops
 
         i = k % self.n
@@ -86,7 +87,8 @@ class DeviceData:
         def pick(a, at):
             return None if a is None else ops.take(a, at, axis=0)
 
-        return pick(self.x, idx), pick(self.labels, idx), pick(self.eps, i), pick(self.corruption, i)
+        draws = {name: pick(draw, i) for name, draw in self.draws.items()}
+        return pick(self.x, idx), pick(self.labels, idx), pick(self.eps, i), pick(self.corruption, i), draws
 
     def adam_scalars(self, k) -> tuple:
         """The reference Adam's (step_size, c2_sqrt, decay_factor) of step k (0-based)."""
@@ -96,10 +98,10 @@ class DeviceData:
 
 
 def _terms_fn(model, spec: Spec) -> Callable:
-    """(x, labels, eps, corruption) -> the loss terms of the trainer (losses.loss_terms)."""
+    """(x, labels, eps, corruption, draws) -> the loss terms of the trainer (losses.loss_terms)."""
     from .losses import loss_terms
 
-    return lambda x, labels, eps, corruption: loss_terms(model, spec, x, labels, eps, corruption)
+    return lambda x, labels, eps, corruption, draws: loss_terms(model, spec, x, labels, eps, corruption, draws)
 
 
 def _adam_updates(spec: Spec, values: list, ms: list, vs: list, grads: list, step_size, c2_sqrt, decay_factor) -> tuple:

@@ -22,7 +22,7 @@ from aebench.losses import present_terms
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import Autoencoder, activate, activation_slope
+from .model import NO_DRAWS, Autoencoder, Draws, activate, activation_slope
 
 
 def corrupt(spec: Spec, x, noise):
@@ -111,19 +111,21 @@ TERMS: dict[str, Callable[[Any, Pass], Any]] = {
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
 
-def loss_terms(model: Autoencoder, spec: Spec, x, labels, eps, corruption, training: bool = True) -> dict:
-    """Unweighted terms and their weighted 'total', in training mode (batch statistics; the
-    layers assign their updated running statistics, which the caller puts back if it must) or
-    in evaluation mode (running statistics)."""
+def loss_terms(
+    model: Autoencoder, spec: Spec, x, labels, eps, corruption, draws: Draws = NO_DRAWS, training: bool = True
+) -> dict:
+    """Unweighted terms and their weighted 'total', in training mode (batch statistics, the
+    layers' injected ``draws``; the layers assign their updated running statistics, which the
+    caller puts back if it must) or in evaluation mode (running statistics, no dropout)."""
     x_in = corrupt(spec, x, corruption)
-    h = model.hidden(x_in, labels, training)
+    h = model.hidden(x_in, labels, training, draws)
     mean = log_var = None
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h, training), model.head("z_log_var", h, training)
         z = mean + ops.exp(0.5 * log_var) * eps
     else:
         z = model.head("code", h, training)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, training))
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, training, draws))
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

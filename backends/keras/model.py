@@ -10,7 +10,7 @@ model also keys by their canonical names.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import keras
@@ -269,10 +269,15 @@ class BatchNorm(keras.layers.BatchNormalization):
         )
 
 
+Draws = Mapping[str, object]
+"""The layers' injected draws of a training batch (engine tensors), by canonical layer name (Noise.draws)."""
+NO_DRAWS: Draws = {}
+
+
 class Residual(keras.layers.Layer):
     """A residual block: its layers in order (each with its activation), plus its input or its
     projection. ``nested`` holds the layers inside it by canonical name; called with
-    ``training``, it passes that on to them (``apply``)."""
+    ``training``, it passes that and the batch's ``draws`` on to them (``apply``)."""
 
     def __init__(self, plan: LayerPlan, dtype: str):
         super().__init__(dtype=dtype)
@@ -289,14 +294,32 @@ class Residual(keras.layers.Layer):
     def build(self, input_shape) -> None:
         """Nothing to build: the layers inside were built for their shapes when made."""
 
-    def call(self, x, training: bool = False):
+    def call(self, x, training: bool = False, draws: Optional[Draws] = None):
         h = x
         for plan, layer in zip(self.body_plans, self.body):
-            h = apply(layer, plan, h, training)
+            h = apply(layer, plan, h, training, draws or NO_DRAWS)
         shortcut = x
         for plan, layer in zip(self.projection_plans, self.projection):
-            shortcut = apply(layer, plan, x, training)
+            shortcut = apply(layer, plan, x, training, draws or NO_DRAWS)
         return h + shortcut
+
+
+class InjectedDropout(keras.layers.Layer):
+    """keras.layers.Dropout's inverted dropout (kept values times 1 / (1 - rate)) with the mask
+    injected: called with ``training=True`` and a uniform ``draw``, a value is kept where its
+    draw is >= rate; otherwise the identity. keras.layers.Dropout would draw its own mask from a
+    SeedGenerator, whose numbers differ between engines."""
+
+    def __init__(self, plan: LayerPlan, dtype: str):
+        super().__init__(dtype=dtype)
+        self.rate = plan.layer.rate
+
+    def call(self, inputs, draw=None, training=False):
+        if not training:
+            return inputs
+        if draw is None:
+            raise ValueError("a dropout layer runs in training mode without its injected draw")
+        return ops.where(draw >= self.rate, inputs / (1 - self.rate), ops.zeros_like(inputs))
 
 
 BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
@@ -312,6 +335,7 @@ BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "upsample": _upsample,
     "batch_norm": BatchNorm,
     "residual": Residual,
+    "dropout": InjectedDropout,
 }
 """Layer kind (aebench.layers) -> the Keras layer computing it before its activation."""
 
@@ -323,10 +347,17 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
     return made
 
 
-def apply(layer: keras.layers.Layer, plan: LayerPlan, x, training: bool = False):
-    """``layer`` (of ``plan``) on x, then the layer's activation; in training mode (batch
-    statistics) with ``training``."""
-    out = layer(x, training=True) if training and isinstance(layer, (BatchNorm, Residual)) else layer(x)
+def apply(layer: keras.layers.Layer, plan: LayerPlan, x, training: bool = False, draws: Draws = NO_DRAWS):
+    """``layer`` (of ``plan``) on x, then the layer's activation; with ``training``, in training
+    mode (batch statistics, the injected ``draws``: the layers that read them get them)."""
+    if training and isinstance(layer, BatchNorm):
+        out = layer(x, training=True)
+    elif training and isinstance(layer, InjectedDropout):
+        out = layer(x, draw=draws.get(plan.name), training=True)
+    elif training and isinstance(layer, Residual):
+        out = layer(x, training=True, draws=draws)
+    else:
+        out = layer(x)
     act = getattr(plan.layer, "activation", None)
     return out if act is None else activate(act, out)
 
@@ -334,7 +365,8 @@ def apply(layer: keras.layers.Layer, plan: LayerPlan, x, training: bool = False)
 class Autoencoder:
     """Built Keras layers keyed by canonical name; hidden, head and decode_logits, in
     evaluation mode, or in training mode (``training=True``: batch statistics, the layers
-    assign their updated state, running statistics, to their variables)."""
+    assign their updated state, running statistics, to their variables; dropout with the
+    layers' injected ``draws``)."""
 
     spec: Spec  # set by KerasBackend.build
 
@@ -361,22 +393,22 @@ class Autoencoder:
         """Non-trainable variables (running statistics) in canonical order."""
         return [self.variable(p.name) for p in self.plan.state]
 
-    def apply(self, plan: LayerPlan, x, training: bool = False):
-        return apply(self.layers[plan.name], plan, x, training)
+    def apply(self, plan: LayerPlan, x, training: bool = False, draws: Draws = NO_DRAWS):
+        return apply(self.layers[plan.name], plan, x, training, draws)
 
-    def hidden(self, x_in, labels: Optional[object], training: bool = False):
+    def hidden(self, x_in, labels: Optional[object], training: bool = False, draws: Draws = NO_DRAWS):
         h = _join(x_in, labels)
         for plan in self.plan.encoder:
-            h = self.apply(plan, h, training)
+            h = self.apply(plan, h, training, draws)
         return h
 
     def head(self, name: str, h, training: bool = False):
         return self.apply(self.by_name[name], h, training)
 
-    def decode_logits(self, z, labels: Optional[object], training: bool = False):
+    def decode_logits(self, z, labels: Optional[object], training: bool = False, draws: Draws = NO_DRAWS):
         h = _join(z, labels)
         for plan in self.plan.decoder:
-            h = self.apply(plan, h, training)
+            h = self.apply(plan, h, training, draws)
         return h
 
 

@@ -131,8 +131,9 @@ class KerasTrainer:
             x = ops.take(self.x, idx, axis=0)
             labels = None if self.labels is None else ops.take(self.labels, idx, axis=0)
             eps, corruption = self._tensor(step.noise.eps), self._tensor(step.noise.corruption)
+            draws = {name: self._tensor(draw) for name, draw in step.noise.draws.items()}
             terms, grads = value_and_grad(
-                partial(loss_terms, self.model, self.spec, x, labels, eps, corruption),
+                partial(loss_terms, self.model, self.spec, x, labels, eps, corruption, draws),
                 self.model.variables,
                 self.model.state,  # the running statistics: updated by the step
             )

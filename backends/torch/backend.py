@@ -83,7 +83,9 @@ class TorchBackend:
 
     def _terms(self, model: Autoencoder, batch: Batch) -> dict[str, torch.Tensor]:
         t = lambda a: self._tensor(model, a)  # noqa: E731
-        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(batch.noise.eps), t(batch.noise.corruption))
+        noise = batch.noise
+        draws = {name: t(draw) for name, draw in noise.draws.items()}
+        return loss_terms(model, model.spec, t(batch.x), t(batch.labels), t(noise.eps), t(noise.corruption), draws)
 
     def loss_terms(self, model: Autoencoder, batch: Batch, training: bool = True) -> dict[str, float]:
         """The terms in training mode (batch statistics) or evaluation mode; the running

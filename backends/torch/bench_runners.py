@@ -43,18 +43,22 @@ class DeviceData:
         self.x, self.labels = upload(data.x), upload(data.labels)
         self.order = upload(data.order, torch.int64)
         self.eps, self.corruption = upload(data.eps), upload(data.corruption)
+        self.draws = {name: upload(draw) for name, draw in data.draws.items()}
         self.step_size = upload(data.adam_step_size)
         self.bias_correction2_sqrt = upload(data.adam_bias_correction2_sqrt)
         self.decay_factor = upload(data.adam_decay_factor)
         self.steps_per_epoch = data.steps_per_epoch
         self.n_batches, self.max_steps = len(data.order), data.max_steps
 
-    def batch(self, k: StepIndex) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        """x, labels, eps and corruption of step k (batch k mod n)."""
+    def batch(
+        self, k: StepIndex
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor], dict[str, Optional[Tensor]]]:
+        """x, labels, eps, corruption and the layers' draws of step k (batch k mod n)."""
         j = k % self.n_batches
         indices = pick(self.order, j)
         labels = None if self.labels is None else self.labels.index_select(0, indices)
-        return self.x.index_select(0, indices), labels, pick(self.eps, j), pick(self.corruption, j)
+        draws = {name: pick(draw, j) for name, draw in self.draws.items()}
+        return self.x.index_select(0, indices), labels, pick(self.eps, j), pick(self.corruption, j), draws
 
     def adam_scalars(self, k: StepIndex) -> tuple[Tensor, Tensor, Tensor]:
         """The reference Adam's step size, sqrt(1 - beta2^t) and decoupled decay factor of step k (t = k + 1)."""

@@ -20,7 +20,7 @@ from aebench.losses import present_terms
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import Autoencoder, activation
+from .model import NO_DRAWS, Autoencoder, Draws, activation
 
 
 def corrupt(spec: Spec, x: Tensor, noise: Optional[Tensor]) -> Tensor:
@@ -107,17 +107,19 @@ def loss_terms(
     labels: Optional[Tensor],
     eps: Optional[Tensor],
     corruption: Optional[Tensor],
+    draws: Draws = NO_DRAWS,
 ) -> dict[str, Tensor]:
-    """Unweighted terms and their weighted 'total', as 0-d tensors."""
+    """Unweighted terms and their weighted 'total', as 0-d tensors; ``draws`` are the layers'
+    injected draws (dropout masks), read in training mode (``model.training``)."""
     x_in = corrupt(spec, x, corruption)
-    h = model.hidden(x_in, labels)
+    h = model.hidden(x_in, labels, draws)
     mean = log_var = None
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
         z = mean + torch.exp(0.5 * log_var) * eps
     else:
         z = model.head("code", h)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels))
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, draws))
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

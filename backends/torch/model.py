@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import torch
@@ -209,9 +209,17 @@ def _biased_update(base: type[nn.modules.batchnorm._BatchNorm]) -> type[nn.Modul
     return BiasedUpdate
 
 
+Draws = Mapping[str, torch.Tensor]
+"""The layers' injected draws of a training batch, by canonical layer name (Noise.draws)."""
+NO_DRAWS: Draws = {}
+
+
 class Residual(nn.Module):
     """A residual block: its layers in order (each with its activation), plus its input or its
-    projection; the block's own activation comes after (``Activated``)."""
+    projection; the block's own activation comes after (``Activated``). The layers inside get
+    the batch's draws in training."""
+
+    takes_draws = True
 
     def __init__(self, plan: LayerPlan):
         super().__init__()
@@ -219,11 +227,34 @@ class Residual(nn.Module):
         self.layers = nn.ModuleList(Activated(child) for child in plan.children[:n])
         self.projection = Activated(plan.children[n]) if plan.layer.projection else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, draws: Draws) -> torch.Tensor:
         h = x
         for module in self.layers:
-            h = module(h)
-        return h + (x if self.projection is None else self.projection(x))
+            h = module(h, draws)
+        return h + (x if self.projection is None else self.projection(x, draws))
+
+
+class InjectedDropout(nn.Module):
+    """nn.Dropout's inverted dropout (kept values times 1 / (1 - rate)) with the mask injected:
+    in training a value is kept where its uniform draw (canonical layout, NHWC for images) is
+    >= rate; in evaluation (``eval()``) the identity. nn.Dropout would draw its own mask from
+    torch's generator."""
+
+    takes_draws = True
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        self.rate, self.name = plan.layer.rate, plan.name
+
+    def forward(self, x: torch.Tensor, draws: Draws) -> torch.Tensor:
+        if not self.training:
+            return x
+        draw = draws.get(self.name)
+        if draw is None:
+            raise ValueError("a dropout layer runs in training mode without its injected draw")
+        if draw.dim() == 4:
+            draw = draw.permute(0, 3, 1, 2)
+        return torch.where(draw >= self.rate, x / (1 - self.rate), 0.0)
 
 
 BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
@@ -237,20 +268,23 @@ BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "upsample": Upsample,
     "batch_norm": batch_norm,
     "residual": Residual,
+    "dropout": InjectedDropout,
 }
 """Layer kind (aebench.layers) -> the module computing it before its activation."""
 
 
 class Activated(nn.Module):
-    """A layer's module followed by the layer's activation. ``op`` holds the parameters."""
+    """A layer's module followed by the layer's activation. ``op`` holds the parameters; a
+    layer that reads the batch's injected draws (``takes_draws``: dropout, a block holding
+    layers) gets them as a second argument."""
 
     def __init__(self, plan: LayerPlan):
         super().__init__()
         self.op = BUILDERS[plan.layer.type](plan)
         self.act = activation(getattr(plan.layer, "activation", None))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.op(x))
+    def forward(self, x: torch.Tensor, draws: Draws = NO_DRAWS) -> torch.Tensor:
+        return self.act(self.op(x, draws) if getattr(self.op, "takes_draws", False) else self.op(x))
 
 
 class Autoencoder(nn.Module):
@@ -269,23 +303,23 @@ class Autoencoder(nn.Module):
         'encoder.3.layers.0')."""
         return self.heads[name].op if name in self.heads else find_op(self, name)
 
-    def hidden(self, x_in: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """Encoder stack output for canonical-layout input (NHWC images)."""
+    def hidden(self, x_in: torch.Tensor, labels: Optional[torch.Tensor], draws: Draws = NO_DRAWS) -> torch.Tensor:
+        """Encoder stack output for canonical-layout input (NHWC images); ``draws`` in training."""
         h = _join(x_in, labels)
         if h.dim() == 4:
             h = h.permute(0, 3, 1, 2).contiguous()
         for module in self.encoder:
-            h = module(h)
+            h = module(h, draws)
         return h
 
     def head(self, name: str, h: torch.Tensor) -> torch.Tensor:
         return self.heads[name](h)
 
-    def decode_logits(self, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """Decoder output before the output activation, canonical layout (NHWC images)."""
+    def decode_logits(self, z: torch.Tensor, labels: Optional[torch.Tensor], draws: Draws = NO_DRAWS) -> torch.Tensor:
+        """Decoder output before the output activation, canonical layout (NHWC images); ``draws`` in training."""
         h = _join(z, labels)
         for module in self.decoder:
-            h = module(h)
+            h = module(h, draws)
         return h.permute(0, 2, 3, 1) if h.dim() == 4 else h
 
 

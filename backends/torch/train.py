@@ -132,7 +132,8 @@ class TorchTrainer:
         return None if array is None else torch.as_tensor(array, dtype=self.dtype).to(self.device, non_blocking=True)
 
     def run(self, steps: Iterable[Step]) -> np.ndarray:
-        """Training-mode steps: batch statistics, running statistics updated in the forward pass."""
+        """Training-mode steps: batch statistics, running statistics updated in the forward
+        pass, the steps' layer draws (dropout masks)."""
         self.model.train()
         rows = []
         for step in steps:
@@ -145,6 +146,7 @@ class TorchTrainer:
                 labels,
                 self._tensor(step.noise.eps),
                 self._tensor(step.noise.corruption),
+                {name: self._tensor(draw) for name, draw in step.noise.draws.items()},
             )
             grads = torch.autograd.grad(terms["total"], self.params)
             self.optimizer.step(grads)

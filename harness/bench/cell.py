@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -37,6 +38,7 @@ from aebench.bench.stability import row_figures as stability_figures
 from aebench.bench.timing import Protocol, Timing, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.data.datasets import load_dataset
+from aebench.data.noise import layer_draws
 from aebench.environment import thread_settings
 from aebench.errors import AebenchError
 from aebench.plugins.backend_api import Backend, Noise, Step, check_implements
@@ -259,12 +261,19 @@ def bench_steps(data: BenchData, n: int) -> list[Step]:
     def pick(a, k):
         return None if a is None else a[k % pool]
 
-    return [Step(data.order[k % pool], Noise(pick(data.eps, k), pick(data.corruption, k))) for k in range(n)]
+    return [
+        Step(
+            data.order[k % pool],
+            Noise(pick(data.eps, k), pick(data.corruption, k), {name: pick(a, k) for name, a in data.draws.items()}),
+        )
+        for k in range(n)
+    ]
 
 
 def check_host_memory(spec: Spec, plan: ModelPlan, batch_size: int, n_examples: int) -> None:
     """Fail early, with the figures, when the batch pool cannot fit in host memory."""
     per_example = int(np.prod(plan.data_shape)) * (2 if spec.corruption is not None else 1)
+    per_example += sum(math.prod(shape) for shape in layer_draws(plan).values())
     per_example += plan.latent_size + 1
     needed = pool_size(n_examples, batch_size) * batch_size * per_example * 8
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -64,4 +64,5 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
         adam_bias_correction2_sqrt=scalars["bias_correction2_sqrt"].astype(dtype),
         adam_decay_factor=scalars["decay_factor"].astype(dtype),
         steps_per_epoch=steps_per_epoch,
+        draws={name: pooled(draw) for name, draw in noise.draws.items()},
     )

@@ -29,22 +29,24 @@ def forward(
     spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None, updates: Optional[Weights] = None
 ) -> Forward:
     """The float64 forward pass with the batch's injected noise: in evaluation mode (running
-    statistics), or in training mode (batch statistics) when ``updates`` is a dict, which then
-    receives the updated state (running statistics) by canonical name."""
+    statistics, no dropout), or in training mode (batch statistics, the batch's layer draws)
+    when ``updates`` is a dict, which then receives the updated state (running statistics) by
+    canonical name."""
     plan = plan or plan_model(spec)
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     x = np.asarray(batch.x, dtype=np.float64)
     labels = None if batch.labels is None else np.asarray(batch.labels, dtype=np.float64)
     x_in = corrupt(spec.corruption, x, batch.noise.corruption)
-    h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates)
+    draws = batch.noise.draws
+    h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws)
     code = mean = log_var = None
     if spec.model.family == "vae":
-        mean = apply_layer(plan.heads[0], weights, h, updates)[1]
-        log_var = apply_layer(plan.heads[1], weights, h, updates)[1]
+        mean = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
+        log_var = apply_layer(plan.heads[1], weights, h, updates, draws)[1]
         z = mean + np.exp(0.5 * log_var) * batch.noise.eps
     else:
-        code = z = apply_layer(plan.heads[0], weights, h, updates)[1]
-    logits = run_stack(plan.decoder, weights, _join_labels(z, labels), updates)
+        code = z = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
+    logits = run_stack(plan.decoder, weights, _join_labels(z, labels), updates, draws)
     return Forward(x_in, code, mean, log_var, z, logits)
 
 
@@ -56,8 +58,9 @@ def loss_terms(
     spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None, training: bool = True
 ) -> dict[str, float]:
     """Every loss term of the spec (unweighted, each its term's oracle: aebench.losses) and
-    their weighted total, in float64, in training mode (batch statistics; the state is not
-    updated: train_state gives the update) or in evaluation mode (running statistics)."""
+    their weighted total, in float64, in training mode (batch statistics, the batch's layer
+    draws; the state is not updated: train_state gives the update) or in evaluation mode
+    (running statistics, no dropout)."""
     plan = plan or plan_model(spec)
     weights64 = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     inputs = OracleInputs(spec, plan, weights64, batch, forward(spec, weights64, batch, plan, {} if training else None))

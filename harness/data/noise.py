@@ -3,6 +3,10 @@
 A stream is ``np.random.default_rng([seed, STREAM, *more])``: the training batches of epoch
 e, the test evaluation and the prior samples each have their own, so changing the number
 of epochs does not change what the test split sees.
+
+A batch's noise is drawn in a fixed order from its stream: the reparameterisation noise, the
+corruption noise, then (training only) the draw of each layer whose kind takes one, in the
+plan's order. A spec without such layers draws exactly what it drew before they existed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from aebench.layers import kind_of, walk
+from aebench.layers.base import Shape
 from aebench.plugins.backend_api import Noise
 from aebench.spec.shapes import ModelPlan, data_shape
 from aebench.spec.types import Corruption, Gaussian, Masking, Spec
@@ -23,14 +29,22 @@ def stream(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
-def draw_noise(spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator) -> Noise:
-    """The noise one batch of ``batch_size`` needs under ``spec`` (float64)."""
+def layer_draws(plan: ModelPlan) -> dict[str, Shape]:
+    """The layers that take an injected draw in training (aebench.layers.base.LayerKind.draws),
+    by canonical name, with the shape of one example's draw (the layer's input shape)."""
+    return {p.name: p.in_shape for p in walk(plan.layers) if kind_of(p.layer).draws}
+
+
+def draw_noise(spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator, training: bool = True) -> Noise:
+    """The noise one batch of ``batch_size`` needs under ``spec`` (float64); the layers' draws
+    only for a ``training`` batch (evaluation runs without them)."""
     eps = rng.standard_normal((batch_size, plan.latent_size)) if spec.model.family == "vae" else None
     corruption = None
     if spec.corruption is not None:
         shape = (batch_size, *data_shape(spec))
         corruption = rng.standard_normal(shape) if isinstance(spec.corruption, Gaussian) else rng.random(shape)
-    return Noise(eps=eps, corruption=corruption)
+    draws = {name: rng.random((batch_size, *shape)) for name, shape in layer_draws(plan).items()} if training else {}
+    return Noise(eps=eps, corruption=corruption, draws=draws)
 
 
 def corrupt(corruption: Optional[Corruption], x: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:

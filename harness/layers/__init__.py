@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -55,11 +55,15 @@ LAYER_SCHEMAS: Any = layer_schemas()
 
 
 def run_stack(
-    layers: Iterable[LayerPlan], weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+    layers: Iterable[LayerPlan],
+    weights: Weights,
+    x: np.ndarray,
+    updates: Optional[Weights] = None,
+    draws: Optional[Mapping[str, np.ndarray]] = None,
 ) -> np.ndarray:
     """The float64 oracle of a stack of planned layers (training mode with ``updates``: apply_layer)."""
     for plan in layers:
-        x = apply_layer(plan, weights, x, updates)[1]
+        x = apply_layer(plan, weights, x, updates, draws)[1]
     return x
 
 

@@ -14,7 +14,7 @@ another, ``apply_layer`` runs one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
@@ -88,9 +88,10 @@ Planner = Callable[[Any, Shape, Where], tuple[Shape, tuple[Param, ...]]]
 """(layer, input shape, where) -> (output shape, parameters); raises where.error(...)."""
 Oracle = Callable[[LayerPlan, Weights, np.ndarray], np.ndarray]
 """(plan, float64 weights, float64 input batch) -> the layer's output before its activation."""
-TrainOracle = Callable[[LayerPlan, Weights, np.ndarray], tuple[np.ndarray, Weights]]
-"""(plan, weights, batch) -> (training-mode output before the activation, the layer's updated
-state by canonical name)."""
+TrainOracle = Callable[[LayerPlan, Weights, np.ndarray, Mapping[str, np.ndarray]], tuple[np.ndarray, Weights]]
+"""(plan, weights, batch, the batch's injected draws by canonical layer name: a kind that
+``draws`` reads its own, a layer holding layers passes them on) -> (training-mode output before
+the activation, the updated state by canonical name)."""
 
 
 def no_macs(plan: LayerPlan) -> int:
@@ -113,8 +114,11 @@ class LayerKind:
     sets the output size, named when a spec does not fit in memory; affine: the layer is
     x @ kernel + bias on flat features, so a Jacobian through it is J @ kernel (the
     contractive term allows encoders of such layers only); train_oracle: the forward pass
-    in training mode for a kind that behaves differently there (batch statistics) and updates
-    its state; None: the same as ``oracle``, no state.
+    in training mode for a kind that behaves differently there (batch statistics, a dropout
+    mask) and may update its state; None: the same as ``oracle``, no state; draws: the kind
+    takes an injected uniform [0, 1) draw of its input's shape per example in training (a
+    dropout mask: aebench.data.noise draws it in NumPy, so every backend gets the same), which
+    its train_oracle receives.
     """
 
     name: str
@@ -126,6 +130,7 @@ class LayerKind:
     size_field: Optional[str] = None
     affine: bool = False
     train_oracle: Optional[TrainOracle] = None
+    draws: bool = False
 
 
 def kernel_bias(name: str, kernel: Shape, units: int, fan_in: int, fan_out: int) -> tuple[Param, Param]:
@@ -171,14 +176,23 @@ def plan_layer(layer: Any, shape: Shape, where: Where) -> LayerPlan:
 
 
 def apply_layer(
-    plan: LayerPlan, weights: Weights, x: np.ndarray, updates: Optional[Weights] = None
+    plan: LayerPlan,
+    weights: Weights,
+    x: np.ndarray,
+    updates: Optional[Weights] = None,
+    draws: Optional[Mapping[str, np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
     followed by its activation if it has one. With ``updates`` (a dict) the layer runs in
-    training mode and its updated state is written there; without, in evaluation mode."""
+    training mode, its updated state is written there and a kind that ``draws`` takes its
+    injected draw from ``draws`` (by canonical layer name: aebench.data.noise); without, in
+    evaluation mode, and ``draws`` is not read."""
     kind = kind_of(plan.layer)
     if updates is not None and kind.train_oracle is not None:
-        pre, new_state = kind.train_oracle(plan, weights, x)
+        draws = draws or {}
+        if kind.draws and plan.name not in draws:
+            raise ValueError(f"layer {plan.name} ({kind.name}) runs in training mode without its injected draw")
+        pre, new_state = kind.train_oracle(plan, weights, x, draws)
         updates.update(new_state)
     else:
         pre = kind.oracle(plan, weights, x)

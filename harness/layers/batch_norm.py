@@ -16,6 +16,7 @@ conv, batch_norm, activation block of torch code). Parameters: trainable ``gamma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,8 +61,10 @@ def oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> np.ndarray:
     return _normalise(plan, weights, x, plan.weight(weights, "running_mean"), plan.weight(weights, "running_var"))
 
 
-def train_oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> tuple[np.ndarray, Weights]:
-    """Training mode: the batch statistics (biased variance), and the updated running ones."""
+def train_oracle(
+    plan: LayerPlan, weights: Weights, x: np.ndarray, draws: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, Weights]:
+    """Training mode: the batch statistics (biased variance), and the updated running ones (no draw)."""
     layer = plan.layer
     axes = tuple(range(x.ndim - 1))
     n = int(np.prod([x.shape[a] for a in axes]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -102,22 +103,30 @@ def projection(plan: LayerPlan) -> Optional[LayerPlan]:
     return plan.children[-1] if plan.layer.projection else None
 
 
-def _forward(plan: LayerPlan, weights: Weights, x: np.ndarray, updates: Optional[Weights]) -> np.ndarray:
+def _forward(
+    plan: LayerPlan,
+    weights: Weights,
+    x: np.ndarray,
+    updates: Optional[Weights],
+    draws: Optional[Mapping[str, np.ndarray]] = None,
+) -> np.ndarray:
     h = x
     for child in body(plan):
-        h = apply_layer(child, weights, h, updates)[1]
+        h = apply_layer(child, weights, h, updates, draws)[1]
     shortcut = projection(plan)
-    return h + (x if shortcut is None else apply_layer(shortcut, weights, x, updates)[1])
+    return h + (x if shortcut is None else apply_layer(shortcut, weights, x, updates, draws)[1])
 
 
 def oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> np.ndarray:
     return _forward(plan, weights, x, None)
 
 
-def train_oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> tuple[np.ndarray, Weights]:
-    """Training mode for the layers inside (batch statistics); their updated state."""
+def train_oracle(
+    plan: LayerPlan, weights: Weights, x: np.ndarray, draws: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, Weights]:
+    """Training mode for the layers inside (batch statistics, their draws); their updated state."""
     updates: Weights = {}
-    return _forward(plan, weights, x, updates), updates
+    return _forward(plan, weights, x, updates, draws), updates
 
 
 def macs(plan: LayerPlan) -> int:

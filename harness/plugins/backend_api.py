@@ -2,14 +2,15 @@
 
 Everything crossing the contract is NumPy in the canonical layout (shapes.py): weights,
 gradients, batches and the injected noise. Randomness is never drawn inside a framework:
-the reparameterisation noise and the corruption noise are inputs, so every backend sees
-the same numbers and can be compared with the NumPy oracle term by term.
+the reparameterisation noise, the corruption noise and the layers' draws (dropout masks)
+are inputs, so every backend sees the same numbers and can be compared with the NumPy
+oracle term by term.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 import numpy as np
@@ -48,10 +49,14 @@ class Noise:
     eps: (B, latent) standard normal, for z = mean + exp(log_var / 2) * eps (family vae).
     corruption: (B, *data_shape): standard normal for gaussian corruption, uniform [0, 1)
     for masking and salt-and-pepper.
+    draws: uniform [0, 1) draws of the layers that take one in training (LayerKind.draws:
+    a dropout layer keeps a value where its draw is >= rate), by canonical layer name, each
+    (B, *that layer's input shape); empty for evaluation and for specs without such layers.
     """
 
     eps: Optional[np.ndarray] = None
     corruption: Optional[np.ndarray] = None
+    draws: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,9 @@ class Backend(Protocol):
 
     def loss_terms(self, model: object, batch: Batch, training: bool = True) -> dict[str, float]:
         """Every loss term of the spec for the batch (no update): in training mode (batch
-        statistics, as a training step computes them) or, ``training=False``, in evaluation
-        mode (running statistics). Either way the model's state (running statistics) is left
-        as it was."""
+        statistics and the batch's layer draws, as a training step computes them) or,
+        ``training=False``, in evaluation mode (running statistics, no dropout; the draws are
+        not read). Either way the model's state (running statistics) is left as it was."""
 
     def gradients(self, model: object, batch: Batch) -> tuple[dict[str, float], Weights]:
         """The loss terms and the gradient of the total with respect to every canonical weight."""

@@ -26,14 +26,17 @@ the noise of every batch (drawn in NumPy, identical for every framework). Step `
 ``order[k % n]``, ``eps[k % n]`` and ``corruption[k % n]`` with ``n = len(data.order)``, and the
 reference Adam's scalars of step ``k + 1`` (``data.adam_step_size[k]``,
 ``data.adam_bias_correction2_sqrt[k]``, ``data.adam_decay_factor[k]``), so every framework does
-the same work on the same numbers and their loss curves can be overlaid. A bench has no epochs
-of its own: a ``per: epoch`` schedule steps every ``data.steps_per_epoch`` updates, the training
-epoch of the cell's batch size (aebench.plugins.adam.epoch_steps), already in the step sizes.
+the same work on the same numbers and their loss curves can be overlaid. The layers' draws
+(dropout masks) follow the same rule: step ``k`` uses ``draws[name][k % n]`` for each layer
+``name`` of ``data.draws``. A bench has no epochs of its own: a ``per: epoch`` schedule steps
+every ``data.steps_per_epoch`` updates, the training epoch of the cell's batch size
+(aebench.plugins.adam.epoch_steps), already in the step sizes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 import numpy as np
@@ -81,7 +84,9 @@ class BenchData:
     (n, B, *data_shape) or None; weights: the canonical initial weights; adam_step_size,
     adam_bias_correction2_sqrt and adam_decay_factor: (max_steps,) the reference Adam's scalars
     per step (aebench.plugins.adam.AdamScalars); steps_per_epoch: the period of a per-epoch
-    schedule (the stock optimizers' own schedules count it).
+    schedule (the stock optimizers' own schedules count it); draws: (n, B, *input shape) the
+    uniform draws of each layer that takes one (Noise.draws), by canonical layer name, empty
+    for a spec without such layers.
     """
 
     x: np.ndarray
@@ -94,6 +99,7 @@ class BenchData:
     adam_bias_correction2_sqrt: np.ndarray
     adam_decay_factor: np.ndarray
     steps_per_epoch: int
+    draws: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

@@ -24,7 +24,7 @@ def evaluate(
     batch_size: int = EVAL_BATCH,
 ) -> dict[str, float]:
     """Mean loss terms over ``x`` in fixed batches with fixed noise (the TEST stream), in
-    evaluation mode (running statistics).
+    evaluation mode (running statistics, no dropout).
 
     Batch-mean terms average exactly; the sparsity term's rho_hat is per batch of ``batch_size``.
     """
@@ -33,7 +33,8 @@ def evaluate(
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         lb = None if labels is None else labels[start : start + batch_size]
-        terms = backend.loss_terms(model, Batch(xb, lb, draw_noise(spec, plan, len(xb), rng)), training=False)
+        noise = draw_noise(spec, plan, len(xb), rng, training=False)
+        terms = backend.loss_terms(model, Batch(xb, lb, noise), training=False)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value * len(xb)
     return {name: total / len(x) for name, total in sums.items()}

@@ -78,7 +78,7 @@ def training_figures(
     shown = SHOWN if image_shape(plan) else SHOWN_POINTS
     x = data.x_test[:shown]
     labels = _labels(spec, data.y_test[:shown] if data.y_test is not None else None)
-    noise = draw_noise(spec, plan, len(x), stream(spec.train.seed, TEST_STREAM, 99))
+    noise = draw_noise(spec, plan, len(x), stream(spec.train.seed, TEST_STREAM, 99), training=False)
     shown_input = corrupt(spec.corruption, x, noise.corruption)
     restored = backend.decode(model, _latent(backend.encode(model, shown_input, labels)), labels)
     rows = {"input": x, "corrupted": shown_input, "reconstructed": restored}

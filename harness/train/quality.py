@@ -97,7 +97,7 @@ def reconstruction_error(
     for start in range(0, len(x), rows):
         xb = x[start : start + rows]
         lb = None if labels is None else labels[start : start + rows]
-        x_in = corrupt(spec.corruption, xb, draw_noise(spec, plan, len(xb), rng).corruption)
+        x_in = corrupt(spec.corruption, xb, draw_noise(spec, plan, len(xb), rng, training=False).corruption)
         encoded = backend.encode(model, x_in, lb)
         restored = np.asarray(backend.decode(model, encoded.get("mean", encoded.get("code")), lb), np.float64)
         sse.append(per_example_sse(xb, restored))
