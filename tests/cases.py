@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pytest
 
 from aebench.check import equivalence as eq
+from aebench.data.datasets import Dataset
 from aebench.layers import kind_of
 from aebench.layers.base import LayerPlan, Where
 from aebench.layers.conv import Conv
 from aebench.layers.conv_transpose import ConvTranspose
+from aebench.plugins.backend_api import Backend
 from aebench.plugins.registry import available_backends
 from aebench.spec.load import load_spec
 from aebench.spec.types import Spec
+from aebench.track.tracking import LogOutcome
+from aebench.track.train_run import TrackedRun, TrackingOptions, tracked_training
+from aebench.train.loop import train
 
 TEST_SIZES = Path(__file__).parent / "test_sizes"
 """Shipped specs too large to compute in seconds, each at a test size that extends it."""
@@ -85,3 +91,37 @@ def bench_command(results: Path, name: str, *flags: str, batch: str = "16") -> l
         str(results),
         *flags,
     ]
+
+
+class AfterEpoch:
+    """A TrainingListener that passes everything on to the tracked run ``inner``, then calls
+    ``then(row)`` after each row: a crash, a Ctrl-C or a server stopping at a chosen epoch."""
+
+    def __init__(self, inner: TrackedRun, then: Callable[[dict], None]):
+        self.inner, self.then = inner, then
+
+    def epoch(self, row: dict) -> None:
+        self.inner.epoch(row)
+        self.then(row)
+
+    def scoring(self, params: dict[str, str]) -> None:
+        self.inner.scoring(params)
+
+    def scored(self, metrics: dict[str, float]) -> None:
+        self.inner.scored(metrics)
+
+
+def train_and_track(
+    spec: Spec,
+    backend: Backend,
+    data: Dataset,
+    out: Path,
+    options: TrackingOptions,
+    after_epoch: Optional[Callable[[dict], None]] = None,
+) -> tuple[list[dict], LogOutcome]:
+    """A training recorded as ``aebench train`` records it (without its progress lines and
+    signal handlers): the metric rows and what became of the MLflow run."""
+    with tracked_training(spec, backend, data, out, options) as run:
+        listener = AfterEpoch(run, after_epoch) if after_epoch else run
+        rows = train(spec, backend, data, out, listener=listener, quality=options.quality)
+    return rows, run.outcome

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from cases import cheap_backend
+from cases import cheap_backend, train_and_track
 from test_hostile_tracking import sqlite_uri
 from test_tracking import QUICK, aebench, needs_mlflow, small_record
 
@@ -21,7 +21,7 @@ from aebench.spec.load import load_spec
 from aebench.track.bench_run import cell_record, cell_times
 from aebench.track.compare import compare, fetch_runs
 from aebench.track.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, KIND_TAG, LogOutcome, record, runs_table_url
-from aebench.track.train_run import TrackingOptions, train_tracked
+from aebench.track.train_run import TrackingOptions
 
 pytest.importorskip("pandas", reason="pandas is not installed (pip install 'aebench[tracking]')")
 
@@ -199,7 +199,7 @@ def test_a_training_run_lasts_as_long_as_the_training(tmp_path: Path) -> None:
     spec = spec.replace(train=dataclasses.replace(spec.train, epochs=1))
     data = load_dataset(spec)  # 1,024 rows of 2 numbers: an epoch takes a fraction of a second
     before = int(time.time() * 1000)
-    _, outcome = train_tracked(
+    _, outcome = train_and_track(
         spec,
         load_backend(cheap_backend()),
         data,

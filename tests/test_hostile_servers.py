@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
+from cases import train_and_track
 from test_cli_feedback import installed_backend, stopped_training
 from test_compare_kinds import cell_row
 from test_tracking import QUICK, needs_mlflow, small_record
@@ -41,7 +42,7 @@ from aebench.track import train_run
 from aebench.track.bench_run import CellTracker, cell_record
 from aebench.track.bundle import read_bundle, write_bundle
 from aebench.track.tracking import HEALTH_DEADLINE_S, record
-from aebench.track.train_run import TrackingOptions, TrainingInterrupted, train_tracked
+from aebench.track.train_run import TrackingOptions, TrainingInterrupted
 
 END_REASON_TAG = "aebench.end_reason"  # tracking.END_REASON_TAG, spelled out as a user filters by it
 PASSWORD = "S3CRET-pw"
@@ -331,7 +332,7 @@ def test_a_second_ctrl_c_while_the_run_is_finished_leaves_it_killed(
     monkeypatch.setattr(train_run, "write_loss_curves", second_ctrl_c)
     options = TrackingOptions(log=False, quality=QUICK)
     with pytest.raises(KeyboardInterrupt) as stopped:  # not TrainingInterrupted: a bare one would end pytest
-        train_tracked(spec, cheap_backend, data, tmp_path, options, on_epoch=first_ctrl_c)
+        train_and_track(spec, cheap_backend, data, tmp_path, options, after_epoch=first_ctrl_c)
     bundle = read_bundle(tmp_path / "mlflow_bundle")
     assert bundle.record.status == "KILLED"
     assert bundle.record.tags[END_REASON_TAG] == "interrupted (SIGINT, Ctrl-C) after 1 epoch(s)"
@@ -350,8 +351,9 @@ def test_failed_train_runs_and_bench_cells_carry_their_reason(cheap_backend, tmp
         if row["epoch"] == 1:
             raise RuntimeError("the loss went to the moon")
 
+    options = TrackingOptions(log=False, quality=QUICK)
     with pytest.raises(RuntimeError):
-        train_tracked(spec, cheap_backend, data, tmp_path, TrackingOptions(log=False, quality=QUICK), on_epoch=fail)
+        train_and_track(spec, cheap_backend, data, tmp_path, options, after_epoch=fail)
     bundle = read_bundle(tmp_path / "mlflow_bundle")
     assert bundle.record.status == "FAILED"
     assert bundle.record.tags[END_REASON_TAG] == "RuntimeError: the loss went to the moon"

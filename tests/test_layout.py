@@ -87,6 +87,12 @@ def test_the_cycle_finder_finds_a_planted_circle() -> None:
     assert find_cycle(edges) == ["a", "b", "c", "a"]
 
 
+def test_tracking_hears_the_training_only_through_its_listener() -> None:
+    """The loop reports to tracking (train.loop.TrainingListener); tracking never calls back
+    into the loop or the quality step."""
+    assert not graph()["aebench.track.train_run"] & {"aebench.train.loop", "aebench.train.quality"}
+
+
 @pytest.mark.parametrize("path", sorted(HARNESS.rglob("*.py")), ids=lambda p: str(p.relative_to(HARNESS)))
 def test_no_aebench_import_hides_inside_a_function(path: Path) -> None:
     tree = ast.parse(path.read_text())

@@ -17,14 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cases import suite_spec
+from cases import suite_spec, train_and_track
 
 from aebench.data.datasets import Dataset, load_dataset
 from aebench.environment import spec_sha256
 from aebench.errors import AebenchError
 from aebench.track.bundle import RunRecord, find_bundles, read_bundle, write_bundle
 from aebench.track.tracking import BUNDLE_ID_TAG, flatten, log_bundle, record
-from aebench.track.train_run import TrackingOptions, train_tracked
+from aebench.track.train_run import TrackingOptions
 from aebench.train.quality import QualitySettings
 
 SERVER_START_TIMEOUT_S = 240
@@ -283,7 +283,7 @@ def test_a_server_that_does_not_answer_costs_seconds(tmp_path: Path) -> None:
 def test_training_logs_params_metrics_and_artifacts_to_a_server(backend, server: Server, tmp_path: Path) -> None:
     mlflow = needs_mlflow()
     spec, data = tiny("vae_conv")
-    rows, outcome = train_tracked(spec, backend, data, tmp_path, TrackingOptions(server.uri, quality=QUICK))
+    rows, outcome = train_and_track(spec, backend, data, tmp_path, TrackingOptions(server.uri, quality=QUICK))
     assert outcome.status == "logged", outcome.reason
     client = mlflow.MlflowClient(server.uri)
     run = client.get_run(outcome.run_id)
@@ -343,13 +343,13 @@ def test_a_server_that_dies_mid_run_loses_nothing(tmp_path: Path) -> None:
             if row["epoch"] == 1:
                 server.stop()
 
-        rows, outcome = train_tracked(
+        rows, outcome = train_and_track(
             spec,
             backend,
             data,
             tmp_path / "run",
             TrackingOptions(server.uri, quality=QUICK),
-            on_epoch=crash_after_first_epoch,
+            after_epoch=crash_after_first_epoch,
         )
         assert outcome.status == "kept" and "does not answer" in outcome.reason
         bundle = read_bundle(tmp_path / "run" / "mlflow_bundle")

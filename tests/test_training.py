@@ -8,16 +8,20 @@ the whole subset."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pytest
-from cases import suite_spec
+from cases import cheap_backend, suite_spec  # tests/ is on sys.path (pytest prepend import mode)
 
 from aebench.data.datasets import Dataset, load_dataset
 from aebench.errors import AebenchError
+from aebench.plugins.registry import load_backend
+from aebench.progress import Progress
+from aebench.scoring import QualitySettings
 from aebench.train.loop import TrainingDiverged, train
 
 TRAIN_EXAMPLES, TEST_EXAMPLES = 2048, 512
@@ -77,3 +81,39 @@ def test_a_batch_larger_than_the_data_is_an_error(backend, tmp_path: Path) -> No
     spec = spec.replace(train=dataclasses.replace(spec.train, batch_size=100_000))
     with pytest.raises(AebenchError, match="train.batch_size: 100000 is larger than the 1024 training examples"):
         train(spec, backend, load_dataset(spec), tmp_path)
+
+
+def test_the_loop_reports_each_row_then_the_scoring_to_its_listener(tmp_path: Path) -> None:
+    """The TrainingListener contract: each row once it is written, then scoring's params before
+    the quality step and its metrics after quality.json is written; a progress line for each."""
+    spec = one_epoch("vae_toy")
+    heard: list[tuple[str, object]] = []
+
+    class Listener:
+        def epoch(self, row: dict) -> None:
+            written = json.loads((tmp_path / "metrics.json").read_text())["epochs"]
+            assert written[-1] == row
+            heard.append(("epoch", row["epoch"]))
+
+        def scoring(self, params: dict[str, str]) -> None:
+            assert not (tmp_path / "quality.json").exists()
+            heard.append(("scoring", params))
+
+        def scored(self, metrics: dict[str, float]) -> None:
+            assert json.loads((tmp_path / "quality.json").read_text()) == metrics
+            heard.append(("scored", sorted(metrics)))
+
+    stream = io.StringIO()
+    backend = load_backend(cheap_backend())
+    quality = QualitySettings(k=4, nll_examples=8)
+    train(spec, backend, load_dataset(spec), tmp_path, Progress(stream, enabled=False), Listener(), quality)
+    assert heard == [
+        ("epoch", 0),
+        ("epoch", 1),
+        ("scoring", {"quality.nll_k": "4", "quality.nll_examples": "8"}),
+        ("scored", ["neg_elbo", "nll_is", "recon_mse", "recon_sse", "recon_term"]),
+    ]
+    lines = stream.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["epoch 0", "epoch 1"]
+    assert "train total" not in lines[0] and "train total" in lines[1]
+    assert lines[2:] == ["scoring the test split (importance-sampled NLL with k=4 on the first 8 test examples)"]

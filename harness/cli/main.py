@@ -37,7 +37,8 @@ from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import did_you_mean
 from aebench.spec.shapes import plan_model
 from aebench.stopping import signals_stop_training
-from aebench.track.train_run import STOPPED, TrainingInterrupted, signal_of, train_tracked
+from aebench.track.train_run import STOPPED, TrainingInterrupted, signal_of, tracked_training
+from aebench.train.loop import train
 
 
 def positive_int(text: str) -> int:
@@ -166,16 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"training {spec.name} on {backend.name} ({backend.device()}, {spec.dtype}) for "
         f"{spec.train.epochs} epoch(s); data: {data.source}; output: {out}"
     )
-
-    def report(row: dict) -> None:
-        train_total = row.get("train_total")
-        train_text = "" if train_total is None else f"train total {train_total:.4f}, "
-        progress.line(f"epoch {row['epoch']}: {train_text}test total {row['test_total']:.4f} ({row['seconds']:.1f} s)")
-
-    with signals_stop_training():
-        _, outcome = train_tracked(spec, backend, data, out, options, progress=progress, on_epoch=report)
+    with signals_stop_training(), tracked_training(spec, backend, data, out, options) as run:
+        train(spec, backend, data, out, progress, listener=run, quality=options.quality)
     progress.line(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
-    progress.line(outcome.message())
+    progress.line(run.outcome.message())
     return 0
 
 

@@ -1,13 +1,19 @@
 """A ``train`` run as an MLflow run: the record, per-epoch metrics, quality, figures, bundle.
 
+The training loop (aebench.train.loop) reports to one TrackedRun, its listener; the run is
+begun and ended around the training by tracked_training:
+
+    with tracked_training(spec, backend, data, out, options) as run:
+        train(spec, backend, data, out, progress, listener=run, quality=options.quality)
+
 The record is written to ``<out>/mlflow_bundle`` before the first epoch and rewritten after
 every epoch (status RUNNING), so a process that dies keeps a bundle that ``aebench log`` can
-log. At the end the test-split quality (quality.py), the loss curves and every figure are
-added, and the run is logged with tracking.record (or kept as a bundle where MLflow is
-missing or does not answer). A diverged or interrupted training is logged as FAILED or
-KILLED with everything measured before, and the reason as the tag ``aebench.end_reason``
+log. At the end the test-split quality the loop reported (quality.json), the loss curves and
+every figure are added, and the run is logged with tracking.record (or kept as a bundle where
+MLflow is missing or does not answer). A diverged or interrupted training is logged as FAILED
+or KILLED with everything measured before, and the reason as the tag ``aebench.end_reason``
 (tracking.end_tags, as bench cells). The run (tag ``aebench.kind`` = ``train``, experiment
-``aebench/<spec>``) starts when train_tracked is called and ends when its record is ended.
+``aebench/<spec>``) starts when tracked_training's block is entered and ends when it is left.
 
 Stopping: Ctrl-C (SIGINT) or, where the command turns it into Terminated, SIGTERM ends the run
 as KILLED. However a run ends, its final status is written to the bundle first, before the
@@ -25,7 +31,8 @@ user gets one line (aebench.errors.DiskFull, exit 1), never a traceback.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -36,8 +43,7 @@ from aebench.errors import DiskFull
 from aebench.plugins.backend_api import Backend, loss_term_names
 from aebench.plugins.bench_api import Precision
 from aebench.plugins.registry import framework_of
-from aebench.progress import Progress
-from aebench.spec.shapes import plan_model
+from aebench.scoring import QualitySettings
 from aebench.spec.types import Spec
 from aebench.stopping import held
 from aebench.track.bundle import (
@@ -63,8 +69,6 @@ from aebench.track.tracking import (
     spec_params,
 )
 from aebench.train.images import run_heading, write_loss_curves
-from aebench.train.loop import train
-from aebench.train.quality import QualitySettings, quality_metrics
 
 BUNDLE_DIR = "mlflow_bundle"
 TRAIN_MODE = "train"
@@ -74,7 +78,8 @@ KIND = "train"
 @dataclass(frozen=True)
 class TrackingOptions:
     """tracking_uri: None for tracking.resolve_tracking_uri's default; log: False writes the
-    bundle only; quality: how the test split is scored."""
+    bundle only; quality: how the test split is scored (``aebench train`` passes it to
+    loop.train)."""
 
     tracking_uri: Optional[str] = None
     log: bool = True
@@ -104,25 +109,84 @@ def experiment_name(spec: Spec) -> str:
     return f"{EXPERIMENT_PREFIXES[KIND]}{spec.name}"
 
 
-def train_tracked(
-    spec: Spec,
-    backend: Backend,
-    data: Dataset,
-    out: Path,
-    options: TrackingOptions = TrackingOptions(),
-    progress: Optional[Progress] = None,
-    on_epoch: Optional[Callable[[dict], None]] = None,
-) -> tuple[list[dict], LogOutcome]:
-    """loop.train plus tracking: returns the metric rows and what became of the MLflow run.
+class TrackedRun:
+    """The tracking side of a training: the TrainingListener (aebench.train.loop) that records
+    what the loop reports in the run's record and bundle, and ends the run. Made and ended by
+    tracked_training; ``outcome`` is what became of its MLflow run once it has ended."""
 
-    Besides train's files, ``out`` gets environment.json, quality.json, loss_curves.png and
-    the bundle folder mlflow_bundle/. Exceptions of train (a diverged loss, Ctrl-C) are
-    re-raised after the run is recorded as FAILED or KILLED (Ctrl-C as TrainingInterrupted).
-    A full disk raises DiskFull after the run is recorded as FAILED (see the module docstring).
-    A signal during the finishing raises TrainingInterrupted; the bundle holds the run's final
-    status, written first.
+    def __init__(self, spec: Spec, out: Path, run: RunRecord, bundle_dir: Path, options: TrackingOptions):
+        self.spec, self.out, self.run, self.bundle_dir, self.options = spec, out, run, bundle_dir, options
+        self.rows: list[dict] = []
+        self.quality: dict[str, float] = {}
+        self._outcome: Optional[LogOutcome] = None
+
+    @property
+    def epochs(self) -> int:
+        """The epochs finished (0 before the first)."""
+        return self.rows[-1]["epoch"] if self.rows else 0
+
+    @property
+    def outcome(self) -> LogOutcome:
+        """What became of the MLflow run; only once the run has ended."""
+        if self._outcome is None:
+            raise RuntimeError("the run has not ended yet")
+        return self._outcome
+
+    def epoch(self, row: dict) -> None:
+        """The row's metrics at its epoch, and the bundle rewritten (still RUNNING)."""
+        self.rows.append(row)
+        self.run.add_metrics(epoch_metrics(row), step=row["epoch"])
+        write_bundle(self.run, self.bundle_dir)
+
+    def scoring(self, params: dict[str, str]) -> None:
+        """The quality step's settings as params of the run."""
+        self.run.params.update(params)
+
+    def scored(self, metrics: dict[str, float]) -> None:
+        """The quality metrics, added to the run when it ends."""
+        self.quality.update(metrics)
+
+    def finish(self, status: str, reason: str = "") -> None:
+        """End the run as ``status`` (_end, before anything slow), add quality (its file written
+        by the loop), curves, figures and files, then record it (bundle, and MLflow unless
+        switched off). A signal meanwhile raises TrainingInterrupted."""
+        try:
+            _end(self.run, status, reason, self.bundle_dir)
+            self._outcome = self._record()
+        except KeyboardInterrupt as exc:
+            raise _stopped_while_finishing(exc, self.run, self.out, self.epochs, self.options.tracking_uri) from exc
+
+    def _record(self) -> LogOutcome:
+        run, out, rows = self.run, self.out, self.rows
+        if self.quality:
+            run.add_metrics({f"quality/{k}": v for k, v in self.quality.items()}, step=self.epochs)
+            run.artifacts["metrics/quality.json"] = out / "quality.json"
+        if rows:
+            run.add_metrics({"time/train_seconds": sum(r["seconds"] for r in rows)}, step=self.epochs)
+            heading = run_heading(self.spec.name, run.params["backend"], self.epochs)
+            write_loss_curves(rows, loss_term_names(self.spec), out / "loss_curves.png", heading)
+        for name in ("spec.yaml", "metrics.csv", "metrics.json"):
+            if (out / name).is_file():
+                run.artifacts[name if name == "spec.yaml" else f"metrics/{name}"] = out / name
+        for figure in sorted(out.glob("*.png")):
+            run.artifacts[f"figures/{figure.name}"] = figure
+        return record(run, self.bundle_dir, self.options.tracking_uri, log=self.options.log)
+
+
+@contextmanager
+def tracked_training(
+    spec: Spec, backend: Backend, data: Dataset, out: Path, options: TrackingOptions = TrackingOptions()
+) -> Iterator[TrackedRun]:
+    """The MLflow run of a training done in the block, which passes the TrackedRun yielded to
+    loop.train as its listener; the run's ``outcome`` once the block is left.
+
+    Besides train's files, ``out`` gets environment.json, loss_curves.png and the bundle folder
+    mlflow_bundle/, written before the block runs. The block's exceptions (a diverged loss,
+    Ctrl-C) are re-raised after the run is recorded as FAILED or KILLED (Ctrl-C as
+    TrainingInterrupted). A full disk raises DiskFull after the run is recorded as FAILED (see
+    the module docstring). A signal during the finishing raises TrainingInterrupted; the bundle
+    holds the run's final status, written first.
     """
-    progress = progress or Progress(enabled=False)
     out = Path(out)
     started = now_ms()
     environment = environment_info(backend)
@@ -134,7 +198,19 @@ def train_tracked(
         reserve_space(bundle_dir)
         (out / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
         run.artifacts["environment.json"] = out / "environment.json"
-        return _train_and_record(spec, backend, data, out, run, bundle_dir, options, progress, on_epoch)
+        tracked = TrackedRun(spec, out, run, bundle_dir, options)
+        try:
+            write_bundle(run, bundle_dir)
+            yield tracked
+        except KeyboardInterrupt as exc:
+            epochs, name = tracked.epochs, signal_of(exc)
+            tracked.finish("KILLED", f"{STOPPED[name]} after {epochs} epoch(s)")
+            raise TrainingInterrupted(out, epochs, tracked.outcome, name) from exc
+        except Exception as exc:
+            if disk_full_cause(exc) is None:  # a full disk is ended below, writing as little as it can
+                tracked.finish("FAILED", failure_text(exc))
+            raise
+        tracked.finish("FINISHED")
     except Exception as exc:
         cause = disk_full_cause(exc)
         if cause is None:
@@ -142,57 +218,6 @@ def train_tracked(
         raise DiskFull(_end_on_full_disk(run, bundle_dir, out, cause, options)) from exc
     finally:
         release_space(bundle_dir)
-
-
-def _train_and_record(
-    spec: Spec,
-    backend: Backend,
-    data: Dataset,
-    out: Path,
-    run: RunRecord,
-    bundle_dir: Path,
-    options: TrackingOptions,
-    progress: Progress,
-    on_epoch: Optional[Callable[[dict], None]],
-) -> tuple[list[dict], LogOutcome]:
-    rows: list[dict] = []
-    quality: dict[str, float] = {}
-
-    def epoch_done(row: dict) -> None:
-        rows.append(row)
-        run.add_metrics(epoch_metrics(row), step=row["epoch"])
-        write_bundle(run, bundle_dir)
-        if on_epoch:
-            on_epoch(row)
-
-    def trained(model: object) -> None:
-        settings = options.quality
-        if spec.model.family == "vae":
-            n = settings.examples(len(data.x_test))
-            run.params.update({"quality.nll_k": str(settings.k), "quality.nll_examples": str(n)})
-            progress.line(
-                f"scoring the test split (importance-sampled NLL with k={settings.k} on the first {n} test examples)"
-            )
-        quality.update(quality_metrics(backend, model, spec, plan_model(spec), data, settings))
-
-    def finish(status: str, reason: str = "") -> LogOutcome:
-        try:
-            return _finish(run, out, rows, spec, quality, status, reason, bundle_dir, options)
-        except KeyboardInterrupt as exc:
-            raise _stopped_while_finishing(exc, run, out, rows, options.tracking_uri) from exc
-
-    try:
-        write_bundle(run, bundle_dir)
-        train(spec, backend, data, out, progress=progress, on_epoch=epoch_done, on_trained=trained)
-    except KeyboardInterrupt as exc:
-        epochs, name = (rows[-1]["epoch"] if rows else 0), signal_of(exc)
-        outcome = finish("KILLED", f"{STOPPED[name]} after {epochs} epoch(s)")
-        raise TrainingInterrupted(out, epochs, outcome, name) from exc
-    except Exception as exc:
-        if disk_full_cause(exc) is None:  # a full disk is ended by train_tracked, writing as little as it can
-            finish("FAILED", failure_text(exc))
-        raise
-    return rows, finish("FINISHED")
 
 
 def _end_on_full_disk(run: RunRecord, bundle_dir: Path, out: Path, cause: OSError, options: TrackingOptions) -> str:
@@ -260,16 +285,16 @@ def epoch_metrics(row: dict) -> dict[str, float]:
 
 
 def _stopped_while_finishing(
-    exc: KeyboardInterrupt, run: RunRecord, out: Path, rows: list[dict], tracking_uri: Optional[str]
+    exc: KeyboardInterrupt, run: RunRecord, out: Path, epochs: int, tracking_uri: Optional[str]
 ) -> TrainingInterrupted:
-    """What a signal during _finish raises: the bundle holds ``run.status``, written first (the
-    write is held against signals; see aebench.stopping)."""
+    """What a signal during TrackedRun.finish raises: the bundle holds ``run.status``, written
+    first (the write is held against signals; see aebench.stopping)."""
     name = signal_of(exc)
     reason = f"{STOPPED[name]} while the run was being finished"
     kept = LogOutcome(
         "kept", out / BUNDLE_DIR, resolve_tracking_uri(tracking_uri), reason=reason, final_status=run.status
     )
-    return TrainingInterrupted(out, rows[-1]["epoch"] if rows else 0, kept, name)
+    return TrainingInterrupted(out, epochs, kept, name)
 
 
 def _end(run: RunRecord, status: str, reason: str, bundle_dir: Path) -> None:
@@ -280,34 +305,3 @@ def _end(run: RunRecord, status: str, reason: str, bundle_dir: Path) -> None:
         run.status, run.end_time = status, now_ms()
         run.tags.update(end_tags(status, reason))
         write_bundle(run, bundle_dir)
-
-
-def _finish(
-    run: RunRecord,
-    out: Path,
-    rows: list[dict],
-    spec: Spec,
-    quality: dict[str, float],
-    status: str,
-    reason: str,
-    bundle_dir: Path,
-    options: TrackingOptions,
-) -> LogOutcome:
-    """End the run as ``status`` (_end, before anything slow), add quality, curves, figures
-    and files, then record it (bundle, and MLflow unless switched off)."""
-    _end(run, status, reason, bundle_dir)
-    last_epoch = rows[-1]["epoch"] if rows else 0
-    if quality:
-        (out / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
-        run.add_metrics({f"quality/{k}": v for k, v in quality.items()}, step=last_epoch)
-        run.artifacts["metrics/quality.json"] = out / "quality.json"
-    if rows:
-        run.add_metrics({"time/train_seconds": sum(r["seconds"] for r in rows)}, step=last_epoch)
-        heading = run_heading(spec.name, run.params["backend"], last_epoch)
-        write_loss_curves(rows, loss_term_names(spec), out / "loss_curves.png", heading)
-    for name in ("spec.yaml", "metrics.csv", "metrics.json"):
-        if (out / name).is_file():
-            run.artifacts[name if name == "spec.yaml" else f"metrics/{name}"] = out / name
-    for figure in sorted(out.glob("*.png")):
-        run.artifacts[f"figures/{figure.name}"] = figure
-    return record(run, bundle_dir, options.tracking_uri, log=options.log)
