@@ -28,7 +28,7 @@ def reference_gradients(spec_name: str):
 
 @functools.cache
 def reference_trajectory(spec_name: str, dtype: str) -> eq.Trajectory:
-    return eq.trajectory(load_backend(reference_name()), case_for(spec_name, dtype))
+    return eq.reference_trajectory(load_backend(reference_name()), case_for(spec_name, dtype))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

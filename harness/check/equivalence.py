@@ -10,6 +10,7 @@ tolerance with a stated one and the comparison says so.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,8 @@ from aebench.check.tolerances import (
     GRAD_TOL,
     LOSS_FLOOR_OF_TOTAL,
     LOSS_RTOL,
+    NUDGE_ULPS,
+    ROUNDING_SPREAD_MARGIN,
     TRAJECTORY_BATCH,
     TRAJECTORY_EPOCH_STEPS,
     TRAJECTORY_STEPS,
@@ -62,6 +65,9 @@ class Trajectory:
     losses: np.ndarray
     weights: Weights
     device: str = "cpu"  # Backend.device() of the run: it selects the tolerances
+    rounding_spread: dict[str, float] = field(default_factory=dict)
+    """Per compared quantity, how far the same backend's run from a nudged start lies from this
+    one (reference_trajectory); empty when not measured."""
 
 
 @dataclass(frozen=True)
@@ -281,21 +287,41 @@ def trajectory(backend: Backend, case: Case) -> Trajectory:
     return Trajectory(losses, backend.get_weights(model), backend.device())
 
 
-def compare_trajectories(judge: Judge, got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> list[Comparison]:
-    """Per-step losses (each term) and final weights against a reference backend's run."""
-    loss_tol, weight_tol = trajectory_tolerances(judge.dtype, got.device, ref.device)
+def reference_trajectory(backend: Backend, case: Case) -> Trajectory:
+    """The reference run, with its rounding spread: how far the same backend's run from the
+    case's weights nudged by NUDGE_ULPS units in the last place lies from it (tolerances.py)."""
+    ref = trajectory(backend, case)
+    nudge = 1 + NUDGE_ULPS * float(np.finfo(np.dtype(case.spec.dtype)).eps)
+    nudged = dataclasses.replace(case, weights={k: v * nudge for k, v in case.weights.items()}, finite_differences={})
+    spread = trajectory_errors(trajectory(backend, nudged), ref, term_names(case))
+    return dataclasses.replace(ref, rounding_spread=spread)
+
+
+def trajectory_errors(got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> dict[str, float]:
+    """Per compared quantity: each loss term over the steps (relative, floor as for loss
+    terms), and each final weight array (on the array's scale)."""
     if got.losses.shape != ref.losses.shape:
-        out = [judge("trajectory:loss", float("inf"), loss_tol)]
+        errors = {"trajectory:loss": float("inf")}
     else:
         floor = LOSS_FLOOR_OF_TOTAL * np.abs(ref.losses[:, 0]).max()
-        out = [
-            judge(f"trajectory:loss:{name}", relative_error(got.losses[:, i], ref.losses[:, i], floor), loss_tol)
+        errors = {
+            f"trajectory:loss:{name}": relative_error(got.losses[:, i], ref.losses[:, i], floor)
             for i, name in enumerate(names)
-        ]
-    out += [
-        judge(f"trajectory:{name}", scaled_error(got.weights.get(name, np.array(np.nan)), w), weight_tol)
-        for name, w in ref.weights.items()
-    ]
+        }
+    for name, w in ref.weights.items():
+        errors[f"trajectory:{name}"] = scaled_error(got.weights.get(name, np.array(np.nan)), w)
+    return errors
+
+
+def compare_trajectories(judge: Judge, got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> list[Comparison]:
+    """Per-step losses (each term) and final weights against a reference backend's run, each
+    held to its tolerance or to ROUNDING_SPREAD_MARGIN times the reference's rounding spread."""
+    loss_tol, weight_tol = trajectory_tolerances(judge.dtype, got.device, ref.device)
+    out = []
+    for quantity, error in trajectory_errors(got, ref, names).items():
+        tolerance = loss_tol if quantity.startswith("trajectory:loss") else weight_tol
+        spread = ROUNDING_SPREAD_MARGIN * ref.rounding_spread.get(quantity, 0.0)
+        out.append(judge(quantity, error, max(tolerance, spread) if np.isfinite(spread) else tolerance))
     return out
 
 

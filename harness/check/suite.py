@@ -115,7 +115,7 @@ def run_check(
         ref_grads = _guard(partial(eq.gradients, backends[reference], case64))
         for dtype in dtypes:
             case = case64 if dtype == "float64" else eq.make_case(spec.replace(dtype=dtype))
-            ref_traj = _guard(partial(eq.trajectory, backends[reference], case)) if len(able) > 1 else None
+            ref_traj = _guard(partial(eq.reference_trajectory, backends[reference], case)) if len(able) > 1 else None
             for name, backend in able.items():
                 done += 1
                 progress(f"[{done}/{total}] {spec.name} {dtype} {name} ({time.perf_counter() - start:.0f} s)")
