@@ -391,13 +391,13 @@ def test_residual_with_its_activation_before_the_add_fails_the_check(monkeypatch
         pytest.skip("torch is not available")
     from aebench.backends.torch import model
 
-    def activation_before_add(self, x):
+    def activation_before_add(self, x, draws=model.NO_DRAWS):
         if not isinstance(self.op, model.Residual):
-            return self.act(self.op(x))
+            return self.act(self.op(x, draws) if getattr(self.op, "takes_draws", False) else self.op(x))
         h = x
         for module in self.op.layers:
-            h = module(h)
-        return self.act(h) + (x if self.op.projection is None else self.op.projection(x))
+            h = module(h, draws)
+        return self.act(h) + (x if self.op.projection is None else self.op.projection(x, draws))
 
     case = eq.make_case(variant_spec(tmp_path, "residual_image_identity"))
     backend = load_backend("torch")
@@ -500,19 +500,21 @@ def broken_dropout(convention: str):
     import torch
     import torch.nn.functional as F
 
-    def nchw(draw):
-        return draw.permute(0, 3, 1, 2) if draw.dim() == 4 else draw
+    def own(self, draws):
+        draw = draws.get(self.name)
+        return None if draw is None else draw.permute(0, 3, 1, 2) if draw.dim() == 4 else draw
 
-    def not_inverted(self, x, draw=None):
-        return torch.where(nchw(draw) >= self.rate, x, 0.0) if self.training else x
+    def not_inverted(self, x, draws):
+        return torch.where(own(self, draws) >= self.rate, x, 0.0) if self.training else x
 
-    def keep_and_drop_swapped(self, x, draw=None):
-        return torch.where(nchw(draw) < self.rate, x / (1 - self.rate), 0.0) if self.training else x
+    def keep_and_drop_swapped(self, x, draws):
+        return torch.where(own(self, draws) < self.rate, x / (1 - self.rate), 0.0) if self.training else x
 
-    def active_in_evaluation(self, x, draw=None):  # the draw whenever there is one, else torch's own mask
+    def active_in_evaluation(self, x, draws):  # the draw whenever there is one, else torch's own mask
+        draw = own(self, draws)
         if draw is None:
             return F.dropout(x, self.rate, training=True)
-        return torch.where(nchw(draw) >= self.rate, x / (1 - self.rate), 0.0)
+        return torch.where(draw >= self.rate, x / (1 - self.rate), 0.0)
 
     return {f.__name__: f for f in (not_inverted, keep_and_drop_swapped, active_in_evaluation)}[convention]
 

@@ -90,8 +90,8 @@ def trajectory_tolerances(dtype: str, *devices: str) -> tuple[float, float]:
 # below the tolerances above and changes nothing. It matters where the training amplifies
 # rounding: a bias straight before batch_norm has a gradient of pure rounding, which Adam turns
 # into steps of lr * g / epsilon (measured, float64: such biases 3e-6 and the running mean after
-# them 7e-7 apart after 50 steps, torch against jax, while the losses agree to 1e-14; docs/
-# EQUIVALENCE.md, 'Batch normalisation'). 10x: frameworks round differently at every step, the
+# them 7e-7 apart after 50 steps, torch against jax, while the losses agree to 1e-14;
+# docs/EQUIVALENCE.md, 'Batch normalisation'). 10x: frameworks round differently at every step, the
 # nudge once, so their spread may exceed the nudge's by a few times; a semantic error (a layout,
 # a wrong update) is orders of magnitude above rounding.
 NUDGE_ULPS = 8
