@@ -275,10 +275,7 @@ class Autoencoder:
         updates: Optional[Updates] = None,
         draws: Draws = NO_DRAWS,
     ) -> jax.Array:
-        h = _join(x_in, labels)
-        for plan in self.plan.encoder:
-            h = self.apply_layer(params, plan, h, updates, draws)
-        return h
+        return self.run_stack(params, self.plan.encoder, _join(x_in, labels), updates, draws)
 
     def head(self, params: Params, name: str, h: jax.Array, updates: Optional[Updates] = None) -> jax.Array:
         return self.apply_layer(params, self.by_name[name], h, updates)
@@ -291,8 +288,13 @@ class Autoencoder:
         updates: Optional[Updates] = None,
         draws: Draws = NO_DRAWS,
     ) -> jax.Array:
-        h = _join(z, labels)
-        for plan in self.plan.decoder:
+        return self.run_stack(params, self.plan.decoder, _join(z, labels), updates, draws)
+
+    def run_stack(
+        self, params: Params, layers: tuple[LayerPlan, ...], h: jax.Array, updates: Optional[Updates], draws: Draws
+    ) -> jax.Array:
+        """The layers in order (apply_layer)."""
+        for plan in layers:
             h = self.apply_layer(params, plan, h, updates, draws)
         return h
 
