@@ -21,6 +21,7 @@ from cases import cheap_backend, oracle_layer
 
 from aebench.check import equivalence as eq
 from aebench.check import oracle
+from aebench.check.tolerances import FD_RETRY_DIVISOR, FD_STEP, FD_TOL
 from aebench.data.noise import draw_noise, stream
 from aebench.layers import LAYER_KINDS, apply_layer, kind_of, plan_layer, spec_path, walk
 from aebench.layers.activations import Activation
@@ -304,6 +305,17 @@ def test_batch_norm_trajectory_running_statistics_agree_with_torch(backend, vari
     got = eq.trajectory(backend, case)
     judge = eq.Judge(backend.name, case.spec.dtype)
     assert not eq.failures(eq.compare_trajectories(judge, got, ref, eq.term_names(case)))
+
+
+def test_a_wrong_gradient_misses_the_finite_differences_at_both_steps(tmp_path: Path) -> None:
+    """The retry at a smaller step (FD_RETRY_DIVISOR) forgives a kink the first step crossed,
+    never a gradient 1% off."""
+    case = eq.make_case(variant_spec(tmp_path, "batch_norm_flat_unbiased"))
+    name, index = "encoder.1.kernel", 406 * 5  # the centre pixel's first unit
+    right = eq.fd_entry(case, name, index)
+    assert eq.fd_error(case, name, index, right, abs(right)) == 0.0
+    assert eq.fd_error(case, name, index, 1.01 * right, abs(right)) > 10 * FD_TOL
+    assert (name, index, FD_STEP / FD_RETRY_DIVISOR) in case.finite_differences
 
 
 def test_a_trajectory_is_held_to_the_reference_rounding_spread_and_no_further(tmp_path: Path) -> None:
