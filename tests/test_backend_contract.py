@@ -34,7 +34,7 @@ def test_encode_and_decode_equal_the_oracle(backend, spec_name: str, dtype: str)
 def test_float64_gradients_equal_finite_differences_of_the_oracle(backend, spec_name: str) -> None:
     case = case_for(spec_name, "float64")
     comparisons = eq.check_gradients_fd(backend, case)
-    assert len(comparisons) == len(case.plan.params)
+    assert len(comparisons) == len(case.plan.trainable)
     assert not eq.failures(comparisons)
 
 
@@ -49,24 +49,33 @@ def test_canonical_weights_round_trip_exactly(backend, spec_name: str, dtype: st
 
 
 def test_trainer_is_the_backend_gradient_followed_by_the_reference_adam(backend, spec_name: str) -> None:
-    """Three float64 steps of the trainer equal backend.gradients + the NumPy reference Adam."""
+    """Three float64 steps of the trainer equal backend.gradients + the NumPy reference Adam
+    (the trainable weights: the running statistics a trainer updates have no gradient; the
+    batch_norm tests of tests/test_layers.py check their updates)."""
     case = case_for(spec_name, "float64")
-    n = len(case.batch.x)
+    n, steps_per_epoch = len(case.batch.x), 2  # a per-epoch schedule steps once in the three
     steps = [Step(np.arange(n), case.batch.noise) for _ in range(3)]
     model = eq.built(backend, case)
-    losses = backend.trainer(model, case.batch.x, case.batch.labels).run(steps)
+    losses = backend.trainer(model, case.batch.x, case.batch.labels, steps_per_epoch).run(steps)
     trained = backend.get_weights(model)
 
     probe = eq.built(backend, case)
-    adam, weights, expected_losses = NumpyAdam(case.spec.optimizer, case.weights), case.weights, []
+    weights = {p.name: case.weights[p.name] for p in case.plan.trainable}
+    adam, expected_losses, rounding_only = NumpyAdam(case.spec.optimizer, weights, steps_per_epoch), [], set()
     for _ in steps:
-        backend.set_weights(probe, weights)
+        backend.set_weights(probe, {**case.weights, **weights})
         terms, grads = backend.gradients(probe, case.batch)
         expected_losses.append([terms[t] for t in loss_term_names(case.spec)])
+        scales = eq.layer_gradient_scales(case.plan, grads)
+        rounding_only |= {k for k in weights if np.abs(grads[k]).max() <= 1e-12 * scales[k]}
         weights = adam.update(weights, grads)
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-12)
+    lr = case.spec.optimizer.learning_rate
     for name in weights:
-        np.testing.assert_allclose(trained[name], weights[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        # a gradient of pure rounding (a bias straight before batch_norm) is a different rounding
+        # in the trainer's compiled step, and Adam scales it to a step of up to lr: bounded only
+        tolerance = dict(rtol=0, atol=len(steps) * lr) if name in rounding_only else dict(rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(trained[name], weights[name], **tolerance, err_msg=name)
 
 
 def test_the_stock_optimizer_is_the_framework_adam_and_stays_close(backend, spec_name: str) -> None:
