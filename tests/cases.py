@@ -18,7 +18,7 @@ from aebench.layers.base import LayerPlan, Where
 from aebench.layers.conv import Conv
 from aebench.layers.conv_transpose import ConvTranspose
 from aebench.plugins.backend_api import Backend
-from aebench.plugins.registry import available_backends
+from aebench.plugins.registry import available_backends, load_backend
 from aebench.spec.load import load_spec
 from aebench.spec.types import Spec
 from aebench.track.tracking import LogOutcome
@@ -39,6 +39,13 @@ def suite_spec(spec_name: str) -> Spec:
 def case_for(spec_name: str, dtype: str) -> eq.Case:
     """The shipped spec's equivalence case in ``dtype`` (at its test size), built once per test session."""
     return eq.make_case(suite_spec(spec_name).replace(dtype=dtype))
+
+
+@functools.cache
+def backend_gradients(backend_name: str, spec_name: str, dtype: str) -> dict[str, np.ndarray]:
+    """The backend's gradients on case_for(spec_name, dtype), computed once per test session:
+    the finite-difference and the cross-backend tests judge the same arrays."""
+    return eq.gradients(load_backend(backend_name), case_for(spec_name, dtype))
 
 
 def oracle_layer(layer: Any, x: np.ndarray, **weights: np.ndarray) -> np.ndarray:

@@ -235,8 +235,11 @@ def _central_difference(case: Case, name: str, index: int, step: float) -> float
 
 def check_gradients_fd(backend: Backend, case: Case, seed: int = 0) -> list[Comparison]:
     """Per weight array: the largest-gradient entry and random ones against finite differences."""
-    judge = Judge(backend.name, case.spec.dtype)
-    _, grads = backend.gradients(built(backend, case), case.batch)
+    return compare_gradients_fd(Judge(backend.name, case.spec.dtype), case, gradients(backend, case), seed)
+
+
+def compare_gradients_fd(judge: Judge, case: Case, grads: Weights, seed: int = 0) -> list[Comparison]:
+    """check_gradients_fd of gradients already computed."""
     rng = np.random.default_rng(seed)
     scales = layer_gradient_scales(case.plan, grads)
     out = []

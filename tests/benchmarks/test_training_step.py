@@ -1,8 +1,10 @@
 """One training step per spec and backend, timed by pytest-benchmark with a device sync.
 
 The step is the bench module's ``compiled`` mode on data already on the device, exactly
-what a campaign cell times; the compilation happens in the warm-up rounds. Run
-``pytest tests/benchmarks --benchmark-json=steps.json`` and ``aebench report steps.json``.
+what a campaign cell times; the compilation happens in the warm-up rounds. The suite runs with
+``--benchmark-disable`` (pyproject.toml): each spec's step then runs once, at its test size, to
+show that it compiles and gives a finite loss. Time them with ``pytest tests/benchmarks
+--benchmark-enable --benchmark-json=steps.json``, at the shipped sizes, and ``aebench report steps.json``.
 Backends that must run in a process of their own (Keras on a second engine) are timed by
 ``aebench bench`` instead and skipped here with that reason.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import suite_spec  # tests/ is on sys.path (pytest prepend import mode)
 
 from aebench.bench.data import make_bench_data
 from aebench.bench.flops import training_step_flops
@@ -33,7 +36,8 @@ def test_training_step(benchmark, backend, backend_name: str, spec_name: str) ->
     reason = bench.unsupported(backend, MODE)
     if reason:
         pytest.skip(f"{backend_name} {MODE}: {reason}")
-    spec = load_spec(spec_name)
+    spec = load_spec(spec_name) if benchmark.enabled else suite_spec(spec_name)
+    rounds = (ROUNDS + WARMUP_ROUNDS) if benchmark.enabled else 1  # disabled: pedantic calls the step once
     batch_size = spec.train.batch_size
     data = make_bench_data(spec, load_dataset(spec), batch_size, max_steps=ROUNDS + WARMUP_ROUNDS + 1)
     runner = bench.prepare(backend, spec, MODE, data, Precision(tf32=False), steps_per_call=1)
@@ -55,5 +59,5 @@ def test_training_step(benchmark, backend, backend_name: str, spec_name: str) ->
     )
     benchmark.pedantic(one_synced_step, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS, iterations=1)
     losses = runner.losses(handles)  # read back only now, outside the timed rounds
-    assert len(losses) == (ROUNDS + WARMUP_ROUNDS) * runner.steps_per_call
+    assert len(losses) == rounds * runner.steps_per_call
     assert np.isfinite(losses).all(), f"non-finite loss in {losses}"
