@@ -45,12 +45,24 @@ def test_every_shipped_spec_loads_and_plans(spec_name: str) -> None:
     assert plan.params, "a spec without weights"
 
 
-def test_every_test_size_extends_the_shipped_spec_of_its_name() -> None:
-    """A test size (tests/test_sizes) follows its shipped spec: it extends it, and keeps its name."""
+def test_every_test_size_is_its_shipped_spec_at_smaller_widths() -> None:
+    """A test size (tests/test_sizes) follows its shipped spec: it extends it (or the test size of
+    the spec that one extends, as beta_vae's extends vae_conv's), keeps its name, and differs from
+    it only in the model's layers and sizes, the data's size and the batch."""
     for small in sorted(TEST_SIZES.glob("*.yaml")):
-        assert yaml.safe_load(small.read_text())["extends"] == small.stem, small
-        assert small.stem in list_specs(), small
-        assert plan_model(load_spec(small)).params
+        name = small.stem
+        assert name in list_specs(), small
+        shipped_text = (builtin_specs_dir() / f"{name}.yaml").read_text()
+        assert yaml.safe_load(small.read_text())["extends"] in (name, yaml.safe_load(shipped_text).get("extends")), (
+            small
+        )
+        got, shipped = load_spec(small), load_spec(name)
+        assert got.name == name, small
+        for field in ("loss", "corruption", "optimizer", "init", "dtype"):
+            assert getattr(got, field) == getattr(shipped, field), (small, field)
+        same_model = ("family", "output_activation", "conditioning")
+        assert [getattr(got.model, f) for f in same_model] == [getattr(shipped.model, f) for f in same_model], small
+        assert plan_model(got).params
 
 
 def test_the_ten_variants_of_the_design_are_shipped() -> None:
