@@ -19,6 +19,7 @@ import pytest
 import yaml
 from cases import cheap_backend, oracle_layer
 
+from aebench.bench.flops import training_step_flops
 from aebench.check import equivalence as eq
 from aebench.check import oracle
 from aebench.check.tolerances import FD_RETRY_DIVISOR, FD_STEP, FD_TOL
@@ -36,6 +37,7 @@ from aebench.plugins.adam import NumpyAdam
 from aebench.plugins.backend_api import Batch, loss_term_names
 from aebench.plugins.registry import available_backends, load_backend
 from aebench.spec.load import builtin_specs_dir, load_spec
+from aebench.spec.memory import largest_size_field
 from aebench.spec.schema import Parser
 from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
@@ -395,6 +397,33 @@ def test_residual_counts_the_work_and_memory_of_the_layers_inside() -> None:
     assert kind_of(block.layer).macs(block) == 4 * 4 * 3 * 9 * 2 + 4 * 4 * 3 * 2
     assert kind_of(block.layer).activation_values(block) == 3 * 4 * 4 * 3  # the conv's, the projection's, the sum
     assert block.params == conv.params + projection.params
+
+
+def test_a_block_that_reads_the_data_counts_its_later_layers_input_gradients(tmp_path: Path) -> None:
+    """Only the block's first conv reads the data: the second one's input gradient is work."""
+    block = (
+        "{type: residual, layers: [{type: conv, filters: 1, kernel: 3, stride: 1, padding: same}, "
+        "{type: conv, filters: 1, kernel: 3, stride: 1, padding: same}]}"
+    )
+    path = tmp_path / "residual_first.yaml"
+    path.write_text(SPEC.format(encoder=f"{block}, {{type: flatten}}"))
+    plan = plan_model(load_spec(path))
+    first_conv = plan.encoder[0].children[0]
+    macs = sum(kind_of(layer.layer).macs(layer) for layer in plan.layers)
+    assert training_step_flops(plan, 1) == 2 * (3 * macs - kind_of(first_conv.layer).macs(first_conv))
+
+
+def test_memory_names_a_layer_of_the_block_to_shrink_not_its_projection(tmp_path: Path) -> None:
+    """The projection's output is the block's largest here (the conv inside is at half the
+    resolution), but the spec has no projection field: the conv's filters set its size."""
+    block = (
+        "{type: residual, projection: true, layers: [{type: conv, filters: 8, kernel: 3, stride: 2, padding: same}, "
+        "{type: upsample, factor: 2, interpolation: nearest}]}"
+    )
+    path = tmp_path / "wide_residual.yaml"
+    path.write_text(SPEC.format(encoder=f"{block}, {{type: flatten}}"))
+    plan = plan_model(load_spec(path))
+    assert largest_size_field(plan) == "model.encoder[0].layers[0].filters"
 
 
 def test_residual_with_its_activation_before_the_add_fails_the_check(monkeypatch, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ achieved GFLOP/s of elementwise-heavy specs is a lower bound of the work done.
 
 from __future__ import annotations
 
-from aebench.layers import kind_of
+from aebench.layers import kind_of, walk
 from aebench.layers.base import LayerPlan
 from aebench.spec.shapes import ModelPlan
 
@@ -22,9 +22,11 @@ def layer_macs(layer: LayerPlan) -> int:
 
 def data_input_layers(plan: ModelPlan) -> tuple[LayerPlan, ...]:
     """The layers that read the data itself (their input needs no gradient): the first
-    encoder layer with weights, or every latent head when the encoder has none."""
-    for layer in plan.encoder:
-        if layer.params:
+    encoder layer with weights of its own (inside a block that holds layers, its first such
+    layer; the block's projection, which reads the data too, is counted with a gradient), or
+    every latent head when the encoder has none."""
+    for layer in walk(plan.encoder):
+        if layer.params and not layer.children:
             return (layer,)
     return plan.heads
 

@@ -209,7 +209,7 @@ def _field_to_shrink(spec: Spec, plan: ModelPlan, need: MemoryNeed) -> str:
     """Where even one example at a time does not fit: the field behind the largest part of the need."""
     one_step = need.parameter_bytes + need.activation_bytes // need.batch_size
     if need.data_bytes < max(one_step, need.scoring_bytes):
-        return _largest_size_field(plan)
+        return largest_size_field(plan)
     if plan.label_size > math.prod(plan.data_shape):
         return "model.conditioning.num_classes"
     if isinstance(spec.data, (HeightWeight, Synthetic)):
@@ -217,14 +217,21 @@ def _field_to_shrink(spec: Spec, plan: ModelPlan, need: MemoryNeed) -> str:
     return "data.size" if isinstance(spec.data, Images) else "data"
 
 
-def _largest_size_field(plan: ModelPlan) -> str:
+def largest_size_field(plan: ModelPlan) -> str:
     """The field that sets the largest output of a layer with weights of its own, not only those of
     layers inside it (or the label size): the one to shrink."""
     candidates = [(plan.label_size, "model.conditioning.num_classes")]
     for layer in walk(plan.layers):
-        if layer.params and not layer.children:
+        if layer.params and not layer.children and _declared(layer):
             candidates.append((math.prod(layer.out_shape), _size_field(layer)))
     return max(candidates, key=lambda candidate: candidate[0])[1]
+
+
+def _declared(layer: LayerPlan) -> bool:
+    """Whether the spec writes the layer (a list item, or the latent heads), not a layer that another
+    plans for itself (a residual block's projection, whose size the block's own layers set)."""
+    path = spec_path(layer.name)
+    return path == "model.latent" or path.endswith("]")
 
 
 def _size_field(layer: LayerPlan) -> str:
