@@ -151,10 +151,15 @@ dtype: float64
 """
 
 
-def variant_spec(tmp_path: Path, variant: str):
-    path = tmp_path / f"layer_{variant}.yaml"
-    path.write_text(SPEC.format(encoder=", ".join(VARIANTS[variant])))
+def spec_with_encoder(tmp_path: Path, name: str, layers: list[str]) -> Spec:
+    """SPEC with ``layers`` (YAML flow mappings) as its encoder, written as ``name``.yaml."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPEC.format(encoder=", ".join(layers)))
     return load_spec(path)
+
+
+def variant_spec(tmp_path: Path, variant: str):
+    return spec_with_encoder(tmp_path, f"layer_{variant}", VARIANTS[variant])
 
 
 def test_every_layer_kind_has_a_variant_here() -> None:
@@ -405,9 +410,7 @@ def test_a_block_that_reads_the_data_counts_its_later_layers_input_gradients(tmp
         "{type: residual, layers: [{type: conv, filters: 1, kernel: 3, stride: 1, padding: same}, "
         "{type: conv, filters: 1, kernel: 3, stride: 1, padding: same}]}"
     )
-    path = tmp_path / "residual_first.yaml"
-    path.write_text(SPEC.format(encoder=f"{block}, {{type: flatten}}"))
-    plan = plan_model(load_spec(path))
+    plan = plan_model(spec_with_encoder(tmp_path, "residual_first", [block, "{type: flatten}"]))
     first_conv = plan.encoder[0].children[0]
     macs = sum(kind_of(layer.layer).macs(layer) for layer in plan.layers)
     assert training_step_flops(plan, 1) == 2 * (3 * macs - kind_of(first_conv.layer).macs(first_conv))
@@ -420,9 +423,7 @@ def test_memory_names_a_layer_of_the_block_to_shrink_not_its_projection(tmp_path
         "{type: residual, projection: true, layers: [{type: conv, filters: 8, kernel: 3, stride: 2, padding: same}, "
         "{type: upsample, factor: 2, interpolation: nearest}]}"
     )
-    path = tmp_path / "wide_residual.yaml"
-    path.write_text(SPEC.format(encoder=f"{block}, {{type: flatten}}"))
-    plan = plan_model(load_spec(path))
+    plan = plan_model(spec_with_encoder(tmp_path, "wide_residual", [block, "{type: flatten}"]))
     assert largest_size_field(plan) == "model.encoder[0].layers[0].filters"
 
 
