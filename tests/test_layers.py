@@ -299,16 +299,22 @@ def test_batch_norm_trainer_step_updates_the_running_statistics_as_the_oracle(ba
 
 
 _TORCH_TRAJECTORIES: dict[str, eq.Trajectory] = {}
+TRAJECTORY_VARIANTS = (*STATE_VARIANTS, "dropout", "residual_flat_with_dropout")
+"""The variants whose trainer steps carry what loss terms alone do not show: running statistics
+updated every step, and dropout masks drawn anew for every step."""
 
 
-@pytest.mark.parametrize("variant", STATE_VARIANTS)
-def test_batch_norm_trajectory_running_statistics_agree_with_torch(backend, variant, tmp_path: Path) -> None:
-    """The 50-step trajectory against torch's, the running statistics among its weights."""
-    case = batch_norm_case(tmp_path, variant)
+@pytest.mark.parametrize("variant", TRAJECTORY_VARIANTS)
+def test_fifty_steps_with_running_statistics_or_dropout_agree_with_torch(backend, variant, tmp_path: Path) -> None:
+    """The 50-step trajectory against torch's: the running statistics among its weights, each
+    step's dropout draws injected."""
+    if backend.name == "torch":
+        pytest.skip("torch is the reference; every other backend is compared with it")
+    case = eq.make_case(variant_spec(tmp_path, variant))
     if variant not in _TORCH_TRAJECTORIES:
         _TORCH_TRAJECTORIES[variant] = eq.reference_trajectory(load_backend("torch"), case)
     ref = _TORCH_TRAJECTORIES[variant]
-    assert state_of(ref.weights)
+    assert state_of(ref.weights) or all(step.noise.draws for step in eq.trajectory_steps(case))
     got = eq.trajectory(backend, case)
     judge = eq.Judge(backend.name, case.spec.dtype)
     assert not eq.failures(eq.compare_trajectories(judge, got, ref, eq.term_names(case)))
