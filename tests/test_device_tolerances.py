@@ -19,7 +19,8 @@ from aebench.check.tolerances import (
     trajectory_tolerances,
 )
 
-H100_CHECK = Path(__file__).resolve().parents[1].parent / "shared" / "gpu" / "h100-2026-11-22" / "check-float32-gpu.txt"
+H100_EVIDENCE = Path(__file__).resolve().parents[1] / "results" / "gpu-h100-2026-11-22" / "evidence"
+H100_CHECK = H100_EVIDENCE / "check-float32-gpu.txt"
 
 
 @pytest.mark.parametrize(
@@ -65,8 +66,6 @@ def test_a_semantic_sized_drift_fails_even_on_a_gpu() -> None:
 
 
 def test_the_gpu_bounds_cover_every_trajectory_the_h100_measured() -> None:
-    if not H100_CHECK.is_file():
-        pytest.skip(f"no H100 check output at {H100_CHECK}")
     rows = re.findall(
         r"^(\S+)\s+(\S+)\s+float32\s+50-step (losses|weights) vs reference\s+(\S+)", H100_CHECK.read_text(), re.M
     )
@@ -75,3 +74,13 @@ def test_the_gpu_bounds_cover_every_trajectory_the_h100_measured() -> None:
         bound = GPU_TRAJECTORY_LOSS_RTOL["float32"] if kind == "losses" else GPU_TRAJECTORY_WEIGHT_TOL["float32"]
         assert float(error) <= bound, (spec, backend, kind, error)
     assert max(float(e) for *_, kind, e in rows if kind == "weights") > TRAJECTORY_WEIGHT_TOL["float32"]
+
+
+def test_a_known_gap_loosens_a_bound_and_never_tightens_it() -> None:
+    """keras-torch's float64 trajectory gap (5e-3) against a bound its reference's rounding
+    spread had already widened to 1.58e-2 (vae_conv_bn64 at the shipped size): the wider holds."""
+    judge = eq.Judge("keras-torch", "float64")
+    widened = judge("trajectory:loss:total", 1e-2, 1.58e-2)
+    assert (widened.tolerance, widened.gap, widened.passed) == (1.58e-2, "", True)
+    tight = judge("trajectory:loss:total", 1e-3, TRAJECTORY_LOSS_RTOL["float64"])
+    assert tight.tolerance == 5e-3 and "float32" in tight.gap and tight.passed
