@@ -22,7 +22,7 @@ from cases import cheap_backend, oracle_layer
 from aebench.bench.flops import training_step_flops
 from aebench.check import equivalence as eq
 from aebench.check import oracle
-from aebench.check.tolerances import FD_RETRY_DIVISOR, FD_STEP, FD_TOL
+from aebench.check.tolerances import FD_RETRY_DIVISOR, FD_STEP, FD_TOL, TRAJECTORY_STEPS
 from aebench.data.noise import draw_noise, stream
 from aebench.layers import LAYER_KINDS, apply_layer, kind_of, plan_layer, spec_path, walk
 from aebench.layers.activations import Activation
@@ -298,7 +298,7 @@ def test_batch_norm_trainer_step_updates_the_running_statistics_as_the_oracle(ba
     )
 
 
-_TORCH_TRAJECTORIES: dict[str, eq.Trajectory] = {}
+_TORCH_TRAJECTORIES: dict[tuple[str, str], eq.Trajectory] = {}
 TRAJECTORY_VARIANTS = (*STATE_VARIANTS, "dropout", "residual_flat_with_dropout")
 """The variants whose trainer steps carry what loss terms alone do not show: running statistics
 updated every step, and dropout masks drawn anew for every step."""
@@ -311,12 +311,14 @@ def test_fifty_steps_with_running_statistics_or_dropout_agree_with_torch(backend
     if backend.name == "torch":
         pytest.skip("torch is the reference; every other backend is compared with it")
     case = eq.make_case(variant_spec(tmp_path, variant))
-    if variant not in _TORCH_TRAJECTORIES:
-        _TORCH_TRAJECTORIES[variant] = eq.reference_trajectory(load_backend("torch"), case)
-    ref = _TORCH_TRAJECTORIES[variant]
-    assert state_of(ref.weights) or all(step.noise.draws for step in eq.trajectory_steps(case))
-    got = eq.trajectory(backend, case)
     judge = eq.Judge(backend.name, case.spec.dtype)
+    key = (variant, judge.trajectory_precision)
+    if key not in _TORCH_TRAJECTORIES:
+        _TORCH_TRAJECTORIES[key] = eq.reference_trajectory(load_backend("torch"), case, judge.trajectory_precision)
+    ref = _TORCH_TRAJECTORIES[key]
+    assert ref.steps == TRAJECTORY_STEPS or judge.trajectory_precision == "float32"
+    assert state_of(ref.weights) or all(step.noise.draws for step in eq.trajectory_steps(case))
+    got = eq.trajectory(backend, case, ref.steps)
     assert not eq.failures(eq.compare_trajectories(judge, got, ref, eq.term_names(case)))
 
 

@@ -11,6 +11,7 @@ tolerance with a stated one and the comparison says so.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -24,13 +25,16 @@ from aebench.check.tolerances import (
     FD_SAMPLES_PER_ARRAY,
     FD_STEP,
     FD_TOL,
+    GRAD_SPREAD_MARGIN,
     GRAD_TOL,
+    GRADIENT_NUDGES,
     LOSS_FLOOR_OF_TOTAL,
     LOSS_RTOL,
     NUDGE_ULPS,
     ROUNDING_SPREAD_MARGIN,
     TRAJECTORY_BATCH,
     TRAJECTORY_EPOCH_STEPS,
+    TRAJECTORY_LOSS_RTOL,
     TRAJECTORY_STEPS,
     trajectory_tolerances,
 )
@@ -42,6 +46,7 @@ from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
 
 CHECK_BATCH = 8
+GRADIENT_NUDGE_KEY = 2  # the stream of gradient_rounding_spread's nudges, apart from make_case's
 BIAS_SD = 0.1  # biases of the check weights are drawn too, so bias layouts are exercised
 
 
@@ -61,7 +66,7 @@ class Case:
 
 @dataclass(frozen=True)
 class Trajectory:
-    """Per-step loss terms (steps, terms) and the final canonical weights of a training run."""
+    """Per-step loss terms (steps, terms) and the canonical weights after the last step of a training run."""
 
     losses: np.ndarray
     weights: Weights
@@ -69,6 +74,10 @@ class Trajectory:
     rounding_spread: dict[str, float] = field(default_factory=dict)
     """Per compared quantity, how far the same backend's run from a nudged start lies from this
     one (reference_trajectory); empty when not measured."""
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class Comparison:
     error: float
     tolerance: float
     gap: str = ""
+    note: str = ""
+    """Where the tolerance is not the plain one: how it was obtained (a rounding spread)."""
 
     @property
     def passed(self) -> bool:
@@ -103,6 +114,15 @@ class Judge:
         if gap is None or gap.tolerance <= tolerance:
             return Comparison(quantity, error, tolerance)
         return Comparison(quantity, error, gap.tolerance, gap.reason)
+
+    @property
+    def trajectory_precision(self) -> str:
+        """The precision the backend's trajectories are computed at: float32 where a known gap
+        holds its float64 trajectory losses to float32's bound (it computes layers in float32),
+        else its dtype. The reference's predictable steps are measured with a nudge of it."""
+        gap = gap_for(self.backend, self.dtype, "trajectory:loss:total")
+        coarse = self.dtype == "float64" and gap is not None and gap.tolerance >= TRAJECTORY_LOSS_RTOL["float32"]
+        return "float32" if coarse else self.dtype
 
 
 def make_case(
@@ -264,17 +284,52 @@ def gradients(backend: Backend, case: Case) -> Weights:
     return backend.gradients(built(backend, case), case.batch)[1]
 
 
-def compare_gradients(judge: Judge, got: Weights, ref: Weights, plan: ModelPlan) -> list[Comparison]:
-    """Every gradient array against a reference backend's float64 gradients, on its layer's scale."""
+def compare_gradients(
+    judge: Judge,
+    got: Weights,
+    ref: Weights,
+    plan: ModelPlan,
+    rounding_spread: Optional[Callable[[], dict[str, float]]] = None,
+) -> list[Comparison]:
+    """Every gradient array against a reference backend's float64 gradients, on its layer's
+    scale. In float32, an array that misses GRAD_TOL is held instead to GRAD_SPREAD_MARGIN
+    times ``rounding_spread()[name]`` (gradient_rounding_spread: how far the reference's own
+    float32 gradients move under nudges of a few ulps) where that is wider, and says so."""
     scales = layer_gradient_scales(plan, ref)
-    return [
-        judge(
-            f"grad:{name}",
-            scaled_error(got.get(name, np.array(np.nan)), ref[name], scales.get(name, 0.0)),
-            GRAD_TOL[judge.dtype],
-        )
-        for name in ref
-    ]
+    out = []
+    for name in ref:
+        error = scaled_error(got.get(name, np.array(np.nan)), ref[name], scales.get(name, 0.0))
+        comparison = judge(f"grad:{name}", error, GRAD_TOL[judge.dtype])
+        if not comparison.passed and judge.dtype == "float32" and rounding_spread is not None:
+            comparison = _held_to_spread(judge, comparison, rounding_spread()[name])
+        out.append(comparison)
+    return out
+
+
+def _held_to_spread(judge: Judge, comparison: Comparison, spread: float) -> Comparison:
+    bound = GRAD_SPREAD_MARGIN * spread
+    if not bound > comparison.tolerance:
+        return comparison
+    note = f"bound {GRAD_SPREAD_MARGIN:g} x the reference's float32 spread {spread:.2e} under {NUDGE_ULPS}-ulp nudges"
+    return dataclasses.replace(judge(comparison.quantity, comparison.error, bound), note=note)
+
+
+def gradient_rounding_spread(backend: Backend, case: Case, ref: Weights) -> dict[str, float]:
+    """Per gradient array, the largest distance (on its layer's scale) between ``ref`` (float64
+    gradients at the case) and ``backend``'s gradients in the case's dtype at GRADIENT_NUDGES
+    starts, each weight multiplied by 1 +- NUDGE_ULPS units in the last place, the sign drawn
+    per weight: where the point lies within rounding of a kink (tolerances.py, GRAD_TOL)."""
+    eps = float(np.finfo(np.dtype(case.spec.dtype)).eps)
+    scales = layer_gradient_scales(case.plan, ref)
+    spread: dict[str, float] = {}
+    for k in range(GRADIENT_NUDGES):
+        rng = stream(k, CHECK_STREAM, GRADIENT_NUDGE_KEY)
+        nudged = {n: v * (1 + NUDGE_ULPS * eps * rng.choice([-1.0, 1.0], np.shape(v))) for n, v in case.weights.items()}
+        got = gradients(backend, dataclasses.replace(case, weights=nudged, finite_differences={}))
+        for name in ref:
+            error = scaled_error(got.get(name, np.array(np.nan)), ref[name], scales.get(name, 0.0))
+            spread[name] = max(spread.get(name, 0.0), error)
+    return spread
 
 
 def trajectory_steps(case: Case) -> list[Step]:
@@ -291,24 +346,43 @@ def trajectory_steps(case: Case) -> list[Step]:
     ]
 
 
-def trajectory(backend: Backend, case: Case) -> Trajectory:
-    """Train from the case's weights with the spec's optimizer on the same batches. A
-    per-epoch schedule steps every TRAJECTORY_EPOCH_STEPS updates, so the trajectory crosses
-    epoch boundaries whatever the spec's data and batch size."""
+def trajectory(backend: Backend, case: Case, steps: int = TRAJECTORY_STEPS) -> Trajectory:
+    """Train from the case's weights with the spec's optimizer on the first ``steps`` of the
+    same batches. A per-epoch schedule steps every TRAJECTORY_EPOCH_STEPS updates, so the
+    trajectory crosses epoch boundaries whatever the spec's data and batch size."""
     model = built(backend, case)
     trainer = backend.trainer(model, case.train_x, case.train_labels, TRAJECTORY_EPOCH_STEPS)
-    losses = trainer.run(trajectory_steps(case))
+    losses = trainer.run(trajectory_steps(case)[:steps])
     return Trajectory(losses, backend.get_weights(model), backend.device())
 
 
-def reference_trajectory(backend: Backend, case: Case) -> Trajectory:
+def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] = None) -> Trajectory:
     """The reference run, with its rounding spread: how far the same backend's run from the
-    case's weights nudged by NUDGE_ULPS units in the last place lies from it (tolerances.py)."""
-    ref = trajectory(backend, case)
-    nudge = 1 + NUDGE_ULPS * float(np.finfo(np.dtype(case.spec.dtype)).eps)
-    nudged = dataclasses.replace(case, weights={k: v * nudge for k, v in case.weights.items()}, finite_differences={})
-    spread = trajectory_errors(trajectory(backend, nudged), ref, term_names(case))
+    case's weights nudged by NUDGE_ULPS units in the last place of ``precision`` (default: the
+    case's dtype; Judge.trajectory_precision) lies from it (tolerances.py). Over its predictable
+    steps only: where the nudged run's total loss departs by more than that precision's loss
+    tolerance, two correct runs already disagree: the training is chaotic at this precision and later
+    steps say nothing about an implementation; both runs are then repeated that far."""
+    precision = precision or case.spec.dtype
+    nudge = 1 + NUDGE_ULPS * float(np.finfo(np.dtype(precision)).eps)
+    nudged_weights = {k: v * nudge for k, v in case.weights.items()}
+    nudged_case = dataclasses.replace(case, weights=nudged_weights, finite_differences={})
+    ref, nudged = trajectory(backend, case), trajectory(backend, nudged_case)
+    loss_tol = trajectory_tolerances(precision, ref.device)[0]
+    steps = predictable_steps(nudged.losses, ref.losses, loss_tol)
+    if steps < len(ref.losses):
+        ref, nudged = trajectory(backend, case, steps), trajectory(backend, nudged_case, steps)
+    spread = trajectory_errors(nudged, ref, term_names(case))
     return dataclasses.replace(ref, rounding_spread=spread)
+
+
+def predictable_steps(nudged: np.ndarray, ref: np.ndarray, bound: float) -> int:
+    """The number of leading steps at which the nudged run's total loss (column 0) lies within
+    ``bound`` of the reference's, relatively; at least one. Only the objective decides: a term
+    with little weight (a KL at beta 0.00025) may part sooner and is held to its own spread."""
+    per_step = np.abs(nudged[:, 0] - ref[:, 0]) / np.abs(ref[:, 0])
+    departed = np.flatnonzero(~(per_step <= bound))
+    return max(1, int(departed[0])) if departed.size else len(ref)
 
 
 def trajectory_errors(got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> dict[str, float]:
@@ -329,13 +403,17 @@ def trajectory_errors(got: Trajectory, ref: Trajectory, names: tuple[str, ...]) 
 
 def compare_trajectories(judge: Judge, got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> list[Comparison]:
     """Per-step losses (each term) and final weights against a reference backend's run, each
-    held to its tolerance or to ROUNDING_SPREAD_MARGIN times the reference's rounding spread."""
+    held to its tolerance or to ROUNDING_SPREAD_MARGIN times the reference's rounding spread.
+    A reference cut to its predictable steps (reference_trajectory) says so in each comparison."""
     loss_tol, weight_tol = trajectory_tolerances(judge.dtype, got.device, ref.device)
+    cut = ref.steps < TRAJECTORY_STEPS
+    note = f"over the first {ref.steps} of {TRAJECTORY_STEPS} steps, the predictable ones" if cut else ""
     out = []
     for quantity, error in trajectory_errors(got, ref, names).items():
         tolerance = loss_tol if quantity.startswith("trajectory:loss") else weight_tol
         spread = ROUNDING_SPREAD_MARGIN * ref.rounding_spread.get(quantity, 0.0)
-        out.append(judge(quantity, error, max(tolerance, spread) if np.isfinite(spread) else tolerance))
+        comparison = judge(quantity, error, max(tolerance, spread) if np.isfinite(spread) else tolerance)
+        out.append(dataclasses.replace(comparison, note=note) if note else comparison)
     return out
 
 

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Optional
 
 from aebench.check import equivalence as eq
@@ -115,11 +115,13 @@ def run_check(
         ref_grads = _guard(partial(eq.gradients, backends[reference], case64))
         for dtype in dtypes:
             case = case64 if dtype == "float64" else eq.make_case(spec.replace(dtype=dtype))
-            ref_traj = _guard(partial(eq.reference_trajectory, backends[reference], case)) if len(able) > 1 else None
+            ref_spread = cache(partial(eq.gradient_rounding_spread, backends[reference], case, ref_grads))
+            ref_traj = cache(partial(_reference_trajectory, backends[reference], case))
             for name, backend in able.items():
                 done += 1
                 progress(f"[{done}/{total}] {spec.name} {dtype} {name} ({time.perf_counter() - start:.0f} s)")
-                rows += _rows(spec.name, name, dtype, _comparisons(backend, case, reference, ref_grads, ref_traj))
+                comparisons = _comparisons(backend, case, reference, ref_grads, ref_spread, ref_traj)
+                rows += _rows(spec.name, name, dtype, comparisons)
     return rows
 
 
@@ -136,25 +138,34 @@ def _implementing(spec: Spec, backends: dict[str, Backend]) -> tuple[dict[str, B
     return able, lacking
 
 
-def _comparisons(backend: Backend, case: eq.Case, reference: str, ref_grads, ref_traj) -> list:
-    """The comparisons of one backend, or ('raised', message) where it raised."""
+def _comparisons(backend: Backend, case: eq.Case, reference: str, ref_grads, ref_spread, ref_traj) -> list:
+    """The comparisons of one backend, or ('raised', message) where it raised. ``ref_spread``
+    measures the reference's float32 gradient spread when a comparison needs it (eq.compare_gradients);
+    ``ref_traj(precision)`` gives the reference trajectory nudged at that precision."""
     judge = eq.Judge(backend.name, case.spec.dtype)
     out = []
     steps = [lambda: eq.check_loss_terms(backend, case), lambda: eq.check_encode_decode(backend, case)]
     if case.spec.dtype == "float64":
         steps.append(lambda: eq.check_gradients_fd(backend, case))
     if isinstance(ref_grads, dict) and not (backend.name == reference and case.spec.dtype == "float64"):
-        steps.append(lambda: eq.compare_gradients(judge, eq.gradients(backend, case), ref_grads, case.plan))
-    if isinstance(ref_traj, eq.Trajectory) and backend.name != reference:
-        names = eq.term_names(case)
-        steps.append(lambda: eq.compare_trajectories(judge, eq.trajectory(backend, case), ref_traj, names))
+        grads = partial(eq.gradients, backend, case)
+        steps.append(lambda: eq.compare_gradients(judge, grads(), ref_grads, case.plan, ref_spread))
+    traj = ref_traj(judge.trajectory_precision) if backend.name != reference else None
+    if isinstance(traj, eq.Trajectory):
+        names, ref_steps = eq.term_names(case), traj.steps
+        steps.append(lambda: eq.compare_trajectories(judge, eq.trajectory(backend, case, ref_steps), traj, names))
     for step in steps:
         result = _guard(step)
         out.extend(result if isinstance(result, list) else [result])
-    for label, ref in (("reference gradients", ref_grads), ("reference trajectory", ref_traj)):
+    for label, ref in (("reference gradients", ref_grads), ("reference trajectory", traj)):
         if isinstance(ref, tuple):
             out.append(("raised", f"{reference} ({label}): {ref[1]}"))
     return out
+
+
+def _reference_trajectory(reference: Backend, case: eq.Case, precision: str):
+    """The reference's trajectory nudged at ``precision``, or ('raised', message)."""
+    return _guard(partial(eq.reference_trajectory, reference, case, precision))
 
 
 def _guard(fn: Callable):
@@ -179,7 +190,7 @@ def _rows(spec: str, backend: str, dtype: str, comparisons: list) -> list[Row]:
                     c.error,
                     c.tolerance,
                     "pass" if c.passed else "FAIL",
-                    f"known gap: {c.gap}" if c.gap else "",
+                    "; ".join(filter(None, [f"known gap: {c.gap}" if c.gap else "", c.note])),
                 )
             )
     return rows

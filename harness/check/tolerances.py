@@ -50,6 +50,21 @@ FD_SAMPLES_PER_ARRAY = 3
 # (measured <= 5.7e-15). float32: rounding through the whole backward pass (measured
 # <= 1.4e-6, vae_conv); 1e-5 leaves a 7x margin, a layout or padding bug is O(1).
 GRAD_TOL = {"float64": 1e-10, "float32": 1e-5}
+# A float32 gradient is never held closer than the reference backend's own float32 gradients
+# agree with its float64 ones when the point moves by rounding: GRADIENT_NUDGES starts, each
+# weight multiplied by 1 +- NUDGE_ULPS float32 ulps (sign drawn per weight), and an array that
+# misses GRAD_TOL may differ by GRAD_SPREAD_MARGIN times the largest such distance. This matters
+# where the point lies within float32 rounding of a kink: vae_conv_bn64 at its shipped size has
+# 2 million leaky_relu inputs per batch of 8, about 20 of them within 1e-6 of their layer's
+# largest; one at encoder.9 (1.3e-6 in float64) rounds to the other side in jax's float32,
+# its slope goes from 1 to 0.01, and batch_norm over 32 values per channel spreads that into
+# 9.8e-2 of encoder.8.kernel's largest gradient. torch's float32 gradients at one of four such
+# nudged starts miss by the same 9.8e-2 (the same input crossing), at the other three by 2e-3
+# to 2.7e-2 (results/cpu-2026-12-02). Both sides of a kink are correct float32 results; the
+# float64 comparison (1e-10) stays the semantic check. 2x: the backend's own rounding is one
+# more such draw, from the same distribution as the four.
+GRADIENT_NUDGES = 4
+GRAD_SPREAD_MARGIN = 2.0
 
 # TRAJECTORY_STEPS reference-Adam steps from the same weights on the same batches, against
 # the reference backend. Losses: every term at every step, relative (floor as for loss
@@ -102,6 +117,14 @@ def trajectory_tolerances(dtype: str, *devices: str) -> tuple[float, float]:
 # docs/EQUIVALENCE.md, 'Batch normalisation'). 10x: frameworks round differently at every step, the
 # nudge once, so their spread may exceed the nudge's by a few times; a semantic error (a layout,
 # a wrong update) is orders of magnitude above rounding.
+# Where the training is chaotic at the dtype's precision, the nudged run's total loss leaves
+# the reference's by more than the loss tolerance after some step, and the steps after it say
+# nothing about an implementation (two correct runs of one framework part there): the trajectory
+# is then compared over the steps before it only (reference_trajectory), and says so. The total
+# decides, the objective being minimised; a term of little weight that parts sooner (the KL at
+# beta 0.00025 of vae_conv_bn64 at its test size: 6e-3 after 3 float32 steps while the total stays
+# within 1.5e-3 for 12) is held to its own spread. Measured at the shipped size of vae_conv_bn64
+# (lr 0.005, batch norm over batches of 32): TODO.
 NUDGE_ULPS = 8
 ROUNDING_SPREAD_MARGIN = 10.0
 
