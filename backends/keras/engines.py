@@ -12,6 +12,7 @@ and torch assign in place; on JAX the scope collects the assignments and they ar
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import keras
 
@@ -24,6 +25,32 @@ def value_and_grad(fn: Callable[[], dict], variables: list, state: Sequence = ()
     if engine() == "jax":
         return _jax(fn, variables, state)
     return {"tensorflow": _tensorflow, "torch": _torch}[engine()](fn, variables)
+
+
+StepGradients = Callable[..., tuple[dict, list]]
+"""(*inputs) -> (terms, gradients of 'total'): step_value_and_grad."""
+
+
+def step_value_and_grad(fn: Callable[..., dict], variables: list, state: Sequence = ()) -> StepGradients:
+    """A training step's gradients: ``(*inputs) -> value_and_grad(lambda: fn(*inputs), variables,
+    state)``. On JAX the step is traced once per input shapes under jax.jit, as Keras' own
+    ``fit`` compiles it there; on TensorFlow and torch it runs eagerly."""
+    if engine() != "jax":
+        return lambda *inputs: value_and_grad(partial(fn, *inputs), variables, state)
+    import jax
+
+    def pure(values, state_values, *inputs):
+        return stateful_value_and_grad(partial(fn, *inputs), variables, values, state, state_values)
+
+    jitted = jax.jit(pure)
+
+    def run(*inputs):
+        terms, grads, new_state = jitted([v.value for v in variables], [v.value for v in state], *inputs)
+        for variable, value in zip(state, new_state):
+            variable.assign(value)
+        return terms, grads
+
+    return run
 
 
 def _tensorflow(fn, variables):

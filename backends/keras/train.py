@@ -16,7 +16,7 @@ from aebench.plugins.adam import adam_scalars, coupled_decay, decoupled_decay, e
 from aebench.plugins.backend_api import Step, loss_term_names
 from aebench.spec.types import Adam, Spec
 
-from .engines import value_and_grad
+from .engines import step_value_and_grad
 from .losses import loss_terms
 from .model import Autoencoder
 
@@ -120,6 +120,8 @@ class KerasTrainer:
         period = steps_per_epoch or epoch_steps(len(x), spec.train.batch_size)
         self.optimizer = optimizer(model.variables, spec.optimizer, self.dtype, period)
         self.names = loss_term_names(spec)
+        # the running statistics are the step's state: updated by it
+        self.value_and_grad = step_value_and_grad(partial(loss_terms, model, spec), model.variables, model.state)
 
     def _tensor(self, a: Optional[np.ndarray]):
         return None if a is None else ops.convert_to_tensor(np.asarray(a, dtype=self.dtype))
@@ -132,11 +134,7 @@ class KerasTrainer:
             labels = None if self.labels is None else ops.take(self.labels, idx, axis=0)
             eps, corruption = self._tensor(step.noise.eps), self._tensor(step.noise.corruption)
             draws = {name: self._tensor(draw) for name, draw in step.noise.draws.items()}
-            terms, grads = value_and_grad(
-                partial(loss_terms, self.model, self.spec, x, labels, eps, corruption, draws),
-                self.model.variables,
-                self.model.state,  # the running statistics: updated by the step
-            )
+            terms, grads = self.value_and_grad(x, labels, eps, corruption, draws)
             self.optimizer.step(grads)
             rows.append([ops.convert_to_numpy(terms[n]) for n in self.names])
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.names))

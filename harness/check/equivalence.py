@@ -360,7 +360,7 @@ def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] 
     """The reference run, with its rounding spread: how far the same backend's run from the
     case's weights nudged by NUDGE_ULPS units in the last place of ``precision`` (default: the
     case's dtype; Judge.trajectory_precision) lies from it (tolerances.py). Over its predictable
-    steps only: where the nudged run's total loss departs by more than that precision's loss
+    steps only: where a loss term of the nudged run departs by more than that precision's loss
     tolerance, two correct runs already disagree: the training is chaotic at this precision and later
     steps say nothing about an implementation; both runs are then repeated that far."""
     precision = precision or case.spec.dtype
@@ -377,10 +377,10 @@ def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] 
 
 
 def predictable_steps(nudged: np.ndarray, ref: np.ndarray, bound: float) -> int:
-    """The number of leading steps at which the nudged run's total loss (column 0) lies within
-    ``bound`` of the reference's, relatively; at least one. Only the objective decides: a term
-    with little weight (a KL at beta 0.00025) may part sooner and is held to its own spread."""
-    per_step = np.abs(nudged[:, 0] - ref[:, 0]) / np.abs(ref[:, 0])
+    """The number of leading steps at which every loss term of the nudged run lies within
+    ``bound`` of the reference's (relative, floor as for loss terms); at least one."""
+    floor = LOSS_FLOOR_OF_TOTAL * np.abs(ref[:, 0]).max()
+    per_step = (np.abs(nudged - ref) / np.maximum(np.abs(ref), floor)).max(axis=1)
     departed = np.flatnonzero(~(per_step <= bound))
     return max(1, int(departed[0])) if departed.size else len(ref)
 
