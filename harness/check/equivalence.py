@@ -46,7 +46,7 @@ from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
 
 CHECK_BATCH = 8
-GRADIENT_NUDGE_KEY = 2  # the stream of gradient_rounding_spread's nudges, apart from make_case's
+NUDGE_KEY = 2  # the stream of the nudges' signs (nudged), apart from make_case's
 BIAS_SD = 0.1  # biases of the check weights are drawn too, so bias layouts are exercised
 
 
@@ -319,13 +319,10 @@ def gradient_rounding_spread(backend: Backend, case: Case, ref: Weights) -> dict
     gradients at the case) and ``backend``'s gradients in the case's dtype at GRADIENT_NUDGES
     starts, each weight multiplied by 1 +- NUDGE_ULPS units in the last place, the sign drawn
     per weight: where the point lies within rounding of a kink (tolerances.py, GRAD_TOL)."""
-    eps = float(np.finfo(np.dtype(case.spec.dtype)).eps)
     scales = layer_gradient_scales(case.plan, ref)
     spread: dict[str, float] = {}
     for k in range(GRADIENT_NUDGES):
-        rng = stream(k, CHECK_STREAM, GRADIENT_NUDGE_KEY)
-        nudged = {n: v * (1 + NUDGE_ULPS * eps * rng.choice([-1.0, 1.0], np.shape(v))) for n, v in case.weights.items()}
-        got = gradients(backend, dataclasses.replace(case, weights=nudged, finite_differences={}))
+        got = gradients(backend, nudged(case, case.spec.dtype, k))
         for name in ref:
             error = scaled_error(got.get(name, np.array(np.nan)), ref[name], scales.get(name, 0.0))
             spread[name] = max(spread.get(name, 0.0), error)
@@ -356,6 +353,16 @@ def trajectory(backend: Backend, case: Case, steps: int = TRAJECTORY_STEPS) -> T
     return Trajectory(losses, backend.get_weights(model), backend.device())
 
 
+def nudged(case: Case, precision: str, draw: int = 0) -> Case:
+    """The case with every weight multiplied by 1 +- NUDGE_ULPS units in the last place of
+    ``precision``, the sign drawn per weight (draw ``draw``): a start that rounding alone could
+    have produced. Random signs, because batch norm undoes a common scale of the kernels before it."""
+    eps = float(np.finfo(np.dtype(precision)).eps)
+    rng = stream(draw, CHECK_STREAM, NUDGE_KEY)
+    weights = {n: v * (1 + NUDGE_ULPS * eps * rng.choice([-1.0, 1.0], np.shape(v))) for n, v in case.weights.items()}
+    return dataclasses.replace(case, weights=weights, finite_differences={})
+
+
 def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] = None) -> Trajectory:
     """The reference run, with its rounding spread: how far the same backend's run from the
     case's weights nudged by NUDGE_ULPS units in the last place of ``precision`` (default: the
@@ -363,24 +370,21 @@ def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] 
     steps only: where a loss term of the nudged run departs by more than that precision's loss
     tolerance, two correct runs already disagree: the training is chaotic at this precision and later
     steps say nothing about an implementation; both runs are then repeated that far."""
-    precision = precision or case.spec.dtype
-    nudge = 1 + NUDGE_ULPS * float(np.finfo(np.dtype(precision)).eps)
-    nudged_weights = {k: v * nudge for k, v in case.weights.items()}
-    nudged_case = dataclasses.replace(case, weights=nudged_weights, finite_differences={})
-    ref, nudged = trajectory(backend, case), trajectory(backend, nudged_case)
-    loss_tol = trajectory_tolerances(precision, ref.device)[0]
-    steps = predictable_steps(nudged.losses, ref.losses, loss_tol)
+    moved = nudged(case, precision or case.spec.dtype)
+    ref, other = trajectory(backend, case), trajectory(backend, moved)
+    loss_tol = trajectory_tolerances(precision or case.spec.dtype, ref.device)[0]
+    steps = predictable_steps(other.losses, ref.losses, loss_tol)
     if steps < len(ref.losses):
-        ref, nudged = trajectory(backend, case, steps), trajectory(backend, nudged_case, steps)
-    spread = trajectory_errors(nudged, ref, term_names(case))
+        ref, other = trajectory(backend, case, steps), trajectory(backend, moved, steps)
+    spread = trajectory_errors(other, ref, term_names(case))
     return dataclasses.replace(ref, rounding_spread=spread)
 
 
-def predictable_steps(nudged: np.ndarray, ref: np.ndarray, bound: float) -> int:
-    """The number of leading steps at which every loss term of the nudged run lies within
+def predictable_steps(other: np.ndarray, ref: np.ndarray, bound: float) -> int:
+    """The number of leading steps at which every loss term of the ``other`` (nudged) run lies within
     ``bound`` of the reference's (relative, floor as for loss terms); at least one."""
     floor = LOSS_FLOOR_OF_TOTAL * np.abs(ref[:, 0]).max()
-    per_step = (np.abs(nudged - ref) / np.maximum(np.abs(ref), floor)).max(axis=1)
+    per_step = (np.abs(other - ref) / np.maximum(np.abs(ref), floor)).max(axis=1)
     departed = np.flatnonzero(~(per_step <= bound))
     return max(1, int(departed[0])) if departed.size else len(ref)
 

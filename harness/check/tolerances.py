@@ -108,8 +108,9 @@ def trajectory_tolerances(dtype: str, *devices: str) -> tuple[float, float]:
 
 # A trajectory is never held closer than the reference backend agrees with itself: its run from
 # a start nudged by NUDGE_ULPS units in the last place of the dtype (every weight times
-# 1 + NUDGE_ULPS * eps) gives, per compared quantity, how far rounding alone moves it, and the
-# other backends may differ by ROUNDING_SPREAD_MARGIN times that. Nearly everywhere this is far
+# 1 +- NUDGE_ULPS * eps, the sign drawn per weight: batch norm would undo a common scale) gives,
+# per compared quantity, how far rounding alone moves it, and the other backends may differ by
+# ROUNDING_SPREAD_MARGIN times that. Nearly everywhere this is far
 # below the tolerances above and changes nothing. It matters where the training amplifies
 # rounding: a bias straight before batch_norm has a gradient of pure rounding, which Adam turns
 # into steps of lr * g / epsilon (measured, float64: such biases 3e-6 and the running mean after
