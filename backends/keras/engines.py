@@ -46,8 +46,7 @@ def step_value_and_grad(fn: Callable[..., dict], variables: list, state: Sequenc
 
     def run(*inputs):
         terms, grads, new_state = jitted([v.value for v in variables], [v.value for v in state], *inputs)
-        for variable, value in zip(state, new_state):
-            variable.assign(value)
+        _copy_out(state, new_state)
         return terms, grads
 
     return run
@@ -65,9 +64,14 @@ def _jax(fn, variables, state):
     terms, grads, new_state = stateful_value_and_grad(
         fn, variables, [v.value for v in variables], state, [v.value for v in state]
     )
-    for variable, value in zip(state, new_state):
-        variable.assign(value)
+    _copy_out(state, new_state)
     return terms, grads
+
+
+def _copy_out(state: Sequence, values: Sequence) -> None:
+    """The state variables take the values a stateless JAX step computed for them."""
+    for variable, value in zip(state, values):
+        variable.assign(value)
 
 
 def stateful_value_and_grad(

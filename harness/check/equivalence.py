@@ -370,9 +370,10 @@ def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] 
     steps only: where a loss term of the nudged run departs by more than that precision's loss
     tolerance, two correct runs already disagree: the training is chaotic at this precision and later
     steps say nothing about an implementation; both runs are then repeated that far."""
-    moved = nudged(case, precision or case.spec.dtype)
+    precision = precision or case.spec.dtype
+    moved = nudged(case, precision)
     ref, other = trajectory(backend, case), trajectory(backend, moved)
-    loss_tol = trajectory_tolerances(precision or case.spec.dtype, ref.device)[0]
+    loss_tol = trajectory_tolerances(precision, ref.device)[0]
     steps = predictable_steps(other.losses, ref.losses, loss_tol)
     if steps < len(ref.losses):
         ref, other = trajectory(backend, case, steps), trajectory(backend, moved, steps)
@@ -383,10 +384,14 @@ def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] 
 def predictable_steps(other: np.ndarray, ref: np.ndarray, bound: float) -> int:
     """The number of leading steps at which every loss term of the ``other`` (nudged) run lies within
     ``bound`` of the reference's (relative, floor as for loss terms); at least one."""
-    floor = LOSS_FLOOR_OF_TOTAL * np.abs(ref[:, 0]).max()
-    per_step = (np.abs(other - ref) / np.maximum(np.abs(ref), floor)).max(axis=1)
+    per_step = (np.abs(other - ref) / np.maximum(np.abs(ref), loss_floor(ref))).max(axis=1)
     departed = np.flatnonzero(~(per_step <= bound))
     return max(1, int(departed[0])) if departed.size else len(ref)
+
+
+def loss_floor(losses: np.ndarray) -> float:
+    """The floor of a trajectory's relative loss errors: LOSS_FLOOR_OF_TOTAL of its largest total (column 0)."""
+    return LOSS_FLOOR_OF_TOTAL * float(np.abs(losses[:, 0]).max())
 
 
 def trajectory_errors(got: Trajectory, ref: Trajectory, names: tuple[str, ...]) -> dict[str, float]:
@@ -395,7 +400,7 @@ def trajectory_errors(got: Trajectory, ref: Trajectory, names: tuple[str, ...]) 
     if got.losses.shape != ref.losses.shape:
         errors = {"trajectory:loss": float("inf")}
     else:
-        floor = LOSS_FLOOR_OF_TOTAL * np.abs(ref.losses[:, 0]).max()
+        floor = loss_floor(ref.losses)
         errors = {
             f"trajectory:loss:{name}": relative_error(got.losses[:, i], ref.losses[:, i], floor)
             for i, name in enumerate(names)
