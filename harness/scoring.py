@@ -11,11 +11,14 @@ from typing import Optional
 @dataclass(frozen=True)
 class QualitySettings:
     """k: importance samples per example; nll_examples: score the NLL and ELBO on the first
-    this many test examples (None: all); decode_rows: rows per decode call (memory bound)."""
+    this many test examples (None: all); decode_rows: rows per decode call (memory bound);
+    term_examples: the loss terms' own metrics (LossTerm.quality) read the encodings of the
+    first this many test examples (their estimators compare every pair: n^2 work)."""
 
     k: int = 200
     nll_examples: Optional[int] = 200
     decode_rows: int = 2000
+    term_examples: int = 1000
 
     def examples(self, n_test: int) -> int:
         """How many test examples the NLL and ELBO are computed on."""

@@ -12,8 +12,10 @@ from aebench.check import oracle
 from aebench.data.noise import corrupt
 from aebench.layers.activations import Activation, sigmoid
 from aebench.layers.conv import same_pads
+from aebench.losses._minibatch_weighted import LOG_2PI, decomposition
 from aebench.losses.contractive import Contractive, code_jacobian, contractive_loss
 from aebench.losses.kl import KL, kl_loss
+from aebench.losses.mmd import MMD, kernel_matrix, mmd_loss
 from aebench.losses.reconstruction import Reconstruction, bce_with_logits, reconstruction_loss
 from aebench.losses.sparsity import Sparsity, sparsity_loss
 from aebench.spec.types import Gaussian, Masking, SaltAndPepper
@@ -176,3 +178,74 @@ def test_flatten_walks_height_width_channels() -> None:
     _, flat = oracle.apply_layer(LayerPlan("encoder.0", Flatten("flatten"), (2, 2, 3), (12,), ()), {}, x)
     np.testing.assert_array_equal(flat[0], np.arange(12.0))
     # channel-first (torch NCHW) order would start 0, 3, 6, 9
+
+
+def test_minibatch_weighted_terms_add_up_to_the_sampled_kl_and_n_shifts_only_constants() -> None:
+    """MI + TC + dimension-wise KL = mean_i [log q(z_i|x_i) - log p(z_i)] (the decomposition is
+    exact for the estimates); N moves the three by log(N) x (1, D - 1, -D), so never a gradient."""
+    rng = np.random.default_rng(3)
+    mean, log_var = rng.standard_normal((16, 5)), 0.3 * rng.standard_normal((16, 5))
+    z = mean + np.exp(0.5 * log_var) * rng.standard_normal((16, 5))
+    parts = decomposition(z, mean, log_var, log_nm=math.log(1000 * 16))
+    log_q = (-0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * np.exp(-log_var))).sum(axis=1)
+    log_p = (-0.5 * (LOG_2PI + z**2)).sum(axis=1)
+    np.testing.assert_allclose(sum(parts.values()), log_q - log_p, rtol=1e-12)
+    bigger = decomposition(z, mean, log_var, log_nm=math.log(8000 * 16))
+    shift = math.log(8.0)
+    for name, factor in (("mutual_information", 1), ("total_correlation", 4), ("dimension_kl", -5)):
+        np.testing.assert_allclose(bigger[name] - parts[name], factor * shift, rtol=1e-12)
+
+
+def test_the_expanded_squared_distance_cancels_and_the_direct_one_does_not() -> None:
+    """Codes 1e-3 apart around 30 (a code far from the prior): ||a||^2 - 2 a.b + ||b||^2 in float32
+    loses the distance entirely (it is 2e-6 against squared norms of 9,000), the direct sum keeps it."""
+    rng = np.random.default_rng(0)
+    a = (30.0 + rng.standard_normal((8, 10))).astype(np.float32)
+    b = (a + np.float32(1e-3) * rng.standard_normal((8, 10)).astype(np.float32)).astype(np.float32)
+    exact = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).sum(axis=1)
+    direct = ((a - b) ** 2).sum(axis=1)
+    expanded = (a * a).sum(axis=1) - 2 * (a * b).sum(axis=1) + (b * b).sum(axis=1)
+    assert np.abs(direct - exact).max() < 1e-4 * exact.max()
+    assert np.abs(expanded - exact).max() > 10 * exact.max()
+
+
+def test_mmd_is_the_unbiased_estimate_and_pythae_differs_by_a_constant() -> None:
+    rng = np.random.default_rng(1)
+    z, prior = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    cfg = MMD(weight=1.0, kernel="imq", bandwidth=1.0, scales=(0.5, 1.0, 2.0))
+
+    def k(a, b):
+        return sum(c / (c + ((a - b) ** 2).sum()) for c in (2 * 3 * s for s in cfg.scales))
+
+    n = len(z)
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    by_hand = (
+        sum(k(z[i], z[j]) + k(prior[i], prior[j]) for i, j in pairs) / (n * (n - 1))
+        - 2 * sum(k(z[i], prior[j]) for i in range(n) for j in range(n)) / n**2
+    )
+    assert mmd_loss(cfg, z, prior) == pytest.approx(by_hand, rel=1e-12)
+    kz, kp, kc = kernel_matrix(cfg, z, z), kernel_matrix(cfg, prior, prior), kernel_matrix(cfg, z, prior)
+    pythae = ((kz - np.diag(kz)).sum() / (n - 1) + (kp - np.diag(kp)).sum() / (n - 1) - 2 * kc.sum() / n) / n
+    assert pythae - mmd_loss(cfg, z, prior) == pytest.approx(-2 * len(cfg.scales), rel=1e-12)
+
+
+def test_term_draws_follow_every_other_draw_and_leave_other_specs_alone() -> None:
+    from aebench.data.noise import draw_noise, stream
+    from aebench.losses.base import draw_key
+    from aebench.spec.load import load_spec
+    from aebench.spec.shapes import plan_model
+
+    swae, ae = load_spec("swae"), load_spec("ae")
+    for spec in (swae, ae):
+        plan = plan_model(spec)
+        with_terms = draw_noise(spec, plan, 5, stream(0, 1))
+        without = draw_noise(spec, plan, 5, stream(0, 1), terms=False)
+        assert {k: v.tolist() for k, v in without.draws.items()} == {
+            k: v.tolist() for k, v in with_terms.draws.items() if not k.startswith("loss.")
+        }
+    plan = plan_model(swae)
+    noise = draw_noise(swae, plan, 5, stream(0, 1), training=False)
+    directions = noise.draws[draw_key("sliced_wasserstein", "projections")]
+    assert noise.draws[draw_key("sliced_wasserstein", "prior")].shape == (5, plan.latent_size)
+    np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0, rtol=1e-15)
+    assert not draw_noise(ae, plan_model(ae), 5, stream(0, 1)).draws

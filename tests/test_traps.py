@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from cases import conv2d_transpose
 
+from aebench.check.gaps import gap_for
 from aebench.check.suite import run_check
+from aebench.check.tolerances import GRAD_TOL
 from aebench.layers.activations import sigmoid
 from aebench.losses.reconstruction import bce_with_logits
 from aebench.plugins.registry import available_backends, load_backend
@@ -190,3 +192,72 @@ def test_keras_leaky_relu_keeps_a_float64_slope() -> None:
     x = ops.convert_to_tensor(np.array([-1.0]))
     assert float(ops.convert_to_numpy(activate(Activation("leaky_relu", 0.3), x))[0]) == -0.3
     assert float(ops.convert_to_numpy(ops.leaky_relu(x, negative_slope=0.3))[0]) != -0.3  # the trap
+
+
+TIES_SPEC = """
+description: "two pairs of tied codes under the sliced Wasserstein term alone"
+model:
+  family: ae
+  encoder: []
+  latent: {size: 2, activation: linear}
+  decoder:
+    - {type: dense, units: 4}
+  output_activation: linear
+loss:
+  reconstruction: {kind: mse, weight: 0.0, features: mean, batch: mean}
+  sliced_wasserstein: {weight: 1.0, projections: 3, power: 2.0}
+data: {name: synthetic, shape: [4], n_train: 16, n_test: 8, seed: 0}
+init: {kernel: glorot_uniform, bias: zeros}
+optimizer: {name: adam, learning_rate: 1.0e-3, beta1: 0.9, beta2: 0.999, epsilon: 1.0e-8}
+train: {batch_size: 6, epochs: 1, seed: 0}
+dtype: float64
+"""
+
+
+def stable_sliced_wasserstein_code_gradient(z: np.ndarray, prior: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """d/dz of mean |sort(z theta) - sort(p theta)|^2, each tie resolved in batch order."""
+    projected, projected_prior = z @ directions.T, np.sort(prior @ directions.T, axis=0)
+    upstream = np.zeros_like(projected)
+    for column in range(directions.shape[0]):
+        order = np.argsort(projected[:, column], kind="stable")
+        upstream[order, column] = 2.0 * (projected[order, column] - projected_prior[:, column])
+    return upstream @ directions / projected.size
+
+
+def test_sliced_wasserstein_gives_tied_codes_their_gradients_in_batch_order(backend, tmp_path) -> None:
+    """Rows 0 and 1 (and 2 and 3) differ only in inputs the code kernel zeroes, so their codes tie
+    exactly in every projection while the kernel's gradient still tells which row got which
+    sorted position: an unstable sort that swaps a tie changes code.kernel's last two rows."""
+    from aebench.data.noise import draw_noise, stream
+    from aebench.losses.base import draw_key
+    from aebench.plugins.backend_api import Batch
+    from aebench.spec.shapes import plan_model
+
+    path = tmp_path / "ties.yaml"
+    path.write_text(TIES_SPEC)
+    spec = load_spec(path)
+    plan = plan_model(spec)
+    rng = np.random.default_rng(7)
+    kernel = np.vstack([rng.standard_normal((2, 2)), np.zeros((2, 2))])
+    x = rng.standard_normal((6, 4))
+    x[1, :2], x[3, :2] = x[0, :2], x[2, :2]
+    noise = draw_noise(spec, plan, 6, stream(0, 1))
+    weights = {
+        "code.kernel": kernel,
+        "code.bias": np.zeros(2),
+        "decoder.0.kernel": np.ones((2, 4)),
+        "decoder.0.bias": np.zeros(4),
+    }
+    model = backend.build(spec)
+    backend.set_weights(model, weights)
+    _, grads = backend.gradients(model, Batch(x, None, noise))
+    prior = noise.draws[draw_key("sliced_wasserstein", "prior")]
+    directions = noise.draws[draw_key("sliced_wasserstein", "projections")]
+    z = x @ kernel
+    assert z[0].tolist() == z[1].tolist() and z[2].tolist() == z[3].tolist()  # exact ties
+    code_gradient = stable_sliced_wasserstein_code_gradient(z, prior, directions)
+    gap = gap_for(backend.name, "float64", "grad:code.kernel")  # keras-torch's float32 Dense layers
+    rtol = GRAD_TOL["float64"] if gap is None else gap.tolerance
+    np.testing.assert_allclose(grads["code.kernel"], x.T @ code_gradient, rtol=rtol, atol=rtol * 1e-2)
+    swapped = code_gradient[[1, 0, 3, 2, 4, 5]]  # what a sort that swapped both ties would give
+    assert np.abs(x.T @ swapped - x.T @ code_gradient)[2:].max() > 1e-3

@@ -3,6 +3,7 @@ formulas as aebench.check.oracle). The contractive Jacobian is autodiff: vmap(ja
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -13,10 +14,14 @@ import optax
 
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
+from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
 from .model import NO_DRAWS, Autoencoder, Draws, Params, Updates, activation
+
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def corrupt(spec: Spec, x: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
@@ -52,6 +57,8 @@ class Pass:
     mean: Optional[jax.Array]
     log_var: Optional[jax.Array]
     logits: jax.Array
+    draws: Draws
+    """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> jax.Array:
@@ -86,11 +93,68 @@ def contractive(cfg: Any, p: Pass) -> jax.Array:
     return reduce(jac**2, "sum", cfg.batch)
 
 
+def minibatch_weighted(p: Pass, dataset_size: int) -> dict[str, jax.Array]:
+    """beta-TCVAE's decomposition per example (aebench.losses._minibatch_weighted states it)."""
+    z, mean, log_var = p.z, p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    log_nm = math.log(float(dataset_size) * z.shape[0])
+    density = -0.5 * (LOG_2PI + log_var[None] + (z[:, None] - mean[None]) ** 2 * jnp.exp(-log_var[None]))
+    joint = density.sum(axis=2)
+    log_q_z = jax.nn.logsumexp(joint, axis=1) - log_nm
+    log_prod = (jax.nn.logsumexp(density, axis=1) - log_nm).sum(axis=1)
+    log_p = (-0.5 * (LOG_2PI + z**2)).sum(axis=1)
+    return {
+        "mutual_information": jnp.diagonal(joint) - log_q_z,
+        "total_correlation": log_q_z - log_prod,
+        "dimension_kl": log_prod - log_p,
+    }
+
+
+def kernel_matrix(cfg: Any, a: jax.Array, b: jax.Array) -> jax.Array:
+    """k(a_i, b_j) for every pair: aebench.losses.mmd states the kernel and the distance."""
+    squared = ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2)
+    base = 2.0 * a.shape[1] * cfg.bandwidth**2
+    total: Optional[jax.Array] = None
+    for scale in cfg.scales:
+        c = base * scale
+        k = c / (c + squared) if cfg.kernel == "imq" else jnp.exp(-squared / c)
+        total = k if total is None else total + k
+    assert total is not None, "a spec's scales are never empty"
+    return total
+
+
+def mmd(cfg: Any, p: Pass) -> jax.Array:
+    z, prior = p.z, p.draws[draw_key("mmd", "prior")]
+    n = z.shape[0]
+    off_diagonal = 1.0 - jnp.eye(n, dtype=z.dtype)
+    within = ((kernel_matrix(cfg, z, z) + kernel_matrix(cfg, prior, prior)) * off_diagonal).sum() / (n * (n - 1))
+    return within - 2.0 * kernel_matrix(cfg, z, prior).sum() / n**2
+
+
+def sorted_over_batch(x: jax.Array) -> jax.Array:
+    """Each column sorted ascending by a stable sort (ties keep the batch's order)."""
+    return jnp.sort(x, axis=0, stable=True)
+
+
+def sliced_wasserstein(cfg: Any, p: Pass) -> jax.Array:
+    prior = p.draws[draw_key("sliced_wasserstein", "prior")]
+    directions = p.draws[draw_key("sliced_wasserstein", "projections")]
+    gap = sorted_over_batch(p.z @ directions.T) - sorted_over_batch(prior @ directions.T)
+    return (jnp.abs(gap) ** cfg.power).mean()
+
+
+def decomposition_term(name: str) -> Callable[[Any, Pass], jax.Array]:
+    return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
+
+
 TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "reconstruction": reconstruction,
     "kl": kl,
     "sparsity": sparsity,
     "contractive": contractive,
+    **{name: decomposition_term(name) for name in DECOMPOSITION},
+    "mmd": mmd,
+    "sliced_wasserstein": sliced_wasserstein,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -120,7 +184,7 @@ def loss_terms(
     else:
         z = model.head(params, "code", h, updates)
     logits = model.decode_logits(params, z, labels, updates, draws)
-    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits)
+    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits, draws)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -19,10 +19,14 @@ from keras import ops
 
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
+from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
 from .model import NO_DRAWS, Autoencoder, Draws, activate, activation_slope
+
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def corrupt(spec: Spec, x, noise):
@@ -63,6 +67,8 @@ class Pass:
     mean: Any
     log_var: Any
     logits: Any
+    draws: Draws
+    """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
 
 
 def reconstruction(cfg: Any, p: Pass):
@@ -102,11 +108,69 @@ def code_jacobian(model: Autoencoder, x_in, labels: Optional[object]):
     return jac
 
 
+def minibatch_weighted(p: Pass, dataset_size: int) -> dict[str, Any]:
+    """beta-TCVAE's decomposition per example (aebench.losses._minibatch_weighted states it)."""
+    z, mean, log_var = p.z, p.mean, p.log_var
+    log_nm = math.log(float(dataset_size) * z.shape[0])
+    rows, cols = ops.expand_dims(z, 1), ops.expand_dims(mean, 0)
+    spread = ops.expand_dims(log_var, 0)
+    density = -0.5 * (LOG_2PI + spread + ops.square(rows - cols) * ops.exp(-spread))
+    joint = ops.sum(density, axis=2)
+    log_q_z = ops.logsumexp(joint, axis=1) - log_nm
+    log_prod = ops.sum(ops.logsumexp(density, axis=1) - log_nm, axis=1)
+    log_p = ops.sum(-0.5 * (LOG_2PI + ops.square(z)), axis=1)
+    return {
+        "mutual_information": ops.diagonal(joint) - log_q_z,
+        "total_correlation": log_q_z - log_prod,
+        "dimension_kl": log_prod - log_p,
+    }
+
+
+def kernel_matrix(cfg: Any, a, b):
+    """k(a_i, b_j) for every pair: aebench.losses.mmd states the kernel and the distance."""
+    squared = ops.sum(ops.square(ops.expand_dims(a, 1) - ops.expand_dims(b, 0)), axis=2)
+    base = 2.0 * a.shape[1] * cfg.bandwidth**2
+    total = None
+    for scale in cfg.scales:
+        c = base * scale
+        k = c / (c + squared) if cfg.kernel == "imq" else ops.exp(-squared / c)
+        total = k if total is None else total + k
+    return total
+
+
+def mmd(cfg: Any, p: Pass):
+    z, prior = p.z, p.draws[draw_key("mmd", "prior")]
+    n = z.shape[0]
+    off_diagonal = 1.0 - ops.eye(n, dtype=z.dtype)
+    within = ops.sum((kernel_matrix(cfg, z, z) + kernel_matrix(cfg, prior, prior)) * off_diagonal) / (n * (n - 1))
+    return within - 2.0 * ops.sum(kernel_matrix(cfg, z, prior)) / n**2
+
+
+def sorted_over_batch(x):
+    """Each column sorted ascending by a stable argsort and a gather: keras.ops.sort on the torch
+    engine is torch.sort without stable=True (docs/EQUIVALENCE.md, "The zoo's loss terms")."""
+    return ops.take_along_axis(x, ops.argsort(x, axis=0), axis=0)
+
+
+def sliced_wasserstein(cfg: Any, p: Pass):
+    prior = p.draws[draw_key("sliced_wasserstein", "prior")]
+    directions = ops.transpose(p.draws[draw_key("sliced_wasserstein", "projections")])
+    gap = sorted_over_batch(ops.matmul(p.z, directions)) - sorted_over_batch(ops.matmul(prior, directions))
+    return exact_mean(ops.power(ops.abs(gap), cfg.power))
+
+
+def decomposition_term(name: str) -> Callable[[Any, Pass], Any]:
+    return lambda cfg, p: exact_mean(minibatch_weighted(p, cfg.dataset_size)[name])
+
+
 TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "reconstruction": reconstruction,
     "kl": kl,
     "sparsity": sparsity,
     "contractive": contractive,
+    **{name: decomposition_term(name) for name in DECOMPOSITION},
+    "mmd": mmd,
+    "sliced_wasserstein": sliced_wasserstein,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -125,7 +189,7 @@ def loss_terms(
         z = mean + ops.exp(0.5 * log_var) * eps
     else:
         z = model.head("code", h, training)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, training, draws))
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, training, draws), draws)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

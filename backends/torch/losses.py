@@ -6,6 +6,7 @@ Same formulas as the oracle (aebench.check.oracle); the contractive Jacobian is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -17,10 +18,14 @@ from torch.func import jacrev, vmap
 
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
+from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
 from .model import NO_DRAWS, Autoencoder, Draws, activation
+
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def corrupt(spec: Spec, x: Tensor, noise: Optional[Tensor]) -> Tensor:
@@ -56,6 +61,8 @@ class Pass:
     mean: Optional[Tensor]
     log_var: Optional[Tensor]
     logits: Tensor
+    draws: Draws
+    """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> Tensor:
@@ -91,11 +98,68 @@ def contractive(cfg: Any, p: Pass) -> Tensor:
     return reduce(jac**2, "sum", cfg.batch)
 
 
+def minibatch_weighted(p: Pass, dataset_size: int) -> dict[str, Tensor]:
+    """beta-TCVAE's decomposition per example (aebench.losses._minibatch_weighted states it)."""
+    z, mean, log_var = p.z, p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    log_nm = math.log(float(dataset_size) * z.shape[0])
+    density = -0.5 * (LOG_2PI + log_var[None] + (z[:, None] - mean[None]) ** 2 * torch.exp(-log_var[None]))
+    joint = density.sum(dim=2)
+    log_q_z = torch.logsumexp(joint, dim=1) - log_nm
+    log_prod = (torch.logsumexp(density, dim=1) - log_nm).sum(dim=1)
+    log_p = (-0.5 * (LOG_2PI + z**2)).sum(dim=1)
+    return {
+        "mutual_information": torch.diagonal(joint) - log_q_z,
+        "total_correlation": log_q_z - log_prod,
+        "dimension_kl": log_prod - log_p,
+    }
+
+
+def kernel_matrix(cfg: Any, a: Tensor, b: Tensor) -> Tensor:
+    """k(a_i, b_j) for every pair: aebench.losses.mmd states the kernel and the distance."""
+    squared = ((a[:, None, :] - b[None, :, :]) ** 2).sum(dim=2)
+    base = 2.0 * a.shape[1] * cfg.bandwidth**2
+    total: Optional[Tensor] = None
+    for scale in cfg.scales:
+        c = base * scale
+        k = c / (c + squared) if cfg.kernel == "imq" else torch.exp(-squared / c)
+        total = k if total is None else total + k
+    assert total is not None, "a spec's scales are never empty"
+    return total
+
+
+def mmd(cfg: Any, p: Pass) -> Tensor:
+    z, prior = p.z, p.draws[draw_key("mmd", "prior")]
+    n = z.shape[0]
+    off_diagonal = 1.0 - torch.eye(n, dtype=z.dtype, device=z.device)
+    within = ((kernel_matrix(cfg, z, z) + kernel_matrix(cfg, prior, prior)) * off_diagonal).sum() / (n * (n - 1))
+    return within - 2.0 * kernel_matrix(cfg, z, prior).sum() / n**2
+
+
+def sorted_over_batch(x: Tensor) -> Tensor:
+    """Each column sorted ascending by a stable sort (ties keep the batch's order)."""
+    return torch.sort(x, dim=0, stable=True).values
+
+
+def sliced_wasserstein(cfg: Any, p: Pass) -> Tensor:
+    prior = p.draws[draw_key("sliced_wasserstein", "prior")]
+    directions = p.draws[draw_key("sliced_wasserstein", "projections")]
+    gap = sorted_over_batch(p.z @ directions.T) - sorted_over_batch(prior @ directions.T)
+    return (gap.abs() ** cfg.power).mean()
+
+
+def decomposition_term(name: str) -> Callable[[Any, Pass], Tensor]:
+    return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
+
+
 TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "reconstruction": reconstruction,
     "kl": kl,
     "sparsity": sparsity,
     "contractive": contractive,
+    **{name: decomposition_term(name) for name in DECOMPOSITION},
+    "mmd": mmd,
+    "sliced_wasserstein": sliced_wasserstein,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -119,7 +183,7 @@ def loss_terms(
         z = mean + torch.exp(0.5 * log_var) * eps
     else:
         z = model.head("code", h)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, draws))
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, draws), draws)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

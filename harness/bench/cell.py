@@ -38,9 +38,10 @@ from aebench.bench.stability import row_figures as stability_figures
 from aebench.bench.timing import Protocol, Timing, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.data.datasets import load_dataset
-from aebench.data.noise import layer_draws
+from aebench.data.noise import layer_draws, stream
 from aebench.environment import thread_settings
 from aebench.errors import AebenchError
+from aebench.losses import term_draws
 from aebench.plugins.backend_api import Backend, Noise, Step, check_implements
 from aebench.plugins.bench_api import BenchData, Precision, require_mode
 from aebench.plugins.discovery import device_sharing_environment
@@ -274,6 +275,8 @@ def check_host_memory(spec: Spec, plan: ModelPlan, batch_size: int, n_examples: 
     """Fail early, with the figures, when the batch pool cannot fit in host memory."""
     per_example = int(np.prod(plan.data_shape)) * (2 if spec.corruption is not None else 1)
     per_example += sum(math.prod(shape) for shape in layer_draws(plan).values())
+    one_batch_of_term_draws = term_draws(spec.loss, plan, batch_size, stream(0))
+    per_example += sum(draw.size for draw in one_batch_of_term_draws.values()) // batch_size + 1
     per_example += plan.latent_size + 1
     needed = pool_size(n_examples, batch_size) * batch_size * per_example * 8
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -15,6 +15,7 @@ import numpy as np
 
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TRAIN_STREAM, draw_noise, stream
+from aebench.losses import term_draws
 from aebench.plugins.adam import epoch_steps, scalar_tables
 from aebench.plugins.bench_api import BenchData
 from aebench.plugins.canonical import init_weights
@@ -44,7 +45,9 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
     dtype = DTYPES[spec.dtype]
     n = pool_size(len(data.x_train), batch_size)
     order = batch_order(len(data.x_train), batch_size, n, stream(spec.train.seed, TRAIN_STREAM, 0))
-    noise = draw_noise(spec, plan, n * batch_size, stream(spec.train.seed, TRAIN_STREAM, 0, 1))
+    noise = draw_noise(spec, plan, n * batch_size, stream(spec.train.seed, TRAIN_STREAM, 0, 1), terms=False)
+    terms_rng = stream(spec.train.seed, TRAIN_STREAM, 0, 2)
+    per_batch = [term_draws(spec.loss, plan, batch_size, terms_rng) for _ in range(n)]
 
     def pooled(a):
         return None if a is None else a.reshape(n, batch_size, *a.shape[1:]).astype(dtype)
@@ -64,5 +67,8 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
         adam_bias_correction2_sqrt=scalars["bias_correction2_sqrt"].astype(dtype),
         adam_decay_factor=scalars["decay_factor"].astype(dtype),
         steps_per_epoch=steps_per_epoch,
-        draws={name: pooled(draw) for name, draw in noise.draws.items()},
+        draws={
+            **{name: pooled(draw) for name, draw in noise.draws.items()},
+            **{key: np.stack([batch[key] for batch in per_batch]).astype(dtype) for key in per_batch[0]},
+        },
     )

@@ -6,7 +6,8 @@ of epochs does not change what the test split sees.
 
 A batch's noise is drawn in a fixed order from its stream: the reparameterisation noise, the
 corruption noise, then (training only) the draw of each layer whose kind takes one, in the
-plan's order. A spec without such layers draws exactly what it drew before they existed.
+plan's order, then (every batch) the draws of the loss terms that take them (LossTerm.draws),
+in rank order. A spec without such layers or terms draws exactly what it drew before they existed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from aebench.layers import kind_of, walk
 from aebench.layers.base import Shape
+from aebench.losses import term_draws
 from aebench.plugins.backend_api import Noise
 from aebench.spec.shapes import ModelPlan, data_shape
 from aebench.spec.types import Corruption, Gaussian, Masking, Spec
@@ -35,15 +37,20 @@ def layer_draws(plan: ModelPlan) -> dict[str, Shape]:
     return {p.name: p.in_shape for p in walk(plan.layers) if kind_of(p.layer).draws}
 
 
-def draw_noise(spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator, training: bool = True) -> Noise:
+def draw_noise(
+    spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator, training: bool = True, terms: bool = True
+) -> Noise:
     """The noise one batch of ``batch_size`` needs under ``spec`` (float64); the layers' draws
-    only for a ``training`` batch (evaluation runs without them)."""
+    only for a ``training`` batch (evaluation runs without them); the loss terms' draws unless
+    ``terms`` is False (a bench pool draws them batch by batch: aebench.bench.data)."""
     eps = rng.standard_normal((batch_size, plan.latent_size)) if spec.model.family == "vae" else None
     corruption = None
     if spec.corruption is not None:
         shape = (batch_size, *data_shape(spec))
         corruption = rng.standard_normal(shape) if isinstance(spec.corruption, Gaussian) else rng.random(shape)
     draws = {name: rng.random((batch_size, *shape)) for name, shape in layer_draws(plan).items()} if training else {}
+    if terms:
+        draws.update(term_draws(spec.loss, plan, batch_size, rng))
     return Noise(eps=eps, corruption=corruption, draws=draws)
 
 

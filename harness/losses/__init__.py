@@ -17,15 +17,13 @@ from typing import Any, Optional
 import numpy as np
 
 from aebench.errors import LossTermNotImplemented
-from aebench.losses.base import LossTerm
-
-_NOT_TERMS = {"base"}
+from aebench.losses.base import LossTerm, QualityInputs, draw_key
 
 
 def _discover() -> dict[str, LossTerm]:
     found = []
     for module in pkgutil.iter_modules(__path__):
-        if module.name not in _NOT_TERMS:
+        if module.name != "base" and not module.name.startswith("_"):  # _name: helpers shared by terms
             found.append(importlib.import_module(f"{__name__}.{module.name}").TERM)
     return {term.name: term for term in sorted(found, key=lambda term: term.rank)}
 
@@ -74,6 +72,31 @@ def code_targets(loss: Any) -> dict[str, float]:
         for name in present_terms(loss)
         if (target := LOSS_TERMS[name].code_target) is not None
     }
+
+
+def stood_in_for(loss: Any) -> frozenset[str]:
+    """The terms the present terms stand in for (LossTerm.stands_in_for): no longer required."""
+    return frozenset().union(*(LOSS_TERMS[name].stands_in_for for name in present_terms(loss)))
+
+
+def term_draws(loss: Any, plan: Any, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One batch's draws of the present terms that take them (LossTerm.draws), in rank order,
+    keyed draw_key(term, key), float64."""
+    draws: dict[str, np.ndarray] = {}
+    for name in present_terms(loss):
+        if (draw := LOSS_TERMS[name].draws) is not None:
+            made = draw(getattr(loss, name), plan, batch_size, rng)
+            draws.update({draw_key(name, key): np.asarray(value, np.float64) for key, value in made.items()})
+    return draws
+
+
+def term_quality(loss: Any, inputs: QualityInputs) -> dict[str, float]:
+    """The quality metrics of the present terms that have them (LossTerm.quality), by metric name."""
+    metrics: dict[str, float] = {}
+    for name in present_terms(loss):
+        if (quality := LOSS_TERMS[name].quality) is not None:
+            metrics.update(quality(getattr(loss, name), inputs))
+    return metrics
 
 
 def check_terms_implemented(backend: str, implemented: Collection[str], loss: Any) -> None:

@@ -47,6 +47,27 @@ class OracleInputs:
         return np.asarray(self.batch.x, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class QualityInputs:
+    """What a term's quality metrics may read: the spec, its plan, the encoder's output on the
+    first test examples (clean x: {'mean', 'log_var'} for family vae, {'code'} for family ae,
+    float64) and a generator of the quality step's own stream (for samples and projections)."""
+
+    spec: Any
+    plan: Any
+    encoded: dict[str, np.ndarray]
+    rng: np.random.Generator
+
+
+Draw = Callable[[Any, Any, int, np.random.Generator], dict[str, np.ndarray]]
+"""(settings, model plan, batch size, generator) -> one batch's draws of a term, by key."""
+
+
+def draw_key(term: str, key: str) -> str:
+    """Where a term's draw ``key`` sits in a batch's Noise.draws: 'loss.TERM.KEY' (never a layer's name)."""
+    return f"loss.{term}.{key}"
+
+
 def no_rules(cfg: Any, spec: Any, fail: Fail) -> None:
     return None
 
@@ -66,7 +87,12 @@ class LossTerm:
     spec must have the term ("" when it need not); log_likelihood: for a term that is the
     negative log of the decoder's likelihood, log p(x|z) per row (settings, clean x, decoded
     output) -> (rows,), which the quality step's NLL uses; code_target: for a term that pulls
-    the code's mean activation toward a value, that value (drawn on the code-activations figure).
+    the code's mean activation toward a value, that value (drawn on the code-activations figure);
+    stands_in_for: the terms this one makes unnecessary (their ``required`` no longer applies:
+    a decomposition of the KL stands in for the KL); draws: the random numbers the term needs
+    per batch (prior samples, projections), drawn in NumPy from the batch's stream after every
+    other draw and injected into every backend under draw_key(name, key); quality: metrics of
+    a trained model that fit the term, from the test split's encodings (aebench.train.quality).
     """
 
     name: str
@@ -78,6 +104,9 @@ class LossTerm:
     required: Callable[[Any], str] = not_required
     log_likelihood: Optional[Callable[[Any, np.ndarray, np.ndarray], np.ndarray]] = None
     code_target: Optional[Callable[[Any], float]] = None
+    stands_in_for: frozenset[str] = frozenset()
+    draws: Optional[Draw] = None
+    quality: Optional[Callable[[Any, QualityInputs], dict[str, float]]] = None
 
 
 def reduce(per_element: np.ndarray, features: str, batch: str) -> float:
@@ -85,3 +114,8 @@ def reduce(per_element: np.ndarray, features: str, batch: str) -> float:
     flat = per_element.reshape(per_element.shape[0], -1)
     per_example = flat.sum(axis=1) if features == "sum" else flat.mean(axis=1)
     return float(per_example.sum() if batch == "sum" else per_example.mean())
+
+
+def prior_draw(cfg: Any, plan: Any, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One batch of samples of the prior N(0, I) over the code: {'prior': (B, latent)}."""
+    return {"prior": rng.standard_normal((batch_size, plan.latent_size))}

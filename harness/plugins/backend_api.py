@@ -2,9 +2,9 @@
 
 Everything crossing the contract is NumPy in the canonical layout (shapes.py): weights,
 gradients, batches and the injected noise. Randomness is never drawn inside a framework:
-the reparameterisation noise, the corruption noise and the layers' draws (dropout masks)
-are inputs, so every backend sees the same numbers and can be compared with the NumPy
-oracle term by term.
+the reparameterisation noise, the corruption noise, the layers' draws (dropout masks) and
+the loss terms' draws (prior samples, projections) are inputs, so every backend sees the
+same numbers and can be compared with the NumPy oracle term by term.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ class Noise:
     for masking and salt-and-pepper.
     draws: uniform [0, 1) draws of the layers that take one in training (LayerKind.draws:
     a dropout layer keeps a value where its draw is >= rate), by canonical layer name, each
-    (B, *that layer's input shape); empty for evaluation and for specs without such layers.
+    (B, *that layer's input shape), not drawn for evaluation; and the draws of the loss terms
+    that take them (LossTerm.draws: prior samples, projections), in training and evaluation,
+    by aebench.losses.base.draw_key.
     """
 
     eps: Optional[np.ndarray] = None

@@ -85,8 +85,9 @@ class BenchData:
     adam_bias_correction2_sqrt and adam_decay_factor: (max_steps,) the reference Adam's scalars
     per step (aebench.plugins.adam.AdamScalars); steps_per_epoch: the period of a per-epoch
     schedule (the stock optimizers' own schedules count it); draws: (n, B, *input shape) the
-    uniform draws of each layer that takes one (Noise.draws), by canonical layer name, empty
-    for a spec without such layers.
+    uniform draws of each layer that takes one (Noise.draws), by canonical layer name, and
+    (n, *one batch's shape) the draws of each loss term that takes them, by
+    aebench.losses.base.draw_key; empty for a spec without such layers or terms.
     """
 
     x: np.ndarray

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from aebench.errors import SpecError
-from aebench.losses import LOSS_TERMS
+from aebench.losses import LOSS_TERMS, stood_in_for
 from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
 from aebench.spec.shapes import plan_model
@@ -197,9 +197,10 @@ def _check_consistency(p: Parser, spec: Spec) -> None:
     model = spec.model
     if model.family == "vae" and model.latent.activation != LINEAR:
         p.fail("model.latent.activation", "must be linear for family vae (the heads give mean and log-variance)")
+    covered = stood_in_for(spec.loss)
     for name, term in LOSS_TERMS.items():
         cfg, needed = getattr(spec.loss, name), term.required(spec)
-        if cfg is None and needed:
+        if cfg is None and needed and name not in covered:
             p.fail(f"loss.{name}", f"is required ({needed})")
         if cfg is not None:
             term.rules(cfg, spec, p.fail)

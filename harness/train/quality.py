@@ -47,7 +47,8 @@ import numpy as np
 
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TEST_STREAM, corrupt, draw_noise, stream
-from aebench.losses import decoder_log_likelihood, decoder_term
+from aebench.losses import LOSS_TERMS, decoder_log_likelihood, decoder_term, present_terms, term_quality
+from aebench.losses.base import QualityInputs
 from aebench.plugins.backend_api import Backend
 from aebench.scoring import QualitySettings
 from aebench.spec.shapes import ModelPlan
@@ -56,6 +57,7 @@ from aebench.train.evaluate import evaluate
 
 RECONSTRUCTION_STREAM_KEY = 100  # stream(seed, TEST_STREAM, 100): corruption of the scored inputs
 IMPORTANCE_STREAM_KEY = 101  # stream(seed, TEST_STREAM, 101): the importance samples
+TERM_QUALITY_STREAM_KEY = 102  # stream(seed, TEST_STREAM, 102): the loss terms' own metrics
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -79,7 +81,20 @@ def quality_metrics(
         )
         metrics["neg_elbo"] = float(np.mean(recon_nll.mean(axis=1) + kl))
         metrics["nll_is"] = float(np.mean(nll_from_log_weights(log_w)))
+    metrics.update(term_metrics(backend, model, spec, plan, data.x_test[: settings.term_examples], labels))
     return metrics
+
+
+def term_metrics(
+    backend: Backend, model: object, spec: Spec, plan: ModelPlan, x: np.ndarray, labels: Optional[np.ndarray]
+) -> dict[str, float]:
+    """The present loss terms' own metrics (LossTerm.quality) on the clean encodings of x."""
+    if not any(LOSS_TERMS[name].quality for name in present_terms(spec.loss)):
+        return {}
+    lb = None if labels is None else labels[: len(x)]
+    encoded = {k: np.asarray(v, np.float64) for k, v in backend.encode(model, x, lb).items()}
+    rng = stream(spec.train.seed, TEST_STREAM, TERM_QUALITY_STREAM_KEY)
+    return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng))
 
 
 def reconstruction_error(
