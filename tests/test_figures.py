@@ -23,8 +23,9 @@ BACKEND = "keras-torch"  # the longest shipped backend name: the widest title
 EPOCHS = 7
 # Together these draw every kind of figure: tabular (vae_toy), a 2-d latent scatter with
 # labels (vae_conv), a conditional model (cvae), denoising under the longest spec name
-# (denoising_ae_salt_pepper) and code activations (sparse_ae).
-SPECS = ["vae_toy", "vae_conv", "cvae", "denoising_ae_salt_pepper", "sparse_ae"]
+# (denoising_ae_salt_pepper), code activations (sparse_ae) and a categorical latent's
+# categories (gumbel_vae).
+SPECS = ["vae_toy", "vae_conv", "cvae", "denoising_ae_salt_pepper", "sparse_ae", "gumbel_vae"]
 
 
 class ArrayBackend:
@@ -41,6 +42,8 @@ class ArrayBackend:
         z = np.tile(flat, (1, -(-self.plan.latent_size // flat.shape[1])))[:, : self.plan.latent_size]
         if self.spec.model.family == "vae":
             return {"mean": z, "log_var": np.zeros_like(z)}
+        if self.spec.model.family == "categorical":
+            return {"logits": z}
         return {"code": 1 / (1 + np.exp(-z))}
 
     def decode(self, model: object, z: np.ndarray, labels) -> np.ndarray:

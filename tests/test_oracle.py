@@ -249,3 +249,141 @@ def test_term_draws_follow_every_other_draw_and_leave_other_specs_alone() -> Non
     assert noise.draws[draw_key("sliced_wasserstein", "prior")].shape == (5, plan.latent_size)
     np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0, rtol=1e-15)
     assert not draw_noise(ae, plan_model(ae), 5, stream(0, 1)).draws
+
+
+CATEGORICAL_SPEC = """
+description: "a tiny categorical VAE on synthetic data: 2 variables of 3 categories"
+model:
+  family: categorical
+  encoder: []
+  latent: {size: 6, categories: 3, hard: false, temperature: {initial: 2.0, minimum: 0.5, rate: 0.1, interval: 2}}
+  decoder:
+    - {type: dense, units: 4}
+  output_activation: sigmoid
+loss:
+  reconstruction: {kind: bce, weight: 1.0, features: sum, batch: mean}
+  categorical_kl: {weight: 1.0, features: sum, batch: mean}
+data: {name: synthetic, shape: [4], n_train: 24, n_test: 8, seed: 0}
+init: {kernel: glorot_uniform, bias: zeros}
+optimizer: {name: adam, learning_rate: 1.0e-3, beta1: 0.9, beta2: 0.999, epsilon: 1.0e-8}
+train: {batch_size: 4, epochs: 1, seed: 0}
+dtype: float64
+"""
+
+
+def categorical_spec(tmp_path, text: str = CATEGORICAL_SPEC):
+    from aebench.spec.load import load_spec
+
+    path = tmp_path / "categorical.yaml"
+    path.write_text(text)
+    return load_spec(path)
+
+
+def test_categorical_kl_is_the_closed_form_and_log_softmax_keeps_it_finite() -> None:
+    """KL(q || Uniform(K)) = sum_k q_k log(q_k K) by hand; a logit 800 (float64) or 120 (float32)
+    below the others underflows softmax to 0, where log(softmax) is -inf and q log q a NaN."""
+    from aebench.categorical import kl_to_uniform, log_softmax
+    from aebench.losses.categorical_kl import CategoricalKL, categorical_kl_loss
+
+    logits = np.array([[0.0, math.log(2.0), math.log(5.0), 0.0, 0.0, 0.0]])  # q = (1, 2, 5) / 8 and uniform
+    q = np.array([1.0, 2.0, 5.0]) / 8.0
+    by_hand = float((q * np.log(q * 3)).sum())
+    np.testing.assert_allclose(kl_to_uniform(logits, 3), [[by_hand, 0.0]], rtol=1e-14, atol=1e-16)
+    assert categorical_kl_loss(CategoricalKL(1.0, "mean", "mean"), logits, 3) == pytest.approx(by_hand / 2, rel=1e-14)
+    for dtype, gap in ((np.float64, 800.0), (np.float32, 120.0)):
+        far = np.array([[0.0, -gap, 1.0]], dtype)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shifted = np.exp(far - far.max())
+            naive = np.log(shifted / shifted.sum())
+            assert np.isneginf(naive[0, 1]) and np.isnan((np.exp(naive) * naive).sum())  # the trap
+        assert np.isfinite(log_softmax(far)).all()
+        assert np.isfinite(kl_to_uniform(far.astype(np.float64), 3)).all()
+
+
+def test_the_temperature_schedule_is_the_papers_updated_every_interval() -> None:
+    """tau_t = max(minimum, initial exp(-r interval floor(t / interval))): Jang et al.'s
+    max(0.5, exp(-r t)) held for N steps; evaluation runs at the floor."""
+    from aebench.spec.types import Temperature
+
+    paper = Temperature(initial=1.0, minimum=0.5, rate=1e-5, interval=1000)
+    assert paper.at(0) == paper.at(999) == 1.0
+    assert paper.at(1000) == paper.at(1999) == pytest.approx(math.exp(-0.01), rel=1e-15)
+    assert paper.at(10_000) == pytest.approx(math.exp(-0.1), rel=1e-15)
+    assert paper.at(69_999) == pytest.approx(math.exp(-0.69), rel=1e-15) and paper.at(70_000) == 0.5
+    assert paper.evaluation == 0.5
+
+
+def test_every_driver_injects_the_temperature_of_its_step(tmp_path) -> None:
+    """Training's epochs, the check's trajectory and the bench's pool give step t the schedule's
+    tau_t (here it moves every 2 steps), evaluation batches the floor: the same number wherever
+    step t is computed."""
+    from aebench.bench.data import make_bench_data
+    from aebench.categorical import TEMPERATURE_KEY
+    from aebench.check.equivalence import make_case, trajectory_steps
+    from aebench.data.datasets import load_dataset
+    from aebench.data.noise import TEST_STREAM, draw_noise, stream
+    from aebench.spec.shapes import plan_model
+    from aebench.train.loop import epoch_steps_of
+
+    spec = categorical_spec(tmp_path)
+    plan, schedule = plan_model(spec), spec.model.latent.temperature
+    order = np.arange(12).reshape(3, 4)
+    epoch_two = [float(s.noise.draws[TEMPERATURE_KEY]) for s in epoch_steps_of(spec, plan, 2, order)]
+    assert epoch_two == [schedule.at(t) for t in (3, 4, 5)]
+    assert epoch_two == pytest.approx([2 * math.exp(-0.2), 2 * math.exp(-0.4), 2 * math.exp(-0.4)], rel=1e-15)
+    trajectory = [float(s.noise.draws[TEMPERATURE_KEY]) for s in trajectory_steps(make_case(spec))]
+    assert trajectory == [schedule.at(t) for t in range(len(trajectory))]
+    bench = make_bench_data(spec, load_dataset(spec), 4, 10)
+    assert bench.draws[TEMPERATURE_KEY].tolist() == [schedule.at(t) for t in range(6)]  # 24 examples: 6 batches
+    evaluation = draw_noise(spec, plan, 4, stream(0, TEST_STREAM), training=False)
+    assert float(evaluation.draws[TEMPERATURE_KEY]) == 0.5
+    assert evaluation.eps.shape == (4, 6) and np.isfinite(evaluation.eps).all()
+
+
+def test_gumbel_noise_is_gumbel_and_its_argmax_samples_the_categorical() -> None:
+    """The injected g is Gumbel(0, 1) (mean: Euler's gamma, variance pi^2 / 6), and
+    argmax(logits + g) draws category k with probability softmax(logits)_k (the quality
+    step's one-hot posterior samples)."""
+    from aebench.categorical import gumbel_noise, posterior_codes, softmax
+
+    g = gumbel_noise(np.random.default_rng(0), (200_000,))
+    assert np.isfinite(g).all()
+    assert g.mean() == pytest.approx(0.5772156649, abs=0.01) and g.var() == pytest.approx(math.pi**2 / 6, rel=0.02)
+    logits = np.array([[0.0, 1.0, -1.0, 2.0, 2.0, 2.0]])
+    codes = posterior_codes(np.random.default_rng(1), logits, 40_000, 3)
+    assert set(np.unique(codes.reshape(-1, 2, 3).sum(axis=2))) == {1.0}  # one category per variable
+    np.testing.assert_allclose(codes[0].mean(axis=0), softmax(logits.reshape(2, 3)).ravel(), atol=0.01)
+
+
+def test_the_relaxed_sample_is_soft_or_one_hot_and_the_anchor_is_straight_through() -> None:
+    """Soft: each variable's y sums to 1 and tends to argmax(logits + g) as tau falls; hard: the
+    first maximum's one-hot; with an anchor y0, one_hot(y0) + y - y0, whose derivative along
+    the logits is the soft sample's (the straight-through gradient)."""
+    from aebench.categorical import relaxed_sample
+
+    rng = np.random.default_rng(2)
+    logits, g = rng.standard_normal((5, 12)), rng.gumbel(size=(5, 12))
+    soft = relaxed_sample(logits, g, 0.7, 4, hard=False)
+    np.testing.assert_allclose(soft.reshape(5, 3, 4).sum(axis=2), 1.0, rtol=1e-14)
+    cold = relaxed_sample(logits, g, 1e-3, 4, hard=False)
+    hard = relaxed_sample(logits, g, 0.7, 4, hard=True)
+    winners = np.eye(4)[np.argmax((logits + g).reshape(5, 3, 4), axis=2)].reshape(5, 12)
+    np.testing.assert_allclose(cold, winners, atol=1e-12)
+    np.testing.assert_allclose(hard, winners, atol=1e-15)
+    step = np.zeros_like(logits)
+    step[0, 1] = 1e-6
+    moved = relaxed_sample(logits + step, g, 0.7, 4, hard=True, anchor=soft)
+    slope = (moved - hard) / 1e-6
+    soft_slope = (relaxed_sample(logits + step, g, 0.7, 4, hard=False) - soft) / 1e-6
+    np.testing.assert_allclose(slope, soft_slope, rtol=1e-6, atol=1e-9)
+    assert np.abs(slope).max() > 0.1  # without the anchor the one-hot has no slope
+
+
+def test_the_discrete_log_density_ratio_is_prior_over_posterior() -> None:
+    from aebench.categorical import log_density_ratio, log_softmax
+
+    logits = np.array([[0.0, 1.0, 3.0, -1.0]])  # 2 variables of 2 categories
+    codes = np.array([[[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]]])
+    log_q = log_softmax(logits.reshape(2, 2))
+    expected = [-2 * math.log(2) - log_q[0, 0] - log_q[1, 1], -2 * math.log(2) - log_q[0, 1] - log_q[1, 0]]
+    np.testing.assert_allclose(log_density_ratio(logits, codes, 2), [expected], rtol=1e-14)

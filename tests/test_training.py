@@ -65,7 +65,8 @@ def assert_one_epoch_lowers_the_test_loss(spec_name: str, backend, out: Path) ->
     assert rows[1]["train_total"] < before
     written = {p.name for p in out.iterdir()}
     assert {"metrics.csv", "metrics.json", "spec.yaml", "reconstructions.png"} <= written
-    assert ("samples.png" in written) == (spec.model.family == "vae")
+    assert ("samples.png" in written) == spec.model.generative
+    assert ("categories.png" in written) == (spec.model.family == "categorical")
     meta = json.loads((out / "metrics.json").read_text())
     assert meta["backend"] == backend.name and len(meta["epochs"]) == 2
     assert "subset shipped with aebench" in meta["data"] or spec.data.name != "mnist"

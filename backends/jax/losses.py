@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from aebench.categorical import TEMPERATURE_KEY
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
@@ -59,6 +60,8 @@ class Pass:
     logits: jax.Array
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    category_logits: Optional[jax.Array] = None
+    """Family categorical: the posterior's logits, (B, N K)."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> jax.Array:
@@ -147,6 +150,26 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], jax.Array]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def categorical_kl(cfg: Any, p: Pass) -> jax.Array:
+    """sum_k q (log q + log K) per variable, log q by log_softmax (aebench.losses.categorical_kl)."""
+    assert p.category_logits is not None, "family categorical has a categorical posterior"
+    k = p.spec.model.latent.categories
+    log_q = jax.nn.log_softmax(p.category_logits.reshape(p.category_logits.shape[0], -1, k), axis=-1)
+    return reduce((jnp.exp(log_q) * (log_q + math.log(k))).sum(axis=-1), cfg.features, cfg.batch)
+
+
+def gumbel_softmax(spec: Spec, category_logits: jax.Array, gumbel: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Family categorical's z: softmax((logits + g) / tau) per variable, straight through
+    (y + stop_gradient(one_hot(y) - y), jnp.argmax: the first of tied maxima) where ``hard``
+    (aebench.categorical states it)."""
+    latent = spec.model.latent
+    shape = (category_logits.shape[0], -1, latent.categories)
+    y = jax.nn.softmax((category_logits.reshape(shape) + gumbel.reshape(shape)) / temperature, axis=-1)
+    if latent.hard:
+        y = y + jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmax(y, axis=-1), latent.categories, dtype=y.dtype) - y)
+    return y.reshape(category_logits.shape[0], -1)
+
+
 TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -155,6 +178,7 @@ TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -177,14 +201,17 @@ def loss_terms(
     updates = None if not training else {} if updates is None else updates
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(params, x_in, labels, updates, draws)
-    mean = log_var = None
+    mean = log_var = category_logits = None
     if spec.model.family == "vae":
         mean, log_var = model.head(params, "z_mean", h, updates), model.head(params, "z_log_var", h, updates)
         z = mean + jnp.exp(0.5 * log_var) * eps
+    elif spec.model.family == "categorical":
+        category_logits = model.head(params, "logits", h, updates)
+        z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head(params, "code", h, updates)
     logits = model.decode_logits(params, z, labels, updates, draws)
-    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits, draws)
+    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits, draws, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

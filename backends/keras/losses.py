@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from keras import ops
 
+from aebench.categorical import TEMPERATURE_KEY
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
@@ -69,6 +70,8 @@ class Pass:
     logits: Any
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    category_logits: Any = None
+    """Family categorical: the posterior's logits, (B, N K)."""
 
 
 def reconstruction(cfg: Any, p: Pass):
@@ -163,6 +166,26 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Any]:
     return lambda cfg, p: exact_mean(minibatch_weighted(p, cfg.dataset_size)[name])
 
 
+def categorical_kl(cfg: Any, p: Pass):
+    """sum_k q (log q + log K) per variable, log q by log_softmax (aebench.losses.categorical_kl)."""
+    k = p.spec.model.latent.categories
+    log_q = ops.log_softmax(ops.reshape(p.category_logits, (p.category_logits.shape[0], -1, k)), axis=-1)
+    return reduce(ops.sum(ops.exp(log_q) * (log_q + math.log(k)), axis=-1), cfg.features, cfg.batch)
+
+
+def gumbel_softmax(spec: Spec, category_logits, gumbel, temperature):
+    """Family categorical's z: softmax((logits + g) / tau) per variable, straight through
+    (y + stop_gradient(one_hot(y) - y), keras.ops.argmax: the first of tied maxima; it is taken
+    of y >= +0 only, since on the TensorFlow and JAX engines it ranks -0.0 below +0.0) where
+    ``hard`` (aebench.categorical states it)."""
+    latent = spec.model.latent
+    shape = (category_logits.shape[0], -1, latent.categories)
+    y = ops.softmax((ops.reshape(category_logits, shape) + ops.reshape(gumbel, shape)) / temperature, axis=-1)
+    if latent.hard:
+        y = y + ops.stop_gradient(ops.one_hot(ops.argmax(y, axis=-1), latent.categories, dtype=y.dtype) - y)
+    return ops.reshape(y, (category_logits.shape[0], -1))
+
+
 TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -171,6 +194,7 @@ TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -183,13 +207,17 @@ def loss_terms(
     caller puts back if it must) or in evaluation mode (running statistics, no dropout)."""
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels, training, draws)
-    mean = log_var = None
+    mean = log_var = category_logits = None
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h, training), model.head("z_log_var", h, training)
         z = mean + ops.exp(0.5 * log_var) * eps
+    elif spec.model.family == "categorical":
+        category_logits = model.head("logits", h, training)
+        z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head("code", h, training)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, training, draws), draws)
+    logits = model.decode_logits(z, labels, training, draws)
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, logits, draws, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from aebench.categorical import TEMPERATURE_KEY
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
@@ -63,6 +64,8 @@ class Pass:
     logits: Tensor
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    category_logits: Optional[Tensor] = None
+    """Family categorical: the posterior's logits, (B, N K)."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> Tensor:
@@ -152,6 +155,26 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Tensor]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def categorical_kl(cfg: Any, p: Pass) -> Tensor:
+    """sum_k q (log q + log K) per variable, log q by log_softmax (aebench.losses.categorical_kl)."""
+    assert p.category_logits is not None, "family categorical has a categorical posterior"
+    k = p.spec.model.latent.categories
+    log_q = torch.log_softmax(p.category_logits.reshape(p.category_logits.shape[0], -1, k), dim=-1)
+    return reduce((log_q.exp() * (log_q + math.log(k))).sum(dim=-1), cfg.features, cfg.batch)
+
+
+def gumbel_softmax(spec: Spec, category_logits: Tensor, gumbel: Tensor, temperature: Tensor) -> Tensor:
+    """Family categorical's z: softmax((logits + g) / tau) per variable, straight through
+    (y + (one_hot(y) - y).detach(), torch.argmax: the first of tied maxima) where ``hard``
+    (aebench.categorical states it)."""
+    latent = spec.model.latent
+    shape = (category_logits.shape[0], -1, latent.categories)
+    y = torch.softmax((category_logits.reshape(shape) + gumbel.reshape(shape)) / temperature, dim=-1)
+    if latent.hard:
+        y = y + (F.one_hot(y.argmax(dim=-1), latent.categories).to(y.dtype) - y).detach()
+    return y.reshape(category_logits.shape[0], -1)
+
+
 TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -160,6 +183,7 @@ TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -177,13 +201,17 @@ def loss_terms(
     injected draws (dropout masks), read in training mode (``model.training``)."""
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels, draws)
-    mean = log_var = None
+    mean = log_var = category_logits = None
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
         z = mean + torch.exp(0.5 * log_var) * eps
+    elif spec.model.family == "categorical":
+        category_logits = model.head("logits", h)
+        z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head("code", h)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, draws), draws)
+    logits = model.decode_logits(z, labels, draws)
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, logits, draws, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

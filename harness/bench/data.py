@@ -3,7 +3,10 @@
 The batch order is successive shuffled epochs joined and cut into full batches, so every
 batch has the same size (nothing is dropped or padded) and a batch may be larger than the
 data set (tabular specs). At most ``MAX_POOL_BATCHES`` batches of order and noise are kept;
-step k uses batch k mod n. The reference Adam's scalars follow the spec's schedule with an
+step k uses batch k mod n, pool batch j made as training step j (family categorical: step j's
+temperature, so bench step k runs at the temperature of step k mod n; under a schedule that
+first moves after MAX_POOL_BATCHES steps or more, as the shipped one's 1000, every step runs at
+its initial temperature). The reference Adam's scalars follow the spec's schedule with an
 epoch of ``len(x_train) // batch_size`` steps, as training counts it (a bench has no epochs).
 """
 
@@ -14,8 +17,7 @@ import math
 import numpy as np
 
 from aebench.data.datasets import Dataset, one_hot
-from aebench.data.noise import TRAIN_STREAM, draw_noise, stream
-from aebench.losses import term_draws
+from aebench.data.noise import TRAIN_STREAM, batch_draws, draw_noise, stream
 from aebench.plugins.adam import epoch_steps, scalar_tables
 from aebench.plugins.bench_api import BenchData
 from aebench.plugins.canonical import init_weights
@@ -47,7 +49,7 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
     order = batch_order(len(data.x_train), batch_size, n, stream(spec.train.seed, TRAIN_STREAM, 0))
     noise = draw_noise(spec, plan, n * batch_size, stream(spec.train.seed, TRAIN_STREAM, 0, 1), terms=False)
     terms_rng = stream(spec.train.seed, TRAIN_STREAM, 0, 2)
-    per_batch = [term_draws(spec.loss, plan, batch_size, terms_rng) for _ in range(n)]
+    per_batch = [batch_draws(spec, plan, batch_size, terms_rng, step) for step in range(n)]
 
     def pooled(a):
         return None if a is None else a.reshape(n, batch_size, *a.shape[1:]).astype(dtype)

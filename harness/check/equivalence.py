@@ -210,11 +210,13 @@ def check_loss_terms(backend: Backend, case: Case) -> list[Comparison]:
 
 
 def check_encode_decode(backend: Backend, case: Case) -> list[Comparison]:
-    """encode (no corruption) and decode of the posterior sample against the oracle."""
+    """encode (no corruption) and decode of the posterior sample against the oracle (in
+    evaluation mode, which reads no layer's draw; family categorical's sample reads the
+    batch's temperature among them)."""
     judge, model = Judge(backend.name, case.spec.dtype), built(backend, case)
-    clean = Batch(case.batch.x, case.batch.labels, Noise(eps=case.batch.noise.eps))
+    clean = Batch(case.batch.x, case.batch.labels, Noise(eps=case.batch.noise.eps, draws=case.batch.noise.draws))
     fwd = oracle.forward(case.spec.replace(corruption=None), case.weights, clean, case.plan)
-    expected = {"mean": fwd.mean, "log_var": fwd.log_var} if fwd.mean is not None else {"code": fwd.code}
+    expected = fwd.encoded()
     encoded = backend.encode(model, case.batch.x, case.batch.labels)
     tol = LOSS_RTOL[case.spec.dtype]
     out = [judge(f"encode:{k}", scaled_error(encoded.get(k, np.array(np.nan)), v), tol) for k, v in expected.items()]
@@ -223,8 +225,8 @@ def check_encode_decode(backend: Backend, case: Case) -> list[Comparison]:
     return out
 
 
-def oracle_total(case: Case, weights: Weights) -> float:
-    return oracle.loss_terms(case.spec, weights, case.batch, case.plan)["total"]
+def oracle_total(case: Case, weights: Weights, anchor: Optional[np.ndarray] = None) -> float:
+    return oracle.loss_terms(case.spec, weights, case.batch, case.plan, anchor=anchor)["total"]
 
 
 def fd_entry(case: Case, name: str, index: int, step: float = FD_STEP) -> float:
@@ -245,12 +247,16 @@ def fd_error(case: Case, name: str, index: int, gradient: float, scale: float) -
 
 
 def _central_difference(case: Case, name: str, index: int, step: float) -> float:
+    """The central difference of the oracle's total; where the spec samples straight through
+    (family categorical, hard), of the total whose gradient that estimator defines: the
+    one-hot of the case's soft sample y0, plus y - y0 (oracle.straight_through_anchor)."""
+    anchor = oracle.straight_through_anchor(case.spec, case.weights, case.batch, case.plan)
     values = []
     for sign in (1.0, -1.0):
         moved = dict(case.weights)
         moved[name] = case.weights[name].copy()
         moved[name].flat[index] += sign * step
-        values.append(oracle_total(case, moved))
+        values.append(oracle_total(case, moved, anchor))
     return (values[0] - values[1]) / (2 * step)
 
 
@@ -331,13 +337,13 @@ def gradient_rounding_spread(backend: Backend, case: Case, ref: Weights) -> dict
 
 def trajectory_steps(case: Case) -> list[Step]:
     """TRAJECTORY_STEPS batches of TRAJECTORY_BATCH consecutive examples (wrapping around a
-    small data set), noise drawn per step."""
+    small data set), noise drawn per step (step i's temperature for family categorical)."""
     rng = stream(1, CHECK_STREAM)
     n = len(case.train_x)
     return [
         Step(
             np.arange(i * TRAJECTORY_BATCH, (i + 1) * TRAJECTORY_BATCH) % n,
-            draw_noise(case.spec, case.plan, TRAJECTORY_BATCH, rng),
+            draw_noise(case.spec, case.plan, TRAJECTORY_BATCH, rng, step=i),
         )
         for i in range(TRAJECTORY_STEPS)
     ]

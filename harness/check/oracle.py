@@ -13,12 +13,13 @@ from typing import Optional
 
 import numpy as np
 
+from aebench.categorical import TEMPERATURE_KEY, relaxed_sample, soft_sample
 from aebench.data.noise import corrupt
 from aebench.layers import apply_layer, run_stack
 from aebench.layers.activations import Activation, activate
 from aebench.losses import LOSS_TERMS, present_terms
 from aebench.losses.base import Forward, OracleInputs
-from aebench.plugins.backend_api import Batch, Weights, with_total
+from aebench.plugins.backend_api import Batch, Noise, Weights, with_total
 from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
 
@@ -26,12 +27,18 @@ from aebench.spec.types import Spec
 
 
 def forward(
-    spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None, updates: Optional[Weights] = None
+    spec: Spec,
+    weights: Weights,
+    batch: Batch,
+    plan: Optional[ModelPlan] = None,
+    updates: Optional[Weights] = None,
+    anchor: Optional[np.ndarray] = None,
 ) -> Forward:
     """The float64 forward pass with the batch's injected noise: in evaluation mode (running
     statistics, no dropout), or in training mode (batch statistics, the batch's layer draws)
     when ``updates`` is a dict, which then receives the updated state (running statistics) by
-    canonical name."""
+    canonical name. ``anchor``: family categorical with ``hard``, the soft sample at other
+    weights, standing in for stop_gradient (aebench.categorical.relaxed_sample)."""
     plan = plan or plan_model(spec)
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     x = np.asarray(batch.x, dtype=np.float64)
@@ -39,15 +46,44 @@ def forward(
     x_in = corrupt(spec.corruption, x, batch.noise.corruption)
     draws = batch.noise.draws
     h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws)
-    code = mean = log_var = None
+    code = mean = log_var = category_logits = None
     if spec.model.family == "vae":
         mean = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
         log_var = apply_layer(plan.heads[1], weights, h, updates, draws)[1]
         z = mean + np.exp(0.5 * log_var) * batch.noise.eps
+    elif spec.model.family == "categorical":
+        category_logits = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
+        z = categorical_sample(spec, category_logits, batch.noise, anchor)
     else:
         code = z = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
     logits = run_stack(plan.decoder, weights, _join_labels(z, labels), updates, draws)
-    return Forward(x_in, code, mean, log_var, z, logits)
+    return Forward(x_in, code, mean, log_var, z, logits, category_logits)
+
+
+def categorical_sample(
+    spec: Spec, category_logits: np.ndarray, noise: Noise, anchor: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Family categorical's z from the posterior's logits, the batch's Gumbel noise (eps) and
+    temperature (aebench.categorical)."""
+    latent = spec.model.latent
+    assert latent.categories is not None and latent.hard is not None, "family categorical (spec.load checks it)"
+    tau = float(noise.draws[TEMPERATURE_KEY])
+    return relaxed_sample(category_logits, noise.eps, tau, latent.categories, latent.hard, anchor)
+
+
+def straight_through_anchor(
+    spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None
+) -> Optional[np.ndarray]:
+    """The soft sample y at ``weights`` where the spec samples straight through (family
+    categorical, hard), else None: the anchor with which finite differences of the oracle's
+    total at nearby weights are the straight-through gradient (aebench.check.equivalence)."""
+    latent = spec.model.latent
+    if spec.model.family != "categorical" or not latent.hard:
+        return None
+    fwd = forward(spec, weights, batch, plan, {})
+    assert fwd.category_logits is not None and latent.categories is not None, "family categorical"
+    tau = float(batch.noise.draws[TEMPERATURE_KEY])
+    return soft_sample(fwd.category_logits, batch.noise.eps, tau, latent.categories)
 
 
 def _join_labels(x: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
@@ -55,15 +91,21 @@ def _join_labels(x: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
 
 
 def loss_terms(
-    spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None, training: bool = True
+    spec: Spec,
+    weights: Weights,
+    batch: Batch,
+    plan: Optional[ModelPlan] = None,
+    training: bool = True,
+    anchor: Optional[np.ndarray] = None,
 ) -> dict[str, float]:
     """Every loss term of the spec (unweighted, each its term's oracle: aebench.losses) and
     their weighted total, in float64, in training mode (batch statistics, the batch's layer
     draws; the state is not updated: train_state gives the update) or in evaluation mode
-    (running statistics, no dropout)."""
+    (running statistics, no dropout); ``anchor``: forward's."""
     plan = plan or plan_model(spec)
     weights64 = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-    inputs = OracleInputs(spec, plan, weights64, batch, forward(spec, weights64, batch, plan, {} if training else None))
+    fwd = forward(spec, weights64, batch, plan, {} if training else None, anchor)
+    inputs = OracleInputs(spec, plan, weights64, batch, fwd)
     terms = {name: LOSS_TERMS[name].oracle(getattr(spec.loss, name), inputs) for name in present_terms(spec.loss)}
     return with_total(spec, terms)
 

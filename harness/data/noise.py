@@ -4,10 +4,13 @@ A stream is ``np.random.default_rng([seed, STREAM, *more])``: the training batch
 e, the test evaluation and the prior samples each have their own, so changing the number
 of epochs does not change what the test split sees.
 
-A batch's noise is drawn in a fixed order from its stream: the reparameterisation noise, the
-corruption noise, then (training only) the draw of each layer whose kind takes one, in the
-plan's order, then (every batch) the draws of the loss terms that take them (LossTerm.draws),
-in rank order. A spec without such layers or terms draws exactly what it drew before they existed.
+A batch's noise is drawn in a fixed order from its stream: the reparameterisation noise
+(standard normal for family vae, Gumbel(0, 1) for family categorical), the corruption noise,
+then (training only) the draw of each layer whose kind takes one, in the plan's order, then
+(every batch) the draws of the loss terms that take them (LossTerm.draws), in rank order. A spec
+without such layers or terms draws exactly what it drew before they existed. Family categorical
+also gets the batch's Gumbel-softmax temperature (batch_draws), computed, not drawn, from the
+training step's index (evaluation: the schedule's floor).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from aebench.categorical import TEMPERATURE_KEY, gumbel_noise
 from aebench.layers import kind_of, walk
 from aebench.layers.base import Shape
 from aebench.losses import term_draws
@@ -38,20 +42,60 @@ def layer_draws(plan: ModelPlan) -> dict[str, Shape]:
 
 
 def draw_noise(
-    spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator, training: bool = True, terms: bool = True
+    spec: Spec,
+    plan: ModelPlan,
+    batch_size: int,
+    rng: np.random.Generator,
+    training: bool = True,
+    terms: bool = True,
+    step: int = 0,
 ) -> Noise:
     """The noise one batch of ``batch_size`` needs under ``spec`` (float64); the layers' draws
-    only for a ``training`` batch (evaluation runs without them); the loss terms' draws unless
-    ``terms`` is False (a bench pool draws them batch by batch: aebench.bench.data)."""
-    eps = rng.standard_normal((batch_size, plan.latent_size)) if spec.model.family == "vae" else None
+    only for a ``training`` batch (evaluation runs without them); the per-batch draws
+    (batch_draws: the temperature of training step ``step`` or of evaluation, the loss terms'
+    draws) unless ``terms`` is False (a bench pool makes them batch by batch: aebench.bench.data)."""
+    eps = reparameterisation_noise(spec, plan, batch_size, rng)
     corruption = None
     if spec.corruption is not None:
         shape = (batch_size, *data_shape(spec))
         corruption = rng.standard_normal(shape) if isinstance(spec.corruption, Gaussian) else rng.random(shape)
     draws = {name: rng.random((batch_size, *shape)) for name, shape in layer_draws(plan).items()} if training else {}
     if terms:
-        draws.update(term_draws(spec.loss, plan, batch_size, rng))
+        draws.update(batch_draws(spec, plan, batch_size, rng, step if training else None))
     return Noise(eps=eps, corruption=corruption, draws=draws)
+
+
+def reparameterisation_noise(
+    spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator
+) -> Optional[np.ndarray]:
+    """Noise.eps: (B, latent) standard normal (family vae), Gumbel(0, 1) (family categorical:
+    aebench.categorical.gumbel_noise), None (family ae)."""
+    if spec.model.family == "vae":
+        return rng.standard_normal((batch_size, plan.latent_size))
+    if spec.model.family == "categorical":
+        return gumbel_noise(rng, (batch_size, plan.latent_size))
+    return None
+
+
+def batch_draws(
+    spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator, step: Optional[int]
+) -> dict[str, np.ndarray]:
+    """One batch's draws that are one per batch, not per example: family categorical's
+    temperature (0-d, under TEMPERATURE_KEY: the schedule's at training step ``step``, or its
+    evaluation value where ``step`` is None), then the loss terms' draws (term_draws)."""
+    draws = {}
+    if spec.model.family == "categorical":
+        draws[TEMPERATURE_KEY] = np.asarray(temperature(spec, step), np.float64)
+    draws.update(term_draws(spec.loss, plan, batch_size, rng))
+    return draws
+
+
+def temperature(spec: Spec, step: Optional[int]) -> float:
+    """Family categorical's Gumbel-softmax temperature at training step ``step`` (0-based), or
+    of evaluation (None): aebench.spec.types.Temperature."""
+    schedule = spec.model.latent.temperature
+    assert schedule is not None, "family categorical has a temperature (spec.load checks it)"
+    return schedule.evaluation if step is None else schedule.at(step)
 
 
 def corrupt(corruption: Optional[Corruption], x: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:

@@ -21,7 +21,8 @@ Fail = Callable[[str, str], NoReturn]
 @dataclass(frozen=True)
 class Forward:
     """The float64 intermediates of one forward pass that loss terms read: the encoder's
-    input (corrupted), the code (family ae), the posterior (family vae), z and the logits."""
+    input (corrupted), the code (family ae), the posterior (family vae: mean and log-variance;
+    family categorical: ``category_logits``, (B, N K)), z and the decoder's logits."""
 
     x_in: np.ndarray
     code: Optional[np.ndarray]
@@ -29,6 +30,17 @@ class Forward:
     log_var: Optional[np.ndarray]
     z: np.ndarray
     logits: np.ndarray
+    category_logits: Optional[np.ndarray] = None
+
+    def encoded(self) -> dict[str, np.ndarray]:
+        """What Backend.encode returns for this pass's (clean) input: {'mean', 'log_var'}
+        (family vae), {'logits'} (family categorical) or {'code'} (family ae)."""
+        if self.mean is not None and self.log_var is not None:
+            return {"mean": self.mean, "log_var": self.log_var}
+        if self.category_logits is not None:
+            return {"logits": self.category_logits}
+        assert self.code is not None, "family ae has a code"
+        return {"code": self.code}
 
 
 @dataclass(frozen=True)
@@ -50,8 +62,9 @@ class OracleInputs:
 @dataclass(frozen=True)
 class QualityInputs:
     """What a term's quality metrics may read: the spec, its plan, the encoder's output on the
-    first test examples (clean x: {'mean', 'log_var'} for family vae, {'code'} for family ae,
-    float64) and a generator of the quality step's own stream (for samples and projections)."""
+    first test examples (clean x: {'mean', 'log_var'} for family vae, {'logits'} for family
+    categorical, {'code'} for family ae, float64) and a generator of the quality step's own
+    stream (for samples and projections)."""
 
     spec: Any
     plan: Any

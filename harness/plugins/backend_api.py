@@ -46,14 +46,17 @@ def with_total(spec: Spec, terms: dict):
 class Noise:
     """Injected randomness for one batch.
 
-    eps: (B, latent) standard normal, for z = mean + exp(log_var / 2) * eps (family vae).
+    eps: (B, latent) standard normal, for z = mean + exp(log_var / 2) * eps (family vae), or
+    Gumbel(0, 1), for z = softmax((logits + eps) / tau) per variable (family categorical:
+    aebench.categorical).
     corruption: (B, *data_shape): standard normal for gaussian corruption, uniform [0, 1)
     for masking and salt-and-pepper.
     draws: uniform [0, 1) draws of the layers that take one in training (LayerKind.draws:
     a dropout layer keeps a value where its draw is >= rate), by canonical layer name, each
     (B, *that layer's input shape), not drawn for evaluation; and the draws of the loss terms
     that take them (LossTerm.draws: prior samples, projections), in training and evaluation,
-    by aebench.losses.base.draw_key.
+    by aebench.losses.base.draw_key; family categorical's temperature tau, 0-d, under
+    aebench.categorical.TEMPERATURE_KEY (the training step's, or evaluation's), every batch.
     """
 
     eps: Optional[np.ndarray] = None
@@ -131,10 +134,13 @@ class Backend(Protocol):
         aebench.plugins.adam.epoch_steps(len(x), spec.train.batch_size))."""
 
     def encode(self, model: object, x: np.ndarray, labels: Optional[np.ndarray]) -> dict[str, np.ndarray]:
-        """{'mean', 'log_var'} for family vae, {'code'} for family ae (no corruption)."""
+        """{'mean', 'log_var'} for family vae, {'logits'} (B, N K: the categorical posterior's
+        logits, variable n in columns n K .. n K + K - 1) for family categorical, {'code'} for
+        family ae (no corruption)."""
 
     def decode(self, model: object, z: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
-        """Decoder output with the output activation applied (sigmoid for images)."""
+        """Decoder output with the output activation applied (sigmoid for images), from z of
+        (B, latent) (family categorical: (B, N K), one-hot or relaxed codes)."""
 
 
 def check_implements(backend: Backend, spec: Spec) -> None:

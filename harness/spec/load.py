@@ -20,7 +20,7 @@ from aebench.losses import LOSS_TERMS, stood_in_for
 from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import IDENTIFIER_RULE, Parser, cut, did_you_mean, is_identifier, shown
 from aebench.spec.shapes import plan_model
-from aebench.spec.types import LINEAR, Gaussian, Mnist, Spec
+from aebench.spec.types import LINEAR, Gaussian, Mnist, Model, Spec
 from aebench.spec.yamlio import read_mapping
 
 MAX_EXTENDS_DEPTH = 16
@@ -190,6 +190,37 @@ def _check_representable(p: Parser, value: object, dtype: str, path: str = "") -
 
 
 MNIST_CLASSES = 10  # the digits 0-9 label MNIST's images
+CATEGORICAL_FIELDS = ("categories", "hard", "temperature")
+"""The fields of model.latent that family categorical needs and no other family takes."""
+
+
+def _check_latent(p: Parser, model: Model) -> None:
+    """Family categorical's latent: linear logits, every categorical field, whole variables."""
+    latent = model.latent
+    given = [name for name in CATEGORICAL_FIELDS if getattr(latent, name) is not None]
+    if model.family != "categorical":
+        if given:
+            p.fail(f"model.latent.{given[0]}", f"only allowed for family categorical; family is {model.family}")
+        return
+    for name in CATEGORICAL_FIELDS:
+        if name not in given:
+            p.fail(f"model.latent.{name}", f"is required for family categorical ({_CATEGORICAL_HELP[name]})")
+    assert latent.categories is not None, "checked above"
+    if latent.activation != LINEAR:
+        p.fail("model.latent.activation", "must be linear for family categorical (the head gives logits)")
+    if latent.size % latent.categories:
+        p.fail(
+            "model.latent.size",
+            f"must be a multiple of model.latent.categories ({latent.categories}): size / categories variables "
+            f"of that many categories each; got {latent.size}",
+        )
+
+
+_CATEGORICAL_HELP = {
+    "categories": "an integer >= 2: the categories of each variable",
+    "hard": "true: straight-through one-hot samples, false: the soft relaxed sample",
+    "temperature": "a mapping initial, minimum, rate, interval: the annealed Gumbel-softmax temperature",
+}
 
 
 def _check_consistency(p: Parser, spec: Spec) -> None:
@@ -197,6 +228,7 @@ def _check_consistency(p: Parser, spec: Spec) -> None:
     model = spec.model
     if model.family == "vae" and model.latent.activation != LINEAR:
         p.fail("model.latent.activation", "must be linear for family vae (the heads give mean and log-variance)")
+    _check_latent(p, model)
     covered = stood_in_for(spec.loss)
     for name, term in LOSS_TERMS.items():
         cfg, needed = getattr(spec.loss, name), term.required(spec)

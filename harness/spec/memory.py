@@ -65,7 +65,7 @@ class MemoryNeed:
     scoring_values: int = 0
     """Values, float64, the quality step holds beyond the data set while it scores the trained
     model: the test split's one-hot labels once more (conditional specs) plus the larger of one
-    NLL decode chunk and the NLL's log weights (family vae; see nll_values)."""
+    NLL decode chunk and the NLL's log weights (family vae and categorical; see nll_values)."""
     state_values: int = 0
     """Non-trainable values (running statistics): held once, no gradient and no Adam state."""
 
@@ -116,10 +116,10 @@ def memory_need(
     n_train, n_test = sizes or least_sizes(spec)
     per_example = math.prod(plan.data_shape) + plan.label_size
     per_example += sum(kind_of(layer.layer).activation_values(layer) for layer in plan.layers)
-    if spec.model.family == "vae":
+    if spec.model.generative:
         per_example += 2 * plan.latent_size  # the noise and z
     weights = sum(math.prod(p.shape) for p in plan.trainable)
-    nll_k = quality.k if spec.model.family == "vae" else 0
+    nll_k = quality.k if spec.model.generative else 0
     return MemoryNeed(
         spec.dtype,
         batch_size or spec.train.batch_size,
@@ -162,8 +162,9 @@ def nll_values(plan: ModelPlan, quality: QualitySettings, n_test: int) -> int:
 
 
 def nll_row_values(plan: ModelPlan) -> int:
-    """Values, float64, one decoded row (an example's sample) of the NLL holds: its noise and z, its
-    label row, the example repeated, the decoded output and one temporary of the likelihood."""
+    """Values, float64, one decoded row (an example's sample) of the NLL holds: its noise and z (family
+    categorical: the Gumbel noise and the one-hot code), its label row, the example repeated, the
+    decoded output and one temporary of the likelihood."""
     return 2 * plan.latent_size + plan.label_size + 3 * math.prod(plan.data_shape)
 
 

@@ -2,7 +2,8 @@
 
 The canonical weight layout, shared by every backend, is defined here:
 - names ``encoder.{i}.kernel`` / ``.bias`` (i = the layer's index in the spec's list),
-  ``code.*`` (family ae) or ``z_mean.*`` and ``z_log_var.*`` (family vae), ``decoder.{i}.*``;
+  ``code.*`` (family ae), ``z_mean.*`` and ``z_log_var.*`` (family vae) or ``logits.*``
+  (family categorical: the categorical posterior's logits), ``decoder.{i}.*``;
   a layer inside another continues its name (``encoder.{i}.layers.{j}.*``);
 - each layer kind's parameters as its module in aebench.layers states them (Keras'
   layouts); features NHWC, flattened in (H, W, C) order.
@@ -20,7 +21,7 @@ from aebench.layers.base import LayerPlan, Param, Shape, Where
 from aebench.spec.schema import shown
 from aebench.spec.types import HeightWeight, Images, Layer, Spec, Synthetic
 
-ENCODED_NAMES = {"z_mean": "mean", "z_log_var": "log_var", "code": "code"}
+ENCODED_NAMES = {"z_mean": "mean", "z_log_var": "log_var", "code": "code", "logits": "logits"}
 """Latent head -> its key in Backend.encode's result."""
 
 
@@ -103,6 +104,8 @@ def _planned(spec: Spec) -> ModelPlan:
     head_names: tuple[str, ...]
     if model.family == "vae":
         head_names, head_act = ("z_mean", "z_log_var"), LINEAR
+    elif model.family == "categorical":
+        head_names, head_act = ("logits",), LINEAR
     else:
         head_names, head_act = ("code",), model.latent.activation
     head_layer = latent_head(model.latent.size, head_act)

@@ -8,6 +8,7 @@ epsilon, loss reductions and the leaky-relu slope are always written out.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -15,7 +16,7 @@ from aebench.layers import LAYER_SCHEMAS
 from aebench.layers.activations import LINEAR, Activation
 from aebench.layers.base import MAX_SIZE
 from aebench.losses import LOSS_SCHEMA
-from aebench.spec.schema import Parser, greater_than, identifier, in_interval, in_range, rule
+from aebench.spec.schema import Parser, at_least, greater_than, identifier, in_interval, in_range, rule
 
 MAX_SEED = 2**32 - 1
 """NumPy's classic seed range."""
@@ -30,12 +31,54 @@ else:
 
 
 @dataclass(frozen=True)
+class Temperature:
+    """The Gumbel-softmax temperature of family categorical, annealed per training step:
+
+        tau_t = max(minimum, initial * exp(-rate * interval * floor(t / interval)))
+
+    t the training step (0-based: the updates taken before it), so tau is updated every
+    ``interval`` steps and held in between: Jang et al. 2017's tau = max(0.5, exp(-r t)),
+    "updated every N steps" (initial 1, minimum 0.5, rate r, interval N). Computed on the host
+    in float64 (aebench.data.noise) and injected with each batch, so every backend and the
+    oracle use the same number at the same step. Evaluation (the test loss, quality, figures)
+    uses ``minimum``, the schedule's last value, whatever the step: one fixed objective for
+    every epoch's test loss.
+    """
+
+    initial: float = field(metadata=rule(greater_than(0)))
+    minimum: float = field(metadata=rule(greater_than(0)))
+    rate: float = field(metadata=rule(at_least(0)))
+    interval: int = field(metadata=rule(in_range(1, MAX_SIZE)))
+
+    def at(self, step: int) -> float:
+        """tau at training step ``step`` (0-based)."""
+        return max(self.minimum, self.initial * math.exp(-self.rate * self.interval * (step // self.interval)))
+
+    @property
+    def evaluation(self) -> float:
+        """The temperature of evaluation batches: the schedule's floor."""
+        return self.minimum
+
+
+@dataclass(frozen=True)
 class Latent:
-    """The code (family ae: a Dense layer of ``size`` units with ``activation``) or the
-    Gaussian posterior (family vae: two linear Dense heads, mean and log-variance)."""
+    """The code (family ae: a Dense layer of ``size`` units with ``activation``), the Gaussian
+    posterior (family vae: two linear Dense heads, mean and log-variance), or the categorical
+    posterior (family categorical: one linear Dense head of ``size`` logits, size / categories
+    variables of ``categories`` categories each, sampled by the Gumbel-softmax at
+    ``temperature``, straight-through one-hot where ``hard``: aebench.categorical).
+    ``categories``, ``hard`` and ``temperature`` belong to family categorical only."""
 
     size: int = field(metadata=rule(in_range(1, MAX_SIZE)))
     activation: Activation = LINEAR
+    categories: Optional[int] = field(default=None, metadata=rule(in_range(2, MAX_SIZE)))
+    hard: Optional[bool] = None
+    temperature: Optional[Temperature] = None
+
+    @property
+    def variables(self) -> int:
+        """N, the categorical variables of family categorical (size / categories); else 0."""
+        return self.size // self.categories if self.categories else 0
 
 
 @dataclass(frozen=True)
@@ -48,7 +91,12 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class Model:
-    family: Literal["ae", "vae"]
+    """The network: ``family`` ae (a deterministic code), vae (a Gaussian posterior, z sampled
+    with injected normal noise) or categorical (categorical variables, z sampled by the
+    Gumbel-softmax with injected Gumbel noise: aebench.categorical); the encoder and decoder
+    stacks around the latent heads (aebench.spec.shapes)."""
+
+    family: Literal["ae", "vae", "categorical"]
     encoder: tuple[Layer, ...]
     latent: Latent
     decoder: tuple[Layer, ...]
@@ -58,6 +106,12 @@ class Model:
     @property
     def conditional(self) -> bool:
         return self.conditioning is not None and self.conditioning.labels
+
+    @property
+    def generative(self) -> bool:
+        """Family vae or categorical: a posterior sampled with injected noise and a prior to
+        draw from (the quality step scores their NLL and ELBO; the figures decode prior samples)."""
+        return self.family in ("vae", "categorical")
 
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from aebench.categorical import prior_codes  # noqa: E402
 from aebench.data.datasets import Dataset, one_hot  # noqa: E402
 from aebench.data.noise import (  # noqa: E402
     PRIOR_STREAM,
@@ -36,9 +37,10 @@ from aebench.losses import code_targets  # noqa: E402
 from aebench.plugins.backend_api import Backend  # noqa: E402
 from aebench.spec.shapes import ModelPlan  # noqa: E402
 from aebench.spec.types import Spec  # noqa: E402
-from aebench.train.quality import per_image_psnr  # noqa: E402
+from aebench.train.quality import latent_point, per_image_psnr  # noqa: E402
 
 SHOWN = 10
+CATEGORIES_STREAM_KEY = 1  # stream(seed, PRIOR_STREAM, 1): the other variables of categories.png
 SHOWN_POINTS = 256  # tabular specs are shown as scatter plots of this many test rows
 
 
@@ -65,12 +67,14 @@ def training_figures(
 ) -> Iterator[tuple[str, Figure]]:
     """The figures of a model trained for spec.train.epochs on ``backend``, as (file name, figure):
 
-    reconstructions.png always; samples.png (family vae); interpolation.png (decoded straight
+    reconstructions.png always; samples.png (family vae and categorical: decoded draws of the
+    prior); categories.png (family categorical: each category of the first variable decoded
+    with the other variables drawn from the prior); interpolation.png (decoded straight
     lines between the latent points of test pairs; the one-hot label is interpolated too for
     conditional specs); denoising.png (specs with corruption: clean, corrupted, restored, with
     each image's PSNR); code_activations.png (specs with a term
     that sets a code target, as sparsity does); latent_scatter.png
-    (latent size 2: posterior means or codes of the test split, coloured by label).
+    (latent size 2, family vae or ae: posterior means or codes of the test split, coloured by label).
     Each title is run_heading (spec, backend, epochs) over what the figure shows; tabular
     data is plotted against its feature names (Dataset.feature_names).
     """
@@ -80,24 +84,67 @@ def training_figures(
     labels = _labels(spec, data.y_test[:shown] if data.y_test is not None else None)
     noise = draw_noise(spec, plan, len(x), stream(spec.train.seed, TEST_STREAM, 99), training=False)
     shown_input = corrupt(spec.corruption, x, noise.corruption)
-    restored = backend.decode(model, _latent(backend.encode(model, shown_input, labels)), labels)
+    restored = backend.decode(model, latent_point(spec, backend.encode(model, shown_input, labels)), labels)
     rows = {"input": x, "corrupted": shown_input, "reconstructed": restored}
     if spec.corruption is None:
         rows.pop("corrupted")
     yield "reconstructions.png", reconstructions_figure(rows, plan, heading, data.feature_names)
-    if spec.model.family == "vae":
-        z = stream(spec.train.seed, PRIOR_STREAM).standard_normal((SHOWN * SHOWN, plan.latent_size))
+    if spec.model.generative:
+        z = prior_samples(spec, plan, SHOWN * SHOWN, stream(spec.train.seed, PRIOR_STREAM))
         sample_labels = _labels(spec, np.repeat(np.arange(SHOWN) % 10, SHOWN)) if spec.model.conditional else None
         samples = backend.decode(model, z, sample_labels)
         yield "samples.png", samples_figure(samples, plan, spec, heading, data.feature_names)
+    if spec.model.family == "categorical":
+        yield "categories.png", categories_figure(backend, model, spec, plan, heading, data.feature_names)
     yield "interpolation.png", interpolation_figure(backend, model, spec, plan, data, heading)
     if spec.corruption is not None:
         yield "denoising.png", denoising_figure(rows, plan, heading, data.feature_names)
     target = next(iter(code_targets(spec.loss).values()), None)
     if target is not None:
         yield "code_activations.png", code_activations_figure(backend, model, spec, data, heading, target)
-    if plan.latent_size == 2:
+    if plan.latent_size == 2 and spec.model.family != "categorical":  # one-hot codes have no scatter
         yield "latent_scatter.png", latent_scatter_figure(backend, model, spec, data, heading)
+
+
+def prior_samples(spec: Spec, plan: ModelPlan, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws of the prior over z: N(0, I) (family vae), one uniform category per variable,
+    one-hot (family categorical: aebench.categorical.prior_codes)."""
+    latent = spec.model.latent
+    if spec.model.family == "categorical":
+        assert latent.categories is not None, "family categorical has categories"
+        return prior_codes(rng, n, latent.variables, latent.categories)
+    return rng.standard_normal((n, plan.latent_size))
+
+
+def prior_description(spec: Spec) -> str:
+    """What samples.png decodes, for its title."""
+    if spec.model.family == "categorical":
+        latent = spec.model.latent
+        return f"decoded z ~ Uniform: one of {latent.categories} categories for each of {latent.variables} variables"
+    return "decoded z ~ N(0, I)"
+
+
+def categories_figure(
+    backend: Backend, model: object, spec: Spec, plan: ModelPlan, heading: str, names: tuple[str, ...]
+) -> Figure:
+    """Family categorical: column k decodes the first variable's category k, each row the same
+    draw of the other variables from the uniform prior (and, conditional specs, one label per
+    row): what the first variable alone changes."""
+    categories = spec.model.latent.categories
+    assert categories is not None, "family categorical has categories"
+    others = prior_samples(spec, plan, SHOWN, stream(spec.train.seed, PRIOR_STREAM, CATEGORIES_STREAM_KEY))
+    z = np.repeat(others, categories, axis=0)
+    z[:, :categories] = np.tile(np.eye(categories), (SHOWN, 1))
+    row_labels = _labels(spec, np.repeat(np.arange(SHOWN) % 10, categories)) if spec.model.conditional else None
+    decoded = backend.decode(model, z, row_labels)
+    what = f"the first variable's {categories} categories (columns), the other variables drawn from the prior (rows)"
+    shape = image_shape(plan)
+    if shape is None:
+        series = {f"category {k}": decoded[k::categories] for k in range(categories)}
+        return _scatter(series, heading, what, names)
+    fig, ax = plt.subplots(figsize=(max(categories, 4) * 0.7, SHOWN * 0.7 + 0.8))
+    _show(ax, _tile(decoded.reshape(-1, *shape), cols=categories))
+    return _titled(fig, heading, what)
 
 
 def interpolation_figure(
@@ -106,7 +153,7 @@ def interpolation_figure(
     """Decoded straight lines in latent space between test pairs (examples 2i and 2i+1)."""
     x = data.x_test[: 2 * INTERPOLATION_PAIRS]
     labels = _labels(spec, data.y_test[: len(x)] if data.y_test is not None else None)
-    ends = _latent(backend.encode(model, x, labels))
+    ends = latent_point(spec, backend.encode(model, x, labels))
     t = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[None, :, None]
     start, stop = ends[0::2, None, :], ends[1::2, None, :]
     z = (start + t * (stop - start)).reshape(-1, ends.shape[1])
@@ -189,7 +236,7 @@ def latent_scatter_figure(backend: Backend, model: object, spec: Spec, data: Dat
     """The 2-D posterior means (or codes) of the test split, coloured by label where there is one."""
     x = data.x_test[:SCATTER_POINTS]
     y = _first(data.y_test, len(x))
-    z = np.asarray(_latent(backend.encode(model, x, _labels(spec, y))), np.float64)
+    z = np.asarray(latent_point(spec, backend.encode(model, x, _labels(spec, y))), np.float64)
     fig, ax = plt.subplots(figsize=(5.6, 5))
     if y is None:
         ax.scatter(z[:, 0], z[:, 1], s=6, alpha=0.7)
@@ -231,11 +278,6 @@ def _labels(spec: Spec, y: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return one_hot(y, spec.model.conditioning.num_classes) if spec.model.conditional else None
 
 
-def _latent(encoded: dict[str, np.ndarray]) -> np.ndarray:
-    """The point a reconstruction is decoded from: the posterior mean, or the code."""
-    return encoded["mean"] if "mean" in encoded else encoded["code"]
-
-
 def image_shape(plan: ModelPlan) -> Optional[tuple[int, int, int]]:
     """(H, W, C) the spec's examples are shown as: images of 1 channel (grayscale) or 3 (RGB) as
     they are, MNIST's flat 784 values as 28x28x1; None for a table or other flat features, which
@@ -261,13 +303,14 @@ def reconstructions_figure(
 
 
 def samples_figure(samples: np.ndarray, plan: ModelPlan, spec: Spec, heading: str, names: tuple[str, ...]) -> Figure:
-    """Decoded draws from the prior N(0, I); one label per row for conditional specs."""
+    """Decoded draws from the prior (prior_samples); one label per row for conditional specs."""
     shape = image_shape(plan)
+    what = prior_description(spec)
     if shape is None:
-        return _scatter({"prior samples": samples}, heading, "decoded prior samples z ~ N(0, I)", names)
+        return _scatter({"prior samples": samples}, heading, what, names)
     fig, ax = plt.subplots(figsize=(6, 6))
     _show(ax, _tile(samples.reshape(-1, *shape), cols=SHOWN))
-    return _titled(fig, heading, "decoded z ~ N(0, I)" + (", one label per row" if spec.model.conditional else ""))
+    return _titled(fig, heading, what + (", one label per row" if spec.model.conditional else ""))
 
 
 def _scatter(series: dict[str, np.ndarray], heading: str, what: str, names: tuple[str, ...]) -> Figure:

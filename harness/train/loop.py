@@ -13,7 +13,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ from aebench.plugins.backend_api import Backend, Step, loss_term_names
 from aebench.plugins.canonical import init_weights
 from aebench.progress import Progress
 from aebench.scoring import QualitySettings
-from aebench.spec.shapes import plan_model
+from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
 from aebench.train.evaluate import evaluate
 from aebench.train.images import write_figures
@@ -53,7 +53,7 @@ class TrainingListener(Protocol):
     2. After the last epoch the figures are written; where the run is scored (train's
        ``quality``), ``scoring(params)`` comes next, before the quality step: the settings that
        shape the scores as params (``quality.nll_k`` and ``quality.nll_examples`` for family
-       vae; empty for family ae).
+       vae and categorical; empty for family ae).
     3. ``scored(metrics)`` once the quality step is done and quality.json written: the metrics
        of quality.quality_metrics by name.
 
@@ -157,8 +157,7 @@ def train(
             raise AebenchError(
                 f"train.batch_size: {spec.train.batch_size} is larger than the {len(data.x_train)} training examples"
             )
-        noise_rng = stream(spec.train.seed, TRAIN_STREAM, epoch, 1)
-        steps = (Step(idx, draw_noise(spec, plan, len(idx), noise_rng)) for idx in order)
+        steps = epoch_steps_of(spec, plan, epoch, order)
         losses = trainer.run(progress.wrap(steps, len(order), f"epoch {epoch}/{spec.train.epochs}"))
         _check_finite(losses, terms, epoch, out)
         train_terms = dict(zip(terms, losses.mean(axis=0).tolist()))
@@ -179,13 +178,24 @@ def train(
     return log.rows
 
 
+def epoch_steps_of(spec: Spec, plan: ModelPlan, epoch: int, order: np.ndarray) -> Iterator[Step]:
+    """Epoch ``epoch``'s training steps (1-based epochs), one per row of ``order``, their noise
+    drawn from the epoch's stream as they are taken; step i of the epoch is training step
+    (epoch - 1) * len(order) + i, whose index sets family categorical's temperature."""
+    noise_rng = stream(spec.train.seed, TRAIN_STREAM, epoch, 1)
+    first = (epoch - 1) * len(order)
+    for i, idx in enumerate(order):
+        yield Step(idx, draw_noise(spec, plan, len(idx), noise_rng, step=first + i))
+
+
 def _silent(text: str) -> None:
     pass
 
 
 def _scoring_params(spec: Spec, settings: QualitySettings, n_test: int) -> dict[str, str]:
-    """The settings of the quality step that shape the scores: the NLL's, for family vae."""
-    if spec.model.family != "vae":
+    """The settings of the quality step that shape the scores: the NLL's, for family vae and
+    categorical: Model.generative)."""
+    if not spec.model.generative:
         return {}
     return {"quality.nll_k": str(settings.k), "quality.nll_examples": str(settings.examples(n_test))}
 

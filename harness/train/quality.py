@@ -5,22 +5,29 @@ contract of backend_api), with noise drawn from fixed NumPy streams, so every fr
 scored on the same numbers. The metrics (all per test example, means over the examples):
 
 - ``recon_sse``: squared error summed over the features between clean x and the decoded
-  posterior mean (family vae) or code (family ae) of the encoder's input (corrupted for
-  denoising specs); ``recon_mse`` is the same per feature.
+  posterior mean (family vae), posterior mode (family categorical: each variable's most
+  probable category, one-hot) or code (family ae) of the encoder's input (corrupted for
+  denoising specs): latent_point; ``recon_mse`` is the same per feature.
 - ``recon_term``: the spec's own (unweighted) reconstruction term (aebench.losses.decoder_term)
   on the test split, as
   training evaluates it (train.evaluate: sampled z, the TEST noise stream).
 - ``psnr`` (specs with corruption): mean per-image PSNR of the restored images against the
   clean ones, data range 1 (MNIST, image folders and synthetic data all lie in [0, 1]);
   ``psnr_corrupted`` is the corrupted input's PSNR, the baseline the denoiser has to beat.
-- ``neg_elbo`` (family vae): E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), the expectation
-  estimated with the same k samples as the NLL, the KL in closed form, beta = 1.
-- ``nll_is`` (family vae): -log p(x) estimated by importance sampling with the encoder as
-  proposal, -log (1/k) sum_i w_i, w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), k = 200 by
-  default, on the first ``nll_examples`` test examples (200 by default: on a CPU the conv
-  decoder takes about a second per example at k = 200; pass None for the whole split).
+- ``neg_elbo`` (family vae and categorical): E_q[-log p(x|z)] + KL(q(z|x) || p(z)), the
+  expectation estimated with the same k samples as the NLL, the KL in closed form, beta = 1.
+- ``nll_is`` (family vae and categorical): -log p(x) estimated by importance sampling with the
+  encoder as proposal, -log (1/k) sum_i w_i, w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x),
+  k = 200 by default, on the first ``nll_examples`` test examples (200 by default: on a CPU the
+  conv decoder takes about a second per example at k = 200; pass None for the whole split).
   Per example it is never above the mean of -log w over the same samples (Jensen), a
   Monte Carlo estimate of the negative ELBO.
+  Family vae: p(z) = N(0, I), q(z|x) the Gaussian posterior. Family categorical: the discrete
+  model the relaxation stands in for: z_i exact one-hot draws of the categorical posterior
+  (the Gumbel-max trick, argmax(logits + g), aebench.categorical.posterior_codes), p(z) uniform
+  over each variable's K categories, KL(q || Uniform) in closed form. Training optimises the
+  relaxed objective at its temperature (soft z) or the straight-through estimate; these two
+  score the decoder on one-hot codes, the codes the prior samples of the figures are.
 
 Decoder likelihoods, in nats:
 - BCE specs: Bernoulli, log p(x|z) = sum_d x_d log p_d + (1 - x_d) log(1 - p_d), p = decoded
@@ -45,6 +52,7 @@ from typing import Optional
 
 import numpy as np
 
+from aebench.categorical import kl_to_uniform, log_density_ratio, mode_code, posterior_codes
 from aebench.data.datasets import Dataset, one_hot
 from aebench.data.noise import TEST_STREAM, corrupt, draw_noise, stream
 from aebench.losses import LOSS_TERMS, decoder_log_likelihood, decoder_term, present_terms, term_quality
@@ -73,7 +81,7 @@ def quality_metrics(
     labels = _labels(spec, data.y_test)
     metrics = reconstruction_error(backend, model, spec, plan, data.x_test, labels, settings.decode_rows)
     metrics["recon_term"] = evaluate(backend, model, spec, plan, data.x_test, labels)[decoder_term(spec.loss)]
-    if spec.model.family == "vae":
+    if spec.model.generative:
         n = settings.examples(len(data.x_test))
         sub_labels = None if labels is None else labels[:n]
         log_w, recon_nll, kl = importance_log_weights(
@@ -83,6 +91,17 @@ def quality_metrics(
         metrics["nll_is"] = float(np.mean(nll_from_log_weights(log_w)))
     metrics.update(term_metrics(backend, model, spec, plan, data.x_test[: settings.term_examples], labels))
     return metrics
+
+
+def latent_point(spec: Spec, encoded: dict[str, np.ndarray]) -> np.ndarray:
+    """The latent point a reconstruction is decoded from: the posterior mean (family vae), the
+    posterior's mode as one-hot codes (family categorical: aebench.categorical.mode_code) or
+    the code (family ae)."""
+    if "logits" in encoded:
+        categories = spec.model.latent.categories
+        assert categories is not None, "family categorical has categories"
+        return mode_code(encoded["logits"], categories)
+    return encoded["mean"] if "mean" in encoded else encoded["code"]
 
 
 def term_metrics(
@@ -114,7 +133,7 @@ def reconstruction_error(
         lb = None if labels is None else labels[start : start + rows]
         x_in = corrupt(spec.corruption, xb, draw_noise(spec, plan, len(xb), rng, training=False).corruption)
         encoded = backend.encode(model, x_in, lb)
-        restored = np.asarray(backend.decode(model, encoded.get("mean", encoded.get("code")), lb), np.float64)
+        restored = np.asarray(backend.decode(model, latent_point(spec, encoded), lb), np.float64)
         sse.append(per_example_sse(xb, restored))
         if spec.corruption is not None:
             psnr.append(per_image_psnr(xb, restored))
@@ -143,7 +162,8 @@ def importance_log_weights(
     backend: Backend, model: object, spec: Spec, x: np.ndarray, labels: Optional[np.ndarray], k: int, rows: int = 2000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log w, -log p(x|z), KL) for each example: log w and -log p(x|z) of shape (n, k), one
-    column per sample z_i ~ q(z|x); KL(q(z|x) || N(0, I)) of shape (n,), in closed form."""
+    column per sample z_i ~ q(z|x); KL(q(z|x) || p(z)) of shape (n,), in closed form (family vae:
+    to N(0, I); family categorical: to the uniform prior, with one-hot samples)."""
     rng = stream(spec.train.seed, TEST_STREAM, IMPORTANCE_STREAM_KEY)
     per_call = QualitySettings(k=k, decode_rows=rows).examples_per_decode()
     parts = []
@@ -163,18 +183,44 @@ def _batch_log_weights(
     k: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    encoded = backend.encode(model, x, labels)
-    mean, log_var = (np.asarray(encoded[key], np.float64) for key in ("mean", "log_var"))
+    encoded = {key: np.asarray(value, np.float64) for key, value in backend.encode(model, x, labels).items()}
+    if spec.model.family == "categorical":
+        z, log_ratio, kl = _categorical_samples(spec, encoded, k, rng)
+    else:
+        z, log_ratio, kl = _gaussian_samples(encoded, k, rng)
+    n = len(x)
+    repeated = None if labels is None else np.repeat(labels, k, axis=0)
+    decoded = backend.decode(model, z.reshape(n * k, -1), repeated)
+    recon_ll = decoder_log_likelihood(spec.loss, np.repeat(x, k, axis=0), decoded).reshape(n, k)
+    return recon_ll + log_ratio, -recon_ll, kl
+
+
+def _gaussian_samples(
+    encoded: dict[str, np.ndarray], k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Family vae: k samples z ~ q(z|x) per example (n, k, latent), log p(z) - log q(z|x) of
+    each (n, k) under N(0, I), and KL(q(z|x) || N(0, I)) (n,)."""
+    mean, log_var = encoded["mean"], encoded["log_var"]
     n, latent = mean.shape
     eps = rng.standard_normal((n, k, latent))
     z = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
-    repeated = None if labels is None else np.repeat(labels, k, axis=0)
-    decoded = backend.decode(model, z.reshape(n * k, latent), repeated)
-    recon_ll = decoder_log_likelihood(spec.loss, np.repeat(x, k, axis=0), decoded).reshape(n, k)
     log_prior = -0.5 * (z**2).sum(axis=2) - 0.5 * latent * LOG_2PI
     log_posterior = -0.5 * (eps**2 + log_var[:, None, :]).sum(axis=2) - 0.5 * latent * LOG_2PI
     kl = 0.5 * (np.exp(log_var) + mean**2 - 1.0 - log_var).sum(axis=1)
-    return recon_ll + log_prior - log_posterior, -recon_ll, kl
+    return z, log_prior - log_posterior, kl
+
+
+def _categorical_samples(
+    spec: Spec, encoded: dict[str, np.ndarray], k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Family categorical: k one-hot draws of the categorical posterior per example
+    (n, k, N K), log p(z) - log q(z|x) of each under the uniform prior, and the closed-form
+    KL(q || Uniform) (the module docstring)."""
+    categories = spec.model.latent.categories
+    assert categories is not None, "family categorical has categories"
+    logits = encoded["logits"]
+    codes = posterior_codes(rng, logits, k, categories)
+    return codes, log_density_ratio(logits, codes, categories), kl_to_uniform(logits, categories).sum(axis=1)
 
 
 def nll_from_log_weights(log_w: np.ndarray) -> np.ndarray:
