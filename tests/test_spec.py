@@ -12,7 +12,8 @@ from cases import TEST_SIZES
 
 from aebench.cli.main import main
 from aebench.errors import SpecError
-from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
+from aebench.losses import present_terms
+from aebench.spec.load import SPEC_SETS, builtin_specs_dir, list_specs, load_spec
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Gaussian, Masking, SaltAndPepper
 
@@ -348,3 +349,20 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, "-m", "aebench.cli", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"aebench: error: {path}: train.batch_size: must be >= 1, got -4"]
+
+
+@pytest.mark.parametrize("name", [name for spec_set in SPEC_SETS for name in list_specs(spec_set)])
+def test_a_spec_set_member_is_checked_through_its_parts(name: str) -> None:
+    """A spec of a set (e.g. rgb64/wae_mmd_bn64) is the model of vae_conv_bn64 with the loss of its
+    main-set namesake (wae_mmd): the suite checks both parts on every backend, so it checks the
+    member without computing its 64x64 model again."""
+    member, model = load_spec(name), load_spec("vae_conv_bn64").model
+    namesake = load_spec(member.name.removesuffix("_bn64"))
+    assert (member.model.encoder, member.model.decoder, member.model.latent.size) == (
+        model.encoder,
+        model.decoder,
+        model.latent.size,
+    )
+    assert member.model.family == namesake.model.family
+    assert present_terms(member.loss) == present_terms(namesake.loss)
+    assert name not in list_specs()

@@ -121,4 +121,5 @@ def decomposition_term(name: str, rank: int) -> LossTerm:
         rules=rules,
         stands_in_for=frozenset({"kl"}),
         quality=quality_of(name),
+        figures=frozenset({"latent_traversals", "codes_against_prior"}),
     )

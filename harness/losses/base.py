@@ -92,7 +92,10 @@ class LossTerm:
     a decomposition of the KL stands in for the KL); draws: the random numbers the term needs
     per batch (prior samples, projections), drawn in NumPy from the batch's stream after every
     other draw and injected into every backend under draw_key(name, key); quality: metrics of
-    a trained model that fit the term, from the test split's encodings (aebench.train.quality).
+    a trained model that fit the term, from the test split's encodings (aebench.train.quality);
+    figures: the figures that fit the term beyond every spec's own, by name from
+    aebench.train.images.TERM_FIGURES ('samples': decoded prior draws, for a term that pulls the
+    codes toward the prior; 'codes_against_prior'; 'latent_traversals').
     """
 
     name: str
@@ -107,6 +110,7 @@ class LossTerm:
     stands_in_for: frozenset[str] = frozenset()
     draws: Optional[Draw] = None
     quality: Optional[Callable[[Any, QualityInputs], dict[str, float]]] = None
+    figures: frozenset[str] = frozenset()
 
 
 def reduce(per_element: np.ndarray, features: str, batch: str) -> float:
@@ -116,6 +120,36 @@ def reduce(per_element: np.ndarray, features: str, batch: str) -> float:
     return float(per_example.sum() if batch == "sum" else per_example.mean())
 
 
+PRIOR_MATCHING_FIGURES = frozenset({"samples", "codes_against_prior"})
+"""The figures of a term that pulls a deterministic code toward N(0, I): the decoder is then a
+generative model whose samples are decoded prior draws."""
+
+
 def prior_draw(cfg: Any, plan: Any, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One batch of samples of the prior N(0, I) over the code: {'prior': (B, latent)}."""
     return {"prior": rng.standard_normal((batch_size, plan.latent_size))}
+
+
+def prior_matching_term(
+    name: str,
+    schema: type,
+    rank: int,
+    oracle: Callable[[Any, OracleInputs], float],
+    rules: Callable[[Any, Any, Fail], None],
+    quality: Callable[[Any, QualityInputs], dict[str, float]],
+    draws: Draw = prior_draw,
+) -> LossTerm:
+    """A term that pulls a deterministic code toward N(0, I) from injected prior samples
+    (WAE's MMD, SWAE's sliced distance): weighted by its ``weight``, with the figures of a
+    generative model (PRIOR_MATCHING_FIGURES)."""
+    return LossTerm(
+        name,
+        schema,
+        rank=rank,
+        weight=lambda cfg: cfg.weight,
+        oracle=oracle,
+        rules=rules,
+        draws=draws,
+        quality=quality,
+        figures=PRIOR_MATCHING_FIGURES,
+    )
