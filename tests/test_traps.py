@@ -261,3 +261,29 @@ def test_sliced_wasserstein_gives_tied_codes_their_gradients_in_batch_order(back
     np.testing.assert_allclose(grads["code.kernel"], x.T @ code_gradient, rtol=rtol, atol=rtol * 1e-2)
     swapped = code_gradient[[1, 0, 3, 2, 4, 5]]  # what a sort that swapped both ties would give
     assert np.abs(x.T @ swapped - x.T @ code_gradient)[2:].max() > 1e-3
+
+
+RBF_WAE = """
+extends: wae_mmd
+description: "wae_mmd with the RBF kernel, 16 hidden units"
+model:
+  encoder: [{type: dense, units: 16, activation: relu}]
+  decoder: [{type: dense, units: 16, activation: relu}, {type: dense, units: 784}]
+loss:
+  mmd: {kernel: rbf}
+dtype: float64
+"""
+
+
+def test_the_rbf_kernel_of_the_mmd_agrees_with_the_oracle_and_the_reference(backend, tmp_path) -> None:
+    """The shipped wae_mmd uses the IMQ kernel; the RBF one is held to the same bounds here."""
+    from aebench.check import equivalence as eq
+
+    path = tmp_path / "wae_rbf.yaml"
+    path.write_text(RBF_WAE)
+    case = eq.make_case(load_spec(path))
+    assert not eq.failures(eq.check_loss_terms(backend, case))
+    reference = load_backend(available_backends()[0] if "torch" not in available_backends() else "torch")
+    judge = eq.Judge(backend.name, "float64")
+    got, ref = eq.gradients(backend, case), eq.gradients(reference, case)
+    assert not eq.failures(eq.compare_gradients(judge, got, ref, case.plan, lambda: {}))
