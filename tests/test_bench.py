@@ -274,3 +274,24 @@ def test_cells_are_logged_to_mlflow_with_their_figures(tmp_path: Path) -> None:
     curve = client.get_metric_history(run.info.run_id, "train/total")
     assert sorted((m.step, m.value) for m in curve) == [tuple(p) for p in zip(row["loss_steps"], row["losses"])]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"cell.json", "environment.json"}
+
+
+def test_a_bench_pool_holds_each_batchs_own_term_draws_and_replays_them() -> None:
+    """A loss term's draws are per batch (50 directions are not 50 x B rows): the pool draws them
+    batch by batch, and step k of the bench sees batch k's, as the replay on the trainer does."""
+    import numpy as np
+
+    from aebench.bench.cell import bench_steps
+    from aebench.bench.data import make_bench_data
+    from aebench.data.datasets import load_dataset
+    from aebench.losses.base import draw_key
+
+    spec = load_spec("swae")
+    data = make_bench_data(spec, load_dataset(spec), batch_size=16, max_steps=4)
+    directions, prior = (data.draws[draw_key("sliced_wasserstein", k)] for k in ("projections", "prior"))
+    pool = len(data.order)
+    assert directions.shape == (pool, 50, 8) and prior.shape == (pool, 16, 8)
+    assert not np.array_equal(directions[0], directions[1])
+    np.testing.assert_allclose(np.linalg.norm(directions, axis=2), 1.0, rtol=1e-6)
+    step = bench_steps(data, 3)[2]
+    np.testing.assert_array_equal(step.noise.draws[draw_key("sliced_wasserstein", "projections")], directions[2])
