@@ -308,6 +308,60 @@ BAD_SPECS = [
         ["model.encoder[1].rate", "is required"],
     ),
     (
+        "samples-for-an-ae",
+        {"s.yaml": "extends: ae\nmodel: {latent: {samples: 2}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be 1 for family ae (only a VAE's posterior is sampled); got 2"],
+    ),
+    (
+        "samples-zero",
+        {"s.yaml": "extends: vae_dense\nmodel: {latent: {samples: 0}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be >= 1, got 0"],
+    ),
+    (
+        "samples-too-many",
+        {"s.yaml": "extends: vae_dense\nmodel: {latent: {samples: 10001}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be at most 10000, got 10001"],
+    ),
+    (
+        "iwae-with-one-sample",
+        {"s.yaml": "extends: iwae\nmodel: {latent: {samples: 1}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be at least 2 with loss.iwae", "got 1"],
+    ),
+    (
+        "iwae-for-an-ae",
+        {"s.yaml": "extends: ae\nloss: {iwae: {weight: 1.0, likelihood: gaussian, variance: 0.5}}\n"},
+        "s.yaml",
+        ["loss.iwae", "only allowed for family vae"],
+    ),
+    (
+        "iwae-gaussian-without-variance",
+        {"s.yaml": "extends: iwae\nloss: {iwae: {likelihood: gaussian}}\n"},
+        "s.yaml",
+        ["loss.iwae.variance", "is required for likelihood gaussian"],
+    ),
+    (
+        "iwae-bernoulli-with-variance",
+        {"s.yaml": "extends: iwae\nloss: {iwae: {variance: 0.5}}\n"},
+        "s.yaml",
+        ["loss.iwae.variance", "only applies to likelihood gaussian"],
+    ),
+    (
+        "iwae-bernoulli-without-sigmoid",
+        {"s.yaml": "extends: iwae\nmodel: {output_activation: linear}\n"},
+        "s.yaml",
+        ["loss.iwae.likelihood", "bernoulli needs output_activation sigmoid"],
+    ),
+    (
+        "minibatch-weighted-with-samples",
+        {"s.yaml": "extends: beta_tcvae\nmodel: {latent: {samples: 2}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be 1 with loss.mutual_information", "got 2"],
+    ),
+    (
         "dropout-in-a-contractive-encoder",
         {"s.yaml": "extends: contractive_ae\nmodel: {encoder: [{type: dropout, rate: 0.1}]}\n"},
         "s.yaml",
@@ -366,3 +420,15 @@ def test_a_spec_set_member_is_checked_through_its_parts(name: str) -> None:
     assert member.model.family == namesake.model.family
     assert present_terms(member.loss) == present_terms(namesake.loss)
     assert name not in list_specs()
+
+
+def test_samples_at_their_default_leave_the_resolved_spec_and_its_hash_as_they_were() -> None:
+    """model.latent.samples is left out of the resolved YAML at 1, so every spec written before it
+    existed keeps its spec_sha256 (recorded by bench cells and runs); k = 5 is written out."""
+    from aebench.environment import spec_yaml
+
+    assert "samples" not in spec_yaml(load_spec("vae_dense"))
+    assert load_spec("vae_dense").model.latent.samples == 1
+    resolved = load_spec("iwae").to_dict()
+    assert resolved["model"]["latent"]["samples"] == 5
+    assert "reconstruction" not in resolved["loss"] and "kl" not in resolved["loss"]

@@ -42,10 +42,25 @@ def corrupt(spec: Spec, x: Tensor, noise: Optional[Tensor]) -> Tensor:
     return torch.where(noise < half, zeros, torch.where(noise >= 1 - half, torch.ones_like(x), x))
 
 
-def reduce(per_element: Tensor, features: str, batch: str) -> Tensor:
+def reduce(per_element: Tensor, features: str, batch: str, samples: int = 1) -> Tensor:
+    """Over the features, each example's ``samples`` rows (the mean), then the batch (aebench.losses.base.reduce)."""
     flat = per_element.reshape(per_element.shape[0], -1)
     per_example = flat.sum(dim=1) if features == "sum" else flat.mean(dim=1)
+    if samples > 1:
+        per_example = per_example.reshape(-1, samples).mean(dim=1)
     return per_example.sum() if batch == "sum" else per_example.mean()
+
+
+def repeat_rows(a: Tensor, samples: int) -> Tensor:
+    """Each row ``samples`` times in a row, example-major (the rows of z and the logits)."""
+    return a if samples == 1 else torch.repeat_interleave(a, samples, dim=0)
+
+
+def sample_posterior(mean: Tensor, log_var: Tensor, eps: Tensor) -> Tensor:
+    """z from eps (B, latent), or from eps (B, k, latent) flattened example-major to (B k, latent)."""
+    if eps.dim() == 2:
+        return mean + torch.exp(0.5 * log_var) * eps
+    return (mean[:, None] + torch.exp(0.5 * log_var)[:, None] * eps).reshape(-1, mean.shape[1])
 
 
 @dataclass(frozen=True)
@@ -55,14 +70,19 @@ class Pass:
     model: Autoencoder
     spec: Spec
     x: Tensor
+    """The reconstruction target: the clean x, each row ``samples`` times (the rows of z and logits)."""
     x_in: Tensor
+    """The encoder's input, one row per example (labels, mean and log_var too)."""
     labels: Optional[Tensor]
     z: Tensor
+    """The code (family ae) or each example's ``samples`` posterior samples, example-major."""
     mean: Optional[Tensor]
     log_var: Optional[Tensor]
     logits: Tensor
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    samples: int
+    """k = model.latent.samples: rows of z, logits and x per example."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> Tensor:
@@ -70,7 +90,7 @@ def reconstruction(cfg: Any, p: Pass) -> Tensor:
         per_element = F.binary_cross_entropy_with_logits(p.logits, p.x, reduction="none")
     else:
         per_element = (output(p.spec, p.logits) - p.x) ** 2
-    return reduce(per_element, cfg.features, cfg.batch)
+    return reduce(per_element, cfg.features, cfg.batch, p.samples)
 
 
 def kl(cfg: Any, p: Pass) -> Tensor:
@@ -152,6 +172,24 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Tensor]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def iwae(cfg: Any, p: Pass) -> Tensor:
+    """The negative importance-weighted bound (aebench.losses.iwae states it)."""
+    mean, log_var = p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    examples, latent = mean.shape
+    if cfg.likelihood == "bernoulli":
+        per_element = -F.binary_cross_entropy_with_logits(p.logits, p.x, reduction="none")
+    else:
+        per_element = -((p.x - output(p.spec, p.logits)) ** 2) / (2.0 * cfg.variance)
+    log_px = per_element.reshape(p.logits.shape[0], -1).sum(dim=1)
+    if cfg.likelihood == "gaussian":
+        log_px = log_px - 0.5 * math.prod(p.x.shape[1:]) * math.log(2.0 * math.pi * cfg.variance)
+    zs, lv = p.z.reshape(examples, p.samples, latent), log_var[:, None]
+    log_prior_ratio = 0.5 * (lv + (zs - mean[:, None]) ** 2 * torch.exp(-lv) - zs**2).sum(dim=2)
+    log_w = log_px.reshape(examples, p.samples) + log_prior_ratio
+    return -(torch.logsumexp(log_w, dim=1) - math.log(p.samples)).mean()
+
+
 TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -160,6 +198,7 @@ TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "iwae": iwae,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -178,12 +217,15 @@ def loss_terms(
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels, draws)
     mean = log_var = None
+    samples = spec.model.latent.samples
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
-        z = mean + torch.exp(0.5 * log_var) * eps
+        assert eps is not None, "family vae gets its reparameterisation noise"
+        z = sample_posterior(mean, log_var, eps)
     else:
         z = model.head("code", h)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, draws), draws)
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), draws)
+    p = Pass(model, spec, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -207,6 +207,11 @@ def _check_consistency(p: Parser, spec: Spec) -> None:
     model = spec.model
     if model.family == "vae" and model.latent.activation != LINEAR:
         p.fail("model.latent.activation", "must be linear for family vae (the heads give mean and log-variance)")
+    if model.family != "vae" and model.latent.samples != 1:
+        p.fail(
+            "model.latent.samples",
+            f"must be 1 for family {model.family} (only a VAE's posterior is sampled); got {model.latent.samples}",
+        )
     covered = stood_in_for(spec.loss)
     for name, term in LOSS_TERMS.items():
         cfg, needed = getattr(spec.loss, name), term.required(spec)
