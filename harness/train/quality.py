@@ -47,6 +47,7 @@ the corrupted input for the reconstruction error and the PSNR (the denoiser at w
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -98,6 +99,7 @@ def term_metrics(
     the trained decoder (QualityInputs.decode) for those that decode samples."""
     if not any(LOSS_TERMS[name].quality for name in present_terms(spec.loss)):
         return {}
+    x = x[: pairwise_examples(plan.latent_size)]
     lb = None if labels is None else labels[: len(x)]
     encoded = {k: np.asarray(v, np.float64) for k, v in backend.encode(model, x, lb).items()}
     rng = stream(spec.train.seed, TEST_STREAM, TERM_QUALITY_STREAM_KEY)
@@ -108,6 +110,17 @@ def term_metrics(
         return np.asarray(backend.decode(model, z.reshape(n * s, latent), repeated))  # its dtype: clipping reads it
 
     return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng, np.asarray(x, np.float64), decode))
+
+
+PAIRWISE_VALUES = 20_000_000
+"""The most values of one n x n x latent array the terms' metrics may build (160 MB in float64):
+their estimators compare every pair of examples per latent dimension."""
+
+
+def pairwise_examples(latent: int) -> int:
+    """How many examples the terms' metrics read at most: n with n^2 latent <= PAIRWISE_VALUES
+    (1,000 at latent 20, 395 at latent 128)."""
+    return max(2, math.isqrt(PAIRWISE_VALUES // max(1, latent)))
 
 
 def reconstruction_error(
