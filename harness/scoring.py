@@ -12,8 +12,9 @@ from typing import Optional
 class QualitySettings:
     """k: importance samples per example; nll_examples: score the NLL and ELBO on the first
     this many test examples (None: all); decode_rows: rows per decode call (memory bound);
-    term_examples: the loss terms' own metrics (LossTerm.quality) read the encodings of the
-    first this many test examples (their estimators compare every pair: n^2 work)."""
+    term_examples: the loss terms' own metrics (LossTerm.quality) read the encodings of at most
+    the first this many test examples (their estimators compare every pair: n^2 work; fewer for
+    a wide latent: aebench.train.quality.pairwise_examples)."""
 
     k: int = 200
     nll_examples: Optional[int] = 200

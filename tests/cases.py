@@ -13,13 +13,15 @@ import pytest
 
 from aebench.check import equivalence as eq
 from aebench.data.datasets import Dataset
-from aebench.layers import kind_of
+from aebench.layers import kind_of, walk
 from aebench.layers.base import LayerPlan, Where
 from aebench.layers.conv import Conv
 from aebench.layers.conv_transpose import ConvTranspose
+from aebench.losses import present_terms
 from aebench.plugins.backend_api import Backend
 from aebench.plugins.registry import available_backends, load_backend
-from aebench.spec.load import load_spec
+from aebench.spec.load import list_specs, load_spec
+from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
 from aebench.track.tracking import LogOutcome
 from aebench.track.train_run import TrackedRun, TrackingOptions, tracked_training
@@ -67,6 +69,50 @@ def conv2d_transpose(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride
     """The oracle's transposed convolution of x by a (kh, kw, out, in) kernel."""
     layer = ConvTranspose("conv_transpose", kernel.shape[2], kernel.shape[0], stride, padding)
     return oracle_layer(layer, x, kernel=kernel, bias=bias)
+
+
+Feature = tuple[str, str]
+
+
+def built_parts(spec: Spec) -> set[Feature]:
+    """What a compiled training step of ``spec`` is built from: its family, conditioning,
+    corruption, loss terms, layer kinds, activations and output activation."""
+    parts = {
+        ("family", spec.model.family),
+        ("conditional", str(spec.model.conditional)),
+        ("corruption", type(spec.corruption).__name__),
+        ("output", spec.model.output_activation),
+    }
+    parts |= {("term", name) for name in present_terms(spec.loss)}
+    for planned in walk(plan_model(spec).layers):
+        parts.add(("layer", type(planned.layer).__name__))
+        activation = getattr(planned.layer, "activation", None)
+        if activation is not None:
+            parts.add(("activation", str(getattr(activation, "name", activation))))
+    return parts
+
+
+def optimizer_parts(spec: Spec) -> set[Feature]:
+    """What a stock optimizer's trainer depends on in ``spec``: the optimizer's settings beyond
+    the rates (schedule, weight decay) and the layer kinds that hold state it must not train."""
+    optimizer = spec.optimizer
+    parts = {("schedule", str(optimizer.schedule)), ("weight_decay", str(optimizer.weight_decay))}
+    stateful = {type(p.layer).__name__ for p in walk(plan_model(spec).layers) if any(not w.trainable for w in p.params)}
+    return parts | {("state", kind) for kind in stateful}
+
+
+@functools.cache
+def covering_specs(parts: Callable[[Spec], set[Feature]]) -> list[str]:
+    """Shipped specs that together have every part (``parts``) any shipped spec has, chosen
+    greedily (most parts not yet covered first, then by name): a test that proves each part
+    works needs only these, and a new spec with a new part joins them with no test edits."""
+    have = {name: parts(suite_spec(name)) for name in list_specs()}
+    missing, chosen = set().union(*have.values()), []
+    while missing:
+        best = max(sorted(have), key=lambda name: len(have[name] & missing))
+        chosen.append(best)
+        missing -= have[best]
+    return sorted(chosen)
 
 
 def cheap_backend() -> str:

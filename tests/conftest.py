@@ -2,8 +2,11 @@
 
 A test that takes ``backend_name`` runs once per registered backend; an unavailable one
 is skipped with the registry's reason. A test that takes ``spec_name`` runs once per
-shipped spec. New specs and backends are tested with no test edits (as timm's
-list_models() drives its tests).
+shipped spec; one that takes ``built_spec_name`` once per spec of a set that together has
+every part any shipped spec is built from (cases.covering_specs(cases.built_parts): every
+layer kind, activation, loss term, corruption and family), and ``optimizer_spec_name`` once
+per spec of a set that has every optimizer setting and kind of state. New specs and backends
+are tested with no test edits (as timm's list_models() drives its tests).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cases import built_parts, covering_specs, optimizer_parts  # tests/ is on sys.path (pytest prepend import mode)
 
 from aebench.plugins.registry import list_backends
 from aebench.spec.load import list_specs
@@ -35,6 +39,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend_name", backend_params())
     if "spec_name" in metafunc.fixturenames:
         metafunc.parametrize("spec_name", list_specs())
+    if "built_spec_name" in metafunc.fixturenames:
+        config = metafunc.config
+        timed = config.getoption("benchmark_enable") or not config.getoption("benchmark_disable")
+        metafunc.parametrize("built_spec_name", list_specs() if timed else covering_specs(built_parts))
+    if "optimizer_spec_name" in metafunc.fixturenames:
+        metafunc.parametrize("optimizer_spec_name", covering_specs(optimizer_parts))
 
 
 @pytest.fixture

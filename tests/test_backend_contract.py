@@ -79,14 +79,16 @@ def test_trainer_is_the_backend_gradient_followed_by_the_reference_adam(backend,
         np.testing.assert_allclose(trained[name], weights[name], **tolerance, err_msg=name)
 
 
-def test_the_stock_optimizer_is_the_framework_adam_and_stays_close(backend, spec_name: str) -> None:
+def test_the_stock_optimizer_is_the_framework_adam_and_stays_close(backend, optimizer_spec_name: str) -> None:
     """implementation: stock trains with the framework's own Adam: the same start, a falling
     loss, and for torch exactly the reference Adam. Elsewhere it is a different optimizer
     (Keras' epsilon-hat moves contractive_ae's loss 2% off in 5 steps; Optax keeps float32
-    bias corrections), which is why the reference Adam is the default (docs/EQUIVALENCE.md, 'Adam')."""
+    bias corrections), which is why the reference Adam is the default (docs/EQUIVALENCE.md, 'Adam').
+    Run on specs that together have every optimizer setting and kind of state (tests/conftest.py);
+    tests/test_optimizer.py checks the stock optimizers' decay and schedules."""
     from dataclasses import replace
 
-    case = case_for(spec_name, "float64")
+    case = case_for(optimizer_spec_name, "float64")
     stock_spec = case.spec.replace(optimizer=replace(case.spec.optimizer, implementation="stock"))
     stock_case = replace(case, spec=stock_spec)
     steps = [Step(np.arange(len(case.batch.x)), case.batch.noise) for _ in range(5)]

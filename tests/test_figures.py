@@ -23,9 +23,10 @@ BACKEND = "keras-torch"  # the longest shipped backend name: the widest title
 EPOCHS = 7
 # Together these draw every kind of figure: tabular (vae_toy), a 2-d latent scatter with
 # labels (vae_conv), a conditional model (cvae), denoising under the longest spec name
-# (denoising_ae_salt_pepper), code activations (sparse_ae) and a categorical latent's
-# categories (gumbel_vae).
-SPECS = ["vae_toy", "vae_conv", "cvae", "denoising_ae_salt_pepper", "sparse_ae", "gumbel_vae"]
+# (denoising_ae_salt_pepper), code activations (sparse_ae), a categorical latent's categories
+# (gumbel_vae) and the figures loss terms ask for (beta_tcvae: latent traversals; wae_mmd:
+# samples and codes of a deterministic code against the prior).
+SPECS = ["vae_toy", "vae_conv", "cvae", "denoising_ae_salt_pepper", "sparse_ae", "gumbel_vae", "beta_tcvae", "wae_mmd"]
 
 
 class ArrayBackend:
@@ -82,6 +83,12 @@ def test_every_training_figure_is_titled_with_spec_backend_and_epochs_and_fits(d
     for name, fig in figures.items():
         assert heading in " ".join(fig.get_suptitle().split()), f"{name}: {fig.get_suptitle()!r}"
         assert_nothing_clipped(name, fig)
+
+
+def test_loss_terms_get_the_figures_they_ask_for() -> None:
+    assert {"latent_traversals.png", "codes_against_prior.png", "samples.png"} <= set(figures_of("beta_tcvae"))
+    assert {"codes_against_prior.png", "samples.png"} <= set(figures_of("wae_mmd"))
+    assert not {"codes_against_prior.png", "samples.png", "latent_traversals.png"} & set(figures_of("ae"))
 
 
 def test_the_loss_curves_are_titled_with_spec_backend_and_epochs_and_fit() -> None:

@@ -18,7 +18,7 @@ from aebench.cli.main import main
 from aebench.losses import LOSS_TERMS, present_terms
 from aebench.plugins.backend_api import loss_term_names, with_total
 from aebench.plugins.registry import available_backends, load_backend
-from aebench.spec.load import load_spec
+from aebench.spec.load import SPEC_SETS, list_specs, load_spec
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"
 BUILT_IN = ("torch", "jax", "keras", "keras-jax", "keras-torch")
@@ -41,6 +41,27 @@ def test_no_harness_module_outside_the_registry_names_a_loss_term() -> None:
     outside = [p for p in HARNESS.rglob("*.py") if "losses" not in p.relative_to(HARNESS).parts]
     named = {str(p.relative_to(HARNESS)): n for p in outside if (n := _namings(p))}
     assert named == {}, f"only harness/losses/ may name loss terms; found {named}"
+
+
+def test_no_module_of_the_harness_or_the_backends_names_a_shipped_spec() -> None:
+    """A spec file is its whole variant: code reaches it only through the registries, never by
+    its name (a name that is also a family, 'ae', or a loss term, 'iwae', the backends do name:
+    the registry test above keeps the harness's modules from naming terms)."""
+    shared = {"ae", "vae", *LOSS_TERMS}
+    names = (set(list_specs()) | {n.partition("/")[2] for s in SPEC_SETS for n in list_specs(s)}) - shared
+    code = [*HARNESS.rglob("*.py"), *(HARNESS.parent / "backends").rglob("*.py")]
+    named = {
+        str(path): hits
+        for path in code
+        if (
+            hits := [
+                n.value
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Constant) and n.value in names
+            ]
+        )
+    }
+    assert named == {}, f"modules naming shipped specs: {named}"
 
 
 @pytest.mark.parametrize("term", sorted(LOSS_TERMS))

@@ -387,3 +387,119 @@ def test_the_discrete_log_density_ratio_is_prior_over_posterior() -> None:
     log_q = log_softmax(logits.reshape(2, 2))
     expected = [-2 * math.log(2) - log_q[0, 0] - log_q[1, 1], -2 * math.log(2) - log_q[0, 1] - log_q[1, 0]]
     np.testing.assert_allclose(log_density_ratio(logits, codes, 2), [expected], rtol=1e-14)
+
+
+def with_samples(spec, samples: int):
+    """``spec`` with model.latent.samples set (the rules are not rerun: the oracle's arithmetic is what is tested)."""
+    import dataclasses
+
+    latent = dataclasses.replace(spec.model.latent, samples=samples)
+    return spec.replace(model=dataclasses.replace(spec.model, latent=latent))
+
+
+def test_k_samples_are_example_major_and_repeat_the_labels_and_targets_alike() -> None:
+    """A pass with k = 3 samples is the one-sample pass of each example repeated 3 times in a row:
+    z, the labels joined to z (cvae) and the reconstruction target follow the example (rows i k ..
+    i k + k - 1), and ``batch: sum`` sums over examples the mean of their k rows."""
+    import dataclasses
+
+    from aebench.losses.base import OracleInputs
+    from aebench.plugins.backend_api import Batch, Noise
+    from aebench.plugins.canonical import init_weights
+    from aebench.spec.load import load_spec
+    from aebench.spec.shapes import plan_model
+
+    one = load_spec("cvae")
+    one = one.replace(loss=dataclasses.replace(one.loss, reconstruction=Reconstruction("bce", 1.0, "sum", "sum")))
+    three = with_samples(one, 3)
+    plan = plan_model(one)
+    rng = np.random.default_rng(4)
+    weights = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in init_weights(plan, "glorot_uniform", 0).items()}
+    x, labels = rng.random((4, 784)), np.eye(10)[[3, 1, 4, 1]]
+    eps = rng.standard_normal((4, 3, plan.latent_size))
+    got = oracle.forward(three, weights, Batch(x, labels, Noise(eps)), plan)
+    repeated = Batch(np.repeat(x, 3, axis=0), np.repeat(labels, 3, axis=0), Noise(eps.reshape(12, -1)))
+    want = oracle.forward(one, weights, repeated, plan)
+    np.testing.assert_allclose(got.z, want.z, rtol=1e-13)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=1e-12, atol=1e-12)
+    assert got.mean.shape == (4, plan.latent_size) and got.samples == 3
+    inputs = OracleInputs(three, plan, weights, Batch(x, labels, Noise(eps)), got)
+    np.testing.assert_array_equal(inputs.target, repeated.x)
+    ones = oracle.loss_terms(one, weights, repeated, plan)
+    threes = oracle.loss_terms(three, weights, Batch(x, labels, Noise(eps)), plan)
+    assert threes["reconstruction"] == pytest.approx(ones["reconstruction"] / 3, rel=1e-12)  # 4 examples, not 12
+    sample_major = np.ascontiguousarray(eps.transpose(1, 0, 2)).reshape(12, -1)  # the flattening trap
+    swapped = oracle.forward(one, weights, Batch(repeated.x, repeated.labels, Noise(sample_major)), plan)
+    assert np.abs(swapped.z - want.z).max() > 0.1
+
+
+def linear_gaussian(seed: int = 5):
+    """p(z) = N(0, I_2), p(x|z) = N(W z + b, s2 I_3): log p(x) = log N(x; b, W W^T + s2 I) exactly."""
+    rng = np.random.default_rng(seed)
+    w, b, s2 = rng.standard_normal((3, 2)), rng.standard_normal(3), 0.3
+    x = rng.standard_normal((2, 3)) * 2.0
+    cov = w @ w.T + s2 * np.eye(3)
+    diff = x - b
+    log_px = -0.5 * (3 * LOG_2PI + np.linalg.slogdet(cov)[1] + np.einsum("nd,de,ne->n", diff, np.linalg.inv(cov), diff))
+    precision = np.eye(2) + w.T @ w / s2
+    true_mean = np.linalg.solve(precision, w.T @ diff.T / s2).T
+    return w, b, s2, x, log_px, true_mean, np.linalg.inv(precision)
+
+
+def test_iwae_with_one_sample_is_the_reconstruction_plus_the_sampled_kl() -> None:
+    from aebench.losses.iwae import IWAE, iwae_loss
+
+    rng = np.random.default_rng(6)
+    mean, log_var, eps = rng.standard_normal((6, 3)), 0.5 * rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    z = mean + np.exp(0.5 * log_var) * eps
+    logits, x = 3 * rng.standard_normal((6, 5)), rng.random((6, 5))
+    got = iwae_loss(IWAE(1.0, "bernoulli"), "sigmoid", logits, x, z, mean, log_var)
+    recon = reconstruction_loss(Reconstruction("bce", 1.0, "sum", "mean"), "sigmoid", logits, x)
+    log_q = (-0.5 * (LOG_2PI + log_var + eps**2)).sum(axis=1)
+    log_p = (-0.5 * (LOG_2PI + z**2)).sum(axis=1)
+    assert got == pytest.approx(recon + (log_q - log_p).mean(), rel=1e-12)
+
+
+def test_the_iwae_bound_rises_with_k_toward_log_p_x() -> None:
+    """On a linear Gaussian model with a posterior that is off (mean shifted, variance too wide),
+    the bound averaged over 4,000 draws rises with k and stays below log p(x) (Burda et al.,
+    theorem 1); the gaussian likelihood's normalising constant is in it."""
+    from aebench.losses.iwae import IWAE, iwae_loss
+
+    w, b, s2, x, log_px, true_mean, true_cov = linear_gaussian()
+    mean = true_mean[:1] + 0.5
+    log_var = np.log(np.diag(true_cov))[None] + 1.0
+    rng, n = np.random.default_rng(7), 4000
+    bounds = []
+    for k in (1, 5, 50):
+        z = (mean + np.exp(0.5 * log_var) * rng.standard_normal((n, k, 2))).reshape(-1, 2)
+        target = np.broadcast_to(x[:1], (n * k, 3))
+        means, log_vars = np.repeat(mean, n, axis=0), np.repeat(log_var, n, axis=0)
+        bounds.append(-iwae_loss(IWAE(1.0, "gaussian", s2), "linear", z @ w.T + b, target, z, means, log_vars))
+    assert bounds[0] + 0.1 < bounds[1] < bounds[2] < log_px[0]
+    assert log_px[0] - bounds[2] < 0.2 * (log_px[0] - bounds[0])
+
+
+def test_iwae_quality_estimates_log_p_x_with_5000_samples() -> None:
+    from aebench.losses.base import QualityInputs
+    from aebench.losses.iwae import IWAE, quality
+
+    w, b, s2, x, log_px, true_mean, true_cov = linear_gaussian()
+    encoded = {"mean": true_mean + 0.3, "log_var": np.log(np.diag(true_cov))[None].repeat(2, axis=0) + 0.5}
+    inputs = QualityInputs(None, None, encoded, np.random.default_rng(8), x, lambda z: z.reshape(-1, 2) @ w.T + b)
+    nll = quality(IWAE(1.0, "gaussian", s2), inputs)["test_nll_k5000"]
+    assert nll == pytest.approx(-log_px.mean(), abs=0.01)
+
+
+def test_a_log_mean_exp_of_the_weights_underflows_in_float32_and_logsumexp_does_not() -> None:
+    """MNIST's log weights are about -550 nats (the check batch of specs/iwae.yaml: -547 to -574):
+    exp underflows to 0 in float32 (below -103) and the bound becomes -inf."""
+    from aebench.losses.iwae import bound
+
+    log_w = np.array([[-559.3, -555.6, -562.8, -556.7, -564.9]])
+    with np.errstate(divide="ignore"):
+        assert np.log(np.exp(log_w.astype(np.float32)).mean(axis=1))[0] == -np.inf
+    shifted = log_w - log_w.max()  # what logsumexp does: the largest weight is exp(0) = 1
+    assert bound(log_w)[0] == pytest.approx(-555.6 + np.log(np.exp(shifted).sum()) - np.log(5), rel=1e-15)
+    by_hand = np.log((1 + np.exp(-1.1) + np.exp(-3.7) + np.exp(-7.2) + np.exp(-9.3)) / 5)
+    assert bound(log_w)[0] == pytest.approx(-555.6 + by_hand, rel=1e-12)

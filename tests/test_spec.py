@@ -12,7 +12,8 @@ from cases import TEST_SIZES
 
 from aebench.cli.main import main
 from aebench.errors import SpecError
-from aebench.spec.load import builtin_specs_dir, list_specs, load_spec
+from aebench.losses import present_terms
+from aebench.spec.load import SPEC_SETS, builtin_specs_dir, list_specs, load_spec
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Gaussian, Masking, SaltAndPepper
 
@@ -379,6 +380,66 @@ BAD_SPECS = [
         ["loss.categorical_kl", "only allowed for family categorical"],
     ),
     (
+        "samples-for-an-ae",
+        {"s.yaml": "extends: ae\nmodel: {latent: {samples: 2}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be 1 for family ae (only a VAE's posterior is sampled); got 2"],
+    ),
+    (
+        "samples-for-a-categorical-latent",
+        {"s.yaml": "extends: gumbel_vae\nmodel: {latent: {samples: 3}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be 1 for family categorical", "got 3"],
+    ),
+    (
+        "samples-zero",
+        {"s.yaml": "extends: vae_dense\nmodel: {latent: {samples: 0}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be >= 1, got 0"],
+    ),
+    (
+        "samples-too-many",
+        {"s.yaml": "extends: vae_dense\nmodel: {latent: {samples: 10001}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be at most 10000, got 10001"],
+    ),
+    (
+        "iwae-with-one-sample",
+        {"s.yaml": "extends: iwae\nmodel: {latent: {samples: 1}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be at least 2 with loss.iwae", "got 1"],
+    ),
+    (
+        "iwae-for-an-ae",
+        {"s.yaml": "extends: ae\nloss: {iwae: {weight: 1.0, likelihood: gaussian, variance: 0.5}}\n"},
+        "s.yaml",
+        ["loss.iwae", "only allowed for family vae"],
+    ),
+    (
+        "iwae-gaussian-without-variance",
+        {"s.yaml": "extends: iwae\nloss: {iwae: {likelihood: gaussian}}\n"},
+        "s.yaml",
+        ["loss.iwae.variance", "is required for likelihood gaussian"],
+    ),
+    (
+        "iwae-bernoulli-with-variance",
+        {"s.yaml": "extends: iwae\nloss: {iwae: {variance: 0.5}}\n"},
+        "s.yaml",
+        ["loss.iwae.variance", "only applies to likelihood gaussian"],
+    ),
+    (
+        "iwae-bernoulli-without-sigmoid",
+        {"s.yaml": "extends: iwae\nmodel: {output_activation: linear}\n"},
+        "s.yaml",
+        ["loss.iwae.likelihood", "bernoulli needs output_activation sigmoid"],
+    ),
+    (
+        "minibatch-weighted-with-samples",
+        {"s.yaml": "extends: beta_tcvae\nmodel: {latent: {samples: 2}}\n"},
+        "s.yaml",
+        ["model.latent.samples", "must be 1 with loss.mutual_information", "got 2"],
+    ),
+    (
         "dropout-in-a-contractive-encoder",
         {"s.yaml": "extends: contractive_ae\nmodel: {encoder: [{type: dropout, rate: 0.1}]}\n"},
         "s.yaml",
@@ -420,3 +481,32 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, "-m", "aebench.cli", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"aebench: error: {path}: train.batch_size: must be >= 1, got -4"]
+
+
+@pytest.mark.parametrize("name", [name for spec_set in SPEC_SETS for name in list_specs(spec_set)])
+def test_a_spec_set_member_is_checked_through_its_parts(name: str) -> None:
+    """A spec of a set (e.g. rgb64/wae_mmd_bn64) is the model of vae_conv_bn64 with the loss of its
+    main-set namesake (wae_mmd): the suite checks both parts on every backend, so it checks the
+    member without computing its 64x64 model again."""
+    member, model = load_spec(name), load_spec("vae_conv_bn64").model
+    namesake = load_spec(member.name.removesuffix("_bn64"))
+    assert (member.model.encoder, member.model.decoder, member.model.latent.size) == (
+        model.encoder,
+        model.decoder,
+        model.latent.size,
+    )
+    assert member.model.family == namesake.model.family
+    assert present_terms(member.loss) == present_terms(namesake.loss)
+    assert name not in list_specs()
+
+
+def test_samples_at_their_default_leave_the_resolved_spec_and_its_hash_as_they_were() -> None:
+    """model.latent.samples is left out of the resolved YAML at 1, so every spec written before it
+    existed keeps its spec_sha256 (recorded by bench cells and runs); k = 5 is written out."""
+    from aebench.environment import spec_yaml
+
+    assert "samples" not in spec_yaml(load_spec("vae_dense"))
+    assert load_spec("vae_dense").model.latent.samples == 1
+    resolved = load_spec("iwae").to_dict()
+    assert resolved["model"]["latent"]["samples"] == 5
+    assert "reconstruction" not in resolved["loss"] and "kl" not in resolved["loss"]

@@ -38,10 +38,25 @@ def corrupt(spec: Spec, x: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
     return jnp.where(noise < half, jnp.zeros_like(x), jnp.where(noise >= 1 - half, jnp.ones_like(x), x))
 
 
-def reduce(per_element: jax.Array, features: str, batch: str) -> jax.Array:
+def reduce(per_element: jax.Array, features: str, batch: str, samples: int = 1) -> jax.Array:
+    """Over the features, each example's ``samples`` rows (the mean), then the batch (aebench.losses.base.reduce)."""
     flat = per_element.reshape(per_element.shape[0], -1)
     per_example = flat.sum(axis=1) if features == "sum" else flat.mean(axis=1)
+    if samples > 1:
+        per_example = per_example.reshape(-1, samples).mean(axis=1)
     return per_example.sum() if batch == "sum" else per_example.mean()
+
+
+def repeat_rows(a: jax.Array, samples: int) -> jax.Array:
+    """Each row ``samples`` times in a row, example-major (the rows of z and the logits)."""
+    return a if samples == 1 else jnp.repeat(a, samples, axis=0)
+
+
+def sample_posterior(mean: jax.Array, log_var: jax.Array, eps: jax.Array) -> jax.Array:
+    """z from eps (B, latent), or from eps (B, k, latent) flattened example-major to (B k, latent)."""
+    if eps.ndim == 2:
+        return mean + jnp.exp(0.5 * log_var) * eps
+    return (mean[:, None] + jnp.exp(0.5 * log_var)[:, None] * eps).reshape(-1, mean.shape[1])
 
 
 @dataclass(frozen=True)
@@ -52,14 +67,19 @@ class Pass:
     spec: Spec
     params: Params
     x: jax.Array
+    """The reconstruction target: the clean x, each row ``samples`` times (the rows of z and logits)."""
     x_in: jax.Array
+    """The encoder's input, one row per example (labels, mean and log_var too)."""
     labels: Optional[jax.Array]
     z: jax.Array
+    """The code (family ae) or each example's ``samples`` posterior samples, example-major."""
     mean: Optional[jax.Array]
     log_var: Optional[jax.Array]
     logits: jax.Array
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    samples: int
+    """k = model.latent.samples: rows of z, logits and x per example."""
     category_logits: Optional[jax.Array] = None
     """Family categorical: the posterior's logits, (B, N K)."""
 
@@ -69,7 +89,7 @@ def reconstruction(cfg: Any, p: Pass) -> jax.Array:
         per_element = optax.sigmoid_binary_cross_entropy(p.logits, p.x)
     else:
         per_element = (output(p.spec, p.logits) - p.x) ** 2
-    return reduce(per_element, cfg.features, cfg.batch)
+    return reduce(per_element, cfg.features, cfg.batch, p.samples)
 
 
 def kl(cfg: Any, p: Pass) -> jax.Array:
@@ -150,6 +170,24 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], jax.Array]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def iwae(cfg: Any, p: Pass) -> jax.Array:
+    """The negative importance-weighted bound (aebench.losses.iwae states it)."""
+    mean, log_var = p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    examples, latent = mean.shape
+    if cfg.likelihood == "bernoulli":
+        per_element = -optax.sigmoid_binary_cross_entropy(p.logits, p.x)
+    else:
+        per_element = -((p.x - output(p.spec, p.logits)) ** 2) / (2.0 * cfg.variance)
+    log_px = per_element.reshape(p.logits.shape[0], -1).sum(axis=1)
+    if cfg.likelihood == "gaussian":
+        log_px = log_px - 0.5 * math.prod(p.x.shape[1:]) * math.log(2.0 * math.pi * cfg.variance)
+    zs, lv = p.z.reshape(examples, p.samples, latent), log_var[:, None]
+    log_prior_ratio = 0.5 * (lv + (zs - mean[:, None]) ** 2 * jnp.exp(-lv) - zs**2).sum(axis=2)
+    log_w = log_px.reshape(examples, p.samples) + log_prior_ratio
+    return -(jax.nn.logsumexp(log_w, axis=1) - math.log(p.samples)).mean()
+
+
 def categorical_kl(cfg: Any, p: Pass) -> jax.Array:
     """sum_k q (log q + log K) per variable, log q by log_softmax (aebench.losses.categorical_kl)."""
     assert p.category_logits is not None, "family categorical has a categorical posterior"
@@ -178,6 +216,7 @@ TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "iwae": iwae,
     "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
@@ -202,16 +241,20 @@ def loss_terms(
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(params, x_in, labels, updates, draws)
     mean = log_var = category_logits = None
+    samples = spec.model.latent.samples
     if spec.model.family == "vae":
         mean, log_var = model.head(params, "z_mean", h, updates), model.head(params, "z_log_var", h, updates)
-        z = mean + jnp.exp(0.5 * log_var) * eps
+        assert eps is not None, "family vae gets its reparameterisation noise"
+        z = sample_posterior(mean, log_var, eps)
     elif spec.model.family == "categorical":
         category_logits = model.head(params, "logits", h, updates)
         z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head(params, "code", h, updates)
-    logits = model.decode_logits(params, z, labels, updates, draws)
-    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits, draws, category_logits)
+    decoder_labels = None if labels is None else repeat_rows(labels, samples)
+    logits = model.decode_logits(params, z, decoder_labels, updates, draws)
+    x_rows = repeat_rows(x, samples)
+    p = Pass(model, spec, params, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -49,10 +49,26 @@ def exact_mean(x, axis=None):
     return ops.sum(x, axis=axis) / float(count)
 
 
-def reduce(per_element, features: str, batch: str):
+def reduce(per_element, features: str, batch: str, samples: int = 1):
+    """Over the features, each example's ``samples`` rows (the mean), then the batch (aebench.losses.base.reduce)."""
     flat = ops.reshape(per_element, (ops.shape(per_element)[0], -1))
     per_example = ops.sum(flat, axis=1) if features == "sum" else exact_mean(flat, axis=1)
+    if samples > 1:
+        per_example = exact_mean(ops.reshape(per_example, (-1, samples)), axis=1)
     return ops.sum(per_example) if batch == "sum" else exact_mean(per_example)
+
+
+def repeat_rows(a, samples: int):
+    """Each row ``samples`` times in a row, example-major (the rows of z and the logits)."""
+    return a if samples == 1 else ops.repeat(a, samples, axis=0)
+
+
+def sample_posterior(mean, log_var, eps):
+    """z from eps (B, latent), or from eps (B, k, latent) flattened example-major to (B k, latent)."""
+    if len(eps.shape) == 2:
+        return mean + ops.exp(0.5 * log_var) * eps
+    z = ops.expand_dims(mean, 1) + ops.expand_dims(ops.exp(0.5 * log_var), 1) * eps
+    return ops.reshape(z, (-1, mean.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -62,14 +78,19 @@ class Pass:
     model: Autoencoder
     spec: Spec
     x: Any
+    """The reconstruction target: the clean x, each row ``samples`` times (the rows of z and logits)."""
     x_in: Any
+    """The encoder's input, one row per example (labels, mean and log_var too)."""
     labels: Any
     z: Any
+    """The code (family ae) or each example's ``samples`` posterior samples, example-major."""
     mean: Any
     log_var: Any
     logits: Any
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    samples: int
+    """k = model.latent.samples: rows of z, logits and x per example."""
     category_logits: Any = None
     """Family categorical: the posterior's logits, (B, N K)."""
 
@@ -79,7 +100,7 @@ def reconstruction(cfg: Any, p: Pass):
         per_element = ops.binary_crossentropy(p.x, p.logits, from_logits=True)
     else:
         per_element = ops.square(output(p.spec, p.logits) - p.x)
-    return reduce(per_element, cfg.features, cfg.batch)
+    return reduce(per_element, cfg.features, cfg.batch, p.samples)
 
 
 def kl(cfg: Any, p: Pass):
@@ -166,6 +187,23 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Any]:
     return lambda cfg, p: exact_mean(minibatch_weighted(p, cfg.dataset_size)[name])
 
 
+def iwae(cfg: Any, p: Pass):
+    """The negative importance-weighted bound (aebench.losses.iwae states it)."""
+    mean, log_var, latent = p.mean, p.log_var, p.mean.shape[1]
+    if cfg.likelihood == "bernoulli":
+        per_element = -ops.binary_crossentropy(p.x, p.logits, from_logits=True)
+    else:
+        per_element = -ops.square(p.x - output(p.spec, p.logits)) / (2.0 * cfg.variance)
+    log_px = ops.sum(ops.reshape(per_element, (ops.shape(per_element)[0], -1)), axis=1)
+    if cfg.likelihood == "gaussian":
+        log_px = log_px - 0.5 * math.prod(p.x.shape[1:]) * math.log(2.0 * math.pi * cfg.variance)
+    zs, lv = ops.reshape(p.z, (-1, p.samples, latent)), ops.expand_dims(log_var, 1)
+    spread = ops.square(zs - ops.expand_dims(mean, 1)) * ops.exp(-lv)
+    log_prior_ratio = 0.5 * ops.sum(lv + spread - ops.square(zs), axis=2)
+    log_w = ops.reshape(log_px, (-1, p.samples)) + log_prior_ratio
+    return -exact_mean(ops.logsumexp(log_w, axis=1) - math.log(p.samples))
+
+
 def categorical_kl(cfg: Any, p: Pass):
     """sum_k q (log q + log K) per variable, log q by log_softmax (aebench.losses.categorical_kl)."""
     k = p.spec.model.latent.categories
@@ -194,6 +232,7 @@ TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "iwae": iwae,
     "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
@@ -208,16 +247,18 @@ def loss_terms(
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels, training, draws)
     mean = log_var = category_logits = None
+    samples = spec.model.latent.samples
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h, training), model.head("z_log_var", h, training)
-        z = mean + ops.exp(0.5 * log_var) * eps
+        z = sample_posterior(mean, log_var, eps)
     elif spec.model.family == "categorical":
         category_logits = model.head("logits", h, training)
         z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head("code", h, training)
-    logits = model.decode_logits(z, labels, training, draws)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, logits, draws, category_logits)
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), training, draws)
+    x_rows = repeat_rows(x, samples)
+    p = Pass(model, spec, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

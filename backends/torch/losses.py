@@ -43,10 +43,25 @@ def corrupt(spec: Spec, x: Tensor, noise: Optional[Tensor]) -> Tensor:
     return torch.where(noise < half, zeros, torch.where(noise >= 1 - half, torch.ones_like(x), x))
 
 
-def reduce(per_element: Tensor, features: str, batch: str) -> Tensor:
+def reduce(per_element: Tensor, features: str, batch: str, samples: int = 1) -> Tensor:
+    """Over the features, each example's ``samples`` rows (the mean), then the batch (aebench.losses.base.reduce)."""
     flat = per_element.reshape(per_element.shape[0], -1)
     per_example = flat.sum(dim=1) if features == "sum" else flat.mean(dim=1)
+    if samples > 1:
+        per_example = per_example.reshape(-1, samples).mean(dim=1)
     return per_example.sum() if batch == "sum" else per_example.mean()
+
+
+def repeat_rows(a: Tensor, samples: int) -> Tensor:
+    """Each row ``samples`` times in a row, example-major (the rows of z and the logits)."""
+    return a if samples == 1 else torch.repeat_interleave(a, samples, dim=0)
+
+
+def sample_posterior(mean: Tensor, log_var: Tensor, eps: Tensor) -> Tensor:
+    """z from eps (B, latent), or from eps (B, k, latent) flattened example-major to (B k, latent)."""
+    if eps.dim() == 2:
+        return mean + torch.exp(0.5 * log_var) * eps
+    return (mean[:, None] + torch.exp(0.5 * log_var)[:, None] * eps).reshape(-1, mean.shape[1])
 
 
 @dataclass(frozen=True)
@@ -56,14 +71,19 @@ class Pass:
     model: Autoencoder
     spec: Spec
     x: Tensor
+    """The reconstruction target: the clean x, each row ``samples`` times (the rows of z and logits)."""
     x_in: Tensor
+    """The encoder's input, one row per example (labels, mean and log_var too)."""
     labels: Optional[Tensor]
     z: Tensor
+    """The code (family ae) or each example's ``samples`` posterior samples, example-major."""
     mean: Optional[Tensor]
     log_var: Optional[Tensor]
     logits: Tensor
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    samples: int
+    """k = model.latent.samples: rows of z, logits and x per example."""
     category_logits: Optional[Tensor] = None
     """Family categorical: the posterior's logits, (B, N K)."""
 
@@ -73,7 +93,7 @@ def reconstruction(cfg: Any, p: Pass) -> Tensor:
         per_element = F.binary_cross_entropy_with_logits(p.logits, p.x, reduction="none")
     else:
         per_element = (output(p.spec, p.logits) - p.x) ** 2
-    return reduce(per_element, cfg.features, cfg.batch)
+    return reduce(per_element, cfg.features, cfg.batch, p.samples)
 
 
 def kl(cfg: Any, p: Pass) -> Tensor:
@@ -155,6 +175,24 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Tensor]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def iwae(cfg: Any, p: Pass) -> Tensor:
+    """The negative importance-weighted bound (aebench.losses.iwae states it)."""
+    mean, log_var = p.mean, p.log_var
+    assert mean is not None and log_var is not None, "family vae has a posterior"
+    examples, latent = mean.shape
+    if cfg.likelihood == "bernoulli":
+        per_element = -F.binary_cross_entropy_with_logits(p.logits, p.x, reduction="none")
+    else:
+        per_element = -((p.x - output(p.spec, p.logits)) ** 2) / (2.0 * cfg.variance)
+    log_px = per_element.reshape(p.logits.shape[0], -1).sum(dim=1)
+    if cfg.likelihood == "gaussian":
+        log_px = log_px - 0.5 * math.prod(p.x.shape[1:]) * math.log(2.0 * math.pi * cfg.variance)
+    zs, lv = p.z.reshape(examples, p.samples, latent), log_var[:, None]
+    log_prior_ratio = 0.5 * (lv + (zs - mean[:, None]) ** 2 * torch.exp(-lv) - zs**2).sum(dim=2)
+    log_w = log_px.reshape(examples, p.samples) + log_prior_ratio
+    return -(torch.logsumexp(log_w, dim=1) - math.log(p.samples)).mean()
+
+
 def categorical_kl(cfg: Any, p: Pass) -> Tensor:
     """sum_k q (log q + log K) per variable, log q by log_softmax (aebench.losses.categorical_kl)."""
     assert p.category_logits is not None, "family categorical has a categorical posterior"
@@ -183,6 +221,7 @@ TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "iwae": iwae,
     "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
@@ -202,16 +241,19 @@ def loss_terms(
     x_in = corrupt(spec, x, corruption)
     h = model.hidden(x_in, labels, draws)
     mean = log_var = category_logits = None
+    samples = spec.model.latent.samples
     if spec.model.family == "vae":
         mean, log_var = model.head("z_mean", h), model.head("z_log_var", h)
-        z = mean + torch.exp(0.5 * log_var) * eps
+        assert eps is not None, "family vae gets its reparameterisation noise"
+        z = sample_posterior(mean, log_var, eps)
     elif spec.model.family == "categorical":
         category_logits = model.head("logits", h)
         z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head("code", h)
-    logits = model.decode_logits(z, labels, draws)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, logits, draws, category_logits)
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), draws)
+    x_rows = repeat_rows(x, samples)
+    p = Pass(model, spec, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

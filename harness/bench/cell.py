@@ -176,7 +176,7 @@ def _measure_into(row: dict, cell: Cell) -> None:
     runner = bench.prepare(backend, spec, cell.mode, data, cell.precision, cell.steps_per_call)
     timing = measure(runner, cell.protocol)
     memory_peak = runner.peak_memory_bytes()
-    row.update(timing_figures(timing, plan, cell.batch_size))
+    row.update(timing_figures(timing, plan, cell.batch_size, spec.model.latent.samples))
     row.update(memory_figures(memory_peak))
     row.update(peak_figures(plugin, backend, spec, cell.precision, row["gflops_per_s"]))
     row["losses"], row["loss_steps"] = timing.losses.tolist(), timing.loss_steps.tolist()
@@ -186,10 +186,11 @@ def _measure_into(row: dict, cell: Cell) -> None:
     row["status"] = "ok"
 
 
-def timing_figures(timing: Timing, plan: ModelPlan, batch_size: int) -> dict:
-    """The steady-state figures of a Timing, with the FLOPs counted from the spec's plan."""
+def timing_figures(timing: Timing, plan: ModelPlan, batch_size: int, samples: int = 1) -> dict:
+    """The steady-state figures of a Timing, with the FLOPs counted from the spec's plan (the
+    decoder's ``samples`` times: model.latent.samples)."""
     step = timing.median_step_seconds
-    flops = training_step_flops(plan, batch_size)
+    flops = training_step_flops(plan, batch_size, samples)
     return {
         "steps_per_call": timing.steps_per_call,
         "warmup_calls": timing.warmup_calls,
@@ -274,10 +275,11 @@ def bench_steps(data: BenchData, n: int) -> list[Step]:
 def check_host_memory(spec: Spec, plan: ModelPlan, batch_size: int, n_examples: int) -> None:
     """Fail early, with the figures, when the batch pool cannot fit in host memory."""
     per_example = int(np.prod(plan.data_shape)) * (2 if spec.corruption is not None else 1)
-    per_example += sum(math.prod(shape) for shape in layer_draws(plan).values())
+    samples = spec.model.latent.samples
+    per_example += sum(rows * math.prod(shape) for rows, shape in layer_draws(plan, samples).values())
     one_batch_of_term_draws = term_draws(spec.loss, plan, batch_size, stream(0))
     per_example += sum(draw.size for draw in one_batch_of_term_draws.values()) // batch_size + 1
-    per_example += plan.latent_size + 1
+    per_example += plan.latent_size * samples + 1
     needed = pool_size(n_examples, batch_size) * batch_size * per_example * 8
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > available:

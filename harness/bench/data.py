@@ -51,8 +51,8 @@ def make_bench_data(spec: Spec, data: Dataset, batch_size: int, max_steps: int) 
     terms_rng = stream(spec.train.seed, TRAIN_STREAM, 0, 2)
     per_batch = [batch_draws(spec, plan, batch_size, terms_rng, step) for step in range(n)]
 
-    def pooled(a):
-        return None if a is None else a.reshape(n, batch_size, *a.shape[1:]).astype(dtype)
+    def pooled(a):  # (n B rows, ...) -> (n, B rows, ...): a decoder draw has B k rows per batch
+        return None if a is None else a.reshape(n, -1, *a.shape[1:]).astype(dtype)
 
     classes = spec.model.conditioning.num_classes if spec.model.conditional else 0
     labels = one_hot(data.y_train, classes) if classes else None

@@ -31,8 +31,10 @@ def data_input_layers(plan: ModelPlan) -> tuple[LayerPlan, ...]:
     return plan.heads
 
 
-def training_step_flops(plan: ModelPlan, batch_size: int) -> int:
-    """Forward + kernel gradients + input gradients (but not of the data)."""
-    macs = sum(layer_macs(layer) for layer in plan.layers)
+def training_step_flops(plan: ModelPlan, batch_size: int, samples: int = 1) -> int:
+    """Forward + kernel gradients + input gradients (but not of the data); the decoder runs on
+    ``samples`` rows per example (model.latent.samples: one per posterior sample z)."""
+    macs = sum(layer_macs(layer) for layer in plan.encoder + plan.heads)
+    macs += samples * sum(layer_macs(layer) for layer in plan.decoder)
     data_macs = sum(layer_macs(layer) for layer in data_input_layers(plan))
     return 2 * batch_size * (3 * macs - data_macs)

@@ -40,6 +40,7 @@ from aebench.check.tolerances import (
 )
 from aebench.data.datasets import load_dataset, one_hot
 from aebench.data.noise import CHECK_STREAM, draw_noise, stream
+from aebench.losses.base import repeat_rows
 from aebench.plugins.backend_api import Backend, Batch, Noise, Step, Weights, loss_term_names
 from aebench.plugins.canonical import init_weights
 from aebench.spec.shapes import ModelPlan, plan_model
@@ -220,7 +221,8 @@ def check_encode_decode(backend: Backend, case: Case) -> list[Comparison]:
     encoded = backend.encode(model, case.batch.x, case.batch.labels)
     tol = LOSS_RTOL[case.spec.dtype]
     out = [judge(f"encode:{k}", scaled_error(encoded.get(k, np.array(np.nan)), v), tol) for k, v in expected.items()]
-    decoded = backend.decode(model, fwd.z, case.batch.labels)
+    labels = None if case.batch.labels is None else repeat_rows(case.batch.labels, fwd.samples)  # z's rows
+    decoded = backend.decode(model, fwd.z, labels)
     out.append(judge("decode", scaled_error(decoded, oracle.output(case.spec, fwd.logits)), tol))
     return out
 

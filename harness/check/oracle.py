@@ -18,7 +18,7 @@ from aebench.data.noise import corrupt
 from aebench.layers import apply_layer, run_stack
 from aebench.layers.activations import Activation, activate
 from aebench.losses import LOSS_TERMS, present_terms
-from aebench.losses.base import Forward, OracleInputs
+from aebench.losses.base import Forward, OracleInputs, repeat_rows
 from aebench.plugins.backend_api import Batch, Noise, Weights, with_total
 from aebench.spec.shapes import ModelPlan, plan_model
 from aebench.spec.types import Spec
@@ -47,17 +47,28 @@ def forward(
     draws = batch.noise.draws
     h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws)
     code = mean = log_var = category_logits = None
+    samples = spec.model.latent.samples
     if spec.model.family == "vae":
         mean = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
         log_var = apply_layer(plan.heads[1], weights, h, updates, draws)[1]
-        z = mean + np.exp(0.5 * log_var) * batch.noise.eps
+        z = sample_posterior(mean, log_var, np.asarray(batch.noise.eps, dtype=np.float64))
     elif spec.model.family == "categorical":
         category_logits = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
         z = categorical_sample(spec, category_logits, batch.noise, anchor)
     else:
         code = z = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
-    logits = run_stack(plan.decoder, weights, _join_labels(z, labels), updates, draws)
-    return Forward(x_in, code, mean, log_var, z, logits, category_logits)
+    decoder_labels = None if labels is None else repeat_rows(labels, samples)
+    logits = run_stack(plan.decoder, weights, _join_labels(z, decoder_labels), updates, draws)
+    return Forward(x_in, code, mean, log_var, z, logits, samples, category_logits)
+
+
+def sample_posterior(mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """z = mean + exp(log_var / 2) * eps: eps (B, latent) gives (B, latent); eps (B, k, latent)
+    gives each example's k samples flattened example-major to (B k, latent)."""
+    if eps.ndim == 2:
+        return mean + np.exp(0.5 * log_var) * eps
+    z = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
+    return z.reshape(-1, mean.shape[1])
 
 
 def categorical_sample(

@@ -32,7 +32,7 @@ from aebench.plugins.discovery import registered_plugins
 from aebench.plugins.plugin import Plugin
 from aebench.plugins.registry import list_backends, load_backend
 from aebench.progress import Progress
-from aebench.spec.load import builtin_specs_dir, list_specs, load_spec, spec_path
+from aebench.spec.load import SPEC_SETS, builtin_specs_dir, list_specs, load_spec, spec_path
 from aebench.spec.memory import check_memory_fits
 from aebench.spec.schema import did_you_mean
 from aebench.spec.shapes import plan_model
@@ -66,6 +66,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_specs():
         spec = load_spec(name)
         print(f"  {name:26s} {spec.description}")
+    for spec_set, held in SPEC_SETS.items():
+        print(f"spec set {spec_set} ({held}):")
+        for name in list_specs(spec_set):
+            print(f"  {name:26s} {load_spec(name).description}")
     if args.load:
         print("backends (each framework loaded):")
         for info in list_backends():

@@ -5,12 +5,15 @@ e, the test evaluation and the prior samples each have their own, so changing th
 of epochs does not change what the test split sees.
 
 A batch's noise is drawn in a fixed order from its stream: the reparameterisation noise
-(standard normal for family vae, Gumbel(0, 1) for family categorical), the corruption noise,
-then (training only) the draw of each layer whose kind takes one, in the plan's order, then
-(every batch) the draws of the loss terms that take them (LossTerm.draws), in rank order. A spec
-without such layers or terms draws exactly what it drew before they existed. Family categorical
-also gets the batch's Gumbel-softmax temperature (batch_draws), computed, not drawn, from the
-training step's index (evaluation: the schedule's floor).
+(standard normal for family vae: (B, latent), or (B, k, latent) for k = model.latent.samples >
+1; Gumbel(0, 1) for family categorical), the corruption noise, then (training only) the draw of
+each layer whose kind takes one, in the plan's order, then (every batch) the draws of the loss
+terms that take them (LossTerm.draws), in rank order. A spec without such layers or terms draws
+exactly what it drew before they existed, and one with k = 1 what it drew before k existed.
+With k > 1 the decoder runs on B k rows (one per sample of z), so its layers' draws have B k
+rows, example-major as z. Family categorical also gets the batch's Gumbel-softmax temperature
+(batch_draws), computed, not drawn, from the training step's index (evaluation: the schedule's
+floor).
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ def stream(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
-def layer_draws(plan: ModelPlan) -> dict[str, Shape]:
+def layer_draws(plan: ModelPlan, samples: int = 1) -> dict[str, tuple[int, Shape]]:
     """The layers that take an injected draw in training (aebench.layers.base.LayerKind.draws),
-    by canonical name, with the shape of one example's draw (the layer's input shape)."""
-    return {p.name: p.in_shape for p in walk(plan.layers) if kind_of(p.layer).draws}
+    by canonical name, with the rows of one example's draw (1 in the encoder; ``samples``, the
+    spec's model.latent.samples, in the decoder, which runs on every sample of z) and the shape
+    of one row's draw (the layer's input shape)."""
+    decoder = {p.name for p in walk(plan.decoder)}
+    return {
+        p.name: (samples if p.name in decoder else 1, p.in_shape) for p in walk(plan.layers) if kind_of(p.layer).draws
+    }
 
 
 def draw_noise(
@@ -54,12 +62,17 @@ def draw_noise(
     only for a ``training`` batch (evaluation runs without them); the per-batch draws
     (batch_draws: the temperature of training step ``step`` or of evaluation, the loss terms'
     draws) unless ``terms`` is False (a bench pool makes them batch by batch: aebench.bench.data)."""
+    samples = spec.model.latent.samples
     eps = reparameterisation_noise(spec, plan, batch_size, rng)
     corruption = None
     if spec.corruption is not None:
         shape = (batch_size, *data_shape(spec))
         corruption = rng.standard_normal(shape) if isinstance(spec.corruption, Gaussian) else rng.random(shape)
-    draws = {name: rng.random((batch_size, *shape)) for name, shape in layer_draws(plan).items()} if training else {}
+    draws = {}
+    if training:
+        draws = {
+            name: rng.random((batch_size * rows, *shape)) for name, (rows, shape) in layer_draws(plan, samples).items()
+        }
     if terms:
         draws.update(batch_draws(spec, plan, batch_size, rng, step if training else None))
     return Noise(eps=eps, corruption=corruption, draws=draws)
@@ -68,10 +81,14 @@ def draw_noise(
 def reparameterisation_noise(
     spec: Spec, plan: ModelPlan, batch_size: int, rng: np.random.Generator
 ) -> Optional[np.ndarray]:
-    """Noise.eps: (B, latent) standard normal (family vae), Gumbel(0, 1) (family categorical:
+    """Noise.eps: standard normal (family vae: (B, latent), or (B, k, latent) for k =
+    model.latent.samples > 1), Gumbel(0, 1) (family categorical, (B, latent):
     aebench.categorical.gumbel_noise), None (family ae)."""
     if spec.model.family == "vae":
-        return rng.standard_normal((batch_size, plan.latent_size))
+        samples = spec.model.latent.samples
+        return rng.standard_normal(
+            (batch_size, plan.latent_size) if samples == 1 else (batch_size, samples, plan.latent_size)
+        )
     if spec.model.family == "categorical":
         return gumbel_noise(rng, (batch_size, plan.latent_size))
     return None

@@ -99,6 +99,11 @@ def term_quality(loss: Any, inputs: QualityInputs) -> dict[str, float]:
     return metrics
 
 
+def term_figures(loss: Any) -> frozenset[str]:
+    """The figures the present terms ask for (LossTerm.figures)."""
+    return frozenset().union(*(LOSS_TERMS[name].figures for name in present_terms(loss)))
+
+
 def check_terms_implemented(backend: str, implemented: Collection[str], loss: Any) -> None:
     """LossTermNotImplemented for the first present term a backend lacks."""
     for name in present_terms(loss):

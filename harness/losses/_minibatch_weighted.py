@@ -92,11 +92,18 @@ def quality_of(term: str):
 
 
 def rules(cfg: MinibatchWeighted, spec: Any, fail: Fail) -> None:
-    """Family vae; without the KL, all three terms (the decomposition stands in for it whole);
-    one data-set size; N at least the batch size (the estimator draws the batch from N)."""
+    """Family vae, one posterior sample per example; without the KL, all three terms (the
+    decomposition stands in for it whole); one data-set size; N at least the batch size (the
+    estimator draws the batch from N)."""
     present = [name for name in TERMS if getattr(spec.loss, name) is not None]
     if spec.model.family != "vae":
         fail(f"loss.{present[0]}", "only allowed for family vae (it decomposes the KL of the posterior)")
+    if spec.model.latent.samples != 1:
+        fail(
+            "model.latent.samples",
+            f"must be 1 with loss.{present[0]} (the estimate pairs each example's posterior with its one "
+            f"sample); got {spec.model.latent.samples}",
+        )
     if spec.loss.kl is None and len(present) < len(TERMS):
         missing = ", ".join(f"loss.{name}" for name in TERMS if name not in present)
         fail(f"loss.{present[0]}", f"without loss.kl needs all of {', '.join(TERMS)}; add {missing} or loss.kl")
@@ -121,4 +128,5 @@ def decomposition_term(name: str, rank: int) -> LossTerm:
         rules=rules,
         stands_in_for=frozenset({"kl"}),
         quality=quality_of(name),
+        figures=frozenset({"latent_traversals", "codes_against_prior"}),
     )

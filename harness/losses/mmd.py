@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aebench.losses.base import Fail, LossTerm, OracleInputs, QualityInputs, draw_key, prior_draw
+from aebench.losses.base import Fail, OracleInputs, QualityInputs, draw_key, prior_matching_term
 from aebench.spec.schema import at_least, greater_than, rule
 
 
@@ -82,6 +82,4 @@ def rules(cfg: MMD, spec: Any, fail: Fail) -> None:
         fail("train.batch_size", "must be at least 2 for loss.mmd (the unbiased estimate pairs distinct codes)")
 
 
-TERM = LossTerm(
-    "mmd", MMD, rank=7, weight=lambda cfg: cfg.weight, oracle=oracle, rules=rules, draws=prior_draw, quality=quality
-)
+TERM = prior_matching_term("mmd", MMD, rank=7, oracle=oracle, rules=rules, quality=quality)

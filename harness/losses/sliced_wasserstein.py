@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aebench.losses.base import Fail, LossTerm, OracleInputs, QualityInputs, draw_key, prior_draw
+from aebench.losses.base import Fail, OracleInputs, QualityInputs, draw_key, prior_draw, prior_matching_term
 from aebench.spec.schema import at_least, in_range, rule
 
 MAX_PROJECTIONS = 100_000
@@ -80,13 +80,6 @@ def rules(cfg: SlicedWasserstein, spec: Any, fail: Fail) -> None:
         fail("loss.sliced_wasserstein", "only allowed for family ae (SWAE's encoder is deterministic)")
 
 
-TERM = LossTerm(
-    "sliced_wasserstein",
-    SlicedWasserstein,
-    rank=8,
-    weight=lambda cfg: cfg.weight,
-    oracle=oracle,
-    rules=rules,
-    draws=draws,
-    quality=quality,
+TERM = prior_matching_term(
+    "sliced_wasserstein", SlicedWasserstein, rank=8, oracle=oracle, rules=rules, quality=quality, draws=draws
 )

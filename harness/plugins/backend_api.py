@@ -46,14 +46,16 @@ def with_total(spec: Spec, terms: dict):
 class Noise:
     """Injected randomness for one batch.
 
-    eps: (B, latent) standard normal, for z = mean + exp(log_var / 2) * eps (family vae), or
-    Gumbel(0, 1), for z = softmax((logits + eps) / tau) per variable (family categorical:
-    aebench.categorical).
+    eps: (B, latent) standard normal, for z = mean + exp(log_var / 2) * eps (family vae);
+    (B, k, latent) for k = model.latent.samples > 1, z then flattened example-major to (B k,
+    latent), the decoder running on every row (aebench.losses.base.Forward); or Gumbel(0, 1),
+    for z = softmax((logits + eps) / tau) per variable (family categorical: aebench.categorical).
     corruption: (B, *data_shape): standard normal for gaussian corruption, uniform [0, 1)
     for masking and salt-and-pepper.
     draws: uniform [0, 1) draws of the layers that take one in training (LayerKind.draws:
     a dropout layer keeps a value where its draw is >= rate), by canonical layer name, each
-    (B, *that layer's input shape), not drawn for evaluation; and the draws of the loss terms
+    (B, *that layer's input shape) (a decoder layer's (B k, ...) for k > 1: it runs on every
+    sample of z), not drawn for evaluation; and the draws of the loss terms
     that take them (LossTerm.draws: prior samples, projections), in training and evaluation,
     by aebench.losses.base.draw_key; family categorical's temperature tau, 0-d, under
     aebench.categorical.TEMPERATURE_KEY (the training step's, or evaluation's), every batch.

@@ -80,11 +80,11 @@ class BenchData:
     """What one benchmark cell trains on, all NumPy, copied to the device by ``prepare``.
 
     x: (N, *data_shape) training examples in the spec's dtype; labels: (N, classes) one-hot
-    or None; order: (n, B) int32 batch indices; eps: (n, B, latent) (Noise.eps) or None; corruption:
+    or None; order: (n, B) int32 batch indices; eps: (n, *one batch's Noise.eps shape) or None; corruption:
     (n, B, *data_shape) or None; weights: the canonical initial weights; adam_step_size,
     adam_bias_correction2_sqrt and adam_decay_factor: (max_steps,) the reference Adam's scalars
     per step (aebench.plugins.adam.AdamScalars); steps_per_epoch: the period of a per-epoch
-    schedule (the stock optimizers' own schedules count it); draws: (n, B, *input shape) the
+    schedule (the stock optimizers' own schedules count it); draws: (n, *one batch's shape) the
     uniform draws of each layer that takes one (Noise.draws), by canonical layer name, and
     (n, *one batch's shape) the draws of each loss term that takes them, by
     aebench.losses.base.draw_key, and family categorical's temperatures (n,), pool batch j's

@@ -44,7 +44,9 @@ class MemoryNeed:
     state (running statistics) once, and the data
     set once (data_values), for the whole run. On top of them comes the larger of two phases,
     which never overlap: a training step's activations, counted twice (every layer's output at
-    the spec's batch size, kept for the backward pass, and its gradient), and the quality step's
+    the spec's batch size, kept for the backward pass, and its gradient; the decoder's, the noise
+    and z k times per example for k = model.latent.samples, with x and the labels repeated k
+    times for the loss terms when k > 1), and the quality step's
     scoring (scoring_values). Framework workspaces, the framework's own copy of the data in the
     spec's dtype (on a GPU, or where it cannot share NumPy's), the allocator's slack and the
     figures come on top.
@@ -114,10 +116,14 @@ def memory_need(
     quality step's defaults unless given)."""
     plan = plan or plan_model(spec)
     n_train, n_test = sizes or least_sizes(spec)
+    samples = spec.model.latent.samples  # the decoder runs on this many rows per example
     per_example = math.prod(plan.data_shape) + plan.label_size
-    per_example += sum(kind_of(layer.layer).activation_values(layer) for layer in plan.layers)
+    per_example += sum(kind_of(layer.layer).activation_values(layer) for layer in plan.encoder + plan.heads)
+    per_example += samples * sum(kind_of(layer.layer).activation_values(layer) for layer in plan.decoder)
     if spec.model.generative:
-        per_example += 2 * plan.latent_size  # the noise and z
+        per_example += 2 * plan.latent_size * samples  # the noise and z
+    if samples > 1:
+        per_example += samples * (math.prod(plan.data_shape) + plan.label_size)  # x and labels repeated
     weights = sum(math.prod(p.shape) for p in plan.trainable)
     nll_k = quality.k if spec.model.generative else 0
     return MemoryNeed(

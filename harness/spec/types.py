@@ -22,6 +22,11 @@ MAX_SEED = 2**32 - 1
 """NumPy's classic seed range."""
 MAX_EXAMPLES = 10_000_000
 """The most examples a generated data set may hold."""
+MAX_SAMPLES = 10_000
+"""The most posterior samples per example a VAE may draw (model.latent.samples)."""
+OMITTED_AT_DEFAULT = {"omitted_at_default": True}
+"""Field metadata: the resolved spec (Spec.to_dict) leaves the field out while it holds its
+default, so adding such a field kept the YAML, and the spec_sha256, of every existing spec."""
 
 if TYPE_CHECKING:
     Layer = Any
@@ -67,10 +72,17 @@ class Latent:
     posterior (family categorical: one linear Dense head of ``size`` logits, size / categories
     variables of ``categories`` categories each, sampled by the Gumbel-softmax at
     ``temperature``, straight-through one-hot where ``hard``: aebench.categorical).
-    ``categories``, ``hard`` and ``temperature`` belong to family categorical only."""
+    ``categories``, ``hard`` and ``temperature`` belong to family categorical only.
+
+    ``samples`` (family vae only): k, the posterior samples z drawn per example in training
+    and evaluation. With k > 1 the reparameterisation noise is (B, k, size), z is flattened
+    example-major to (B k, size) (rows i k .. i k + k - 1 belong to example i) and the decoder
+    runs on every row; the loss terms read x repeated the same way (aebench.losses.base.Forward).
+    """
 
     size: int = field(metadata=rule(in_range(1, MAX_SIZE)))
     activation: Activation = LINEAR
+    samples: int = field(default=1, metadata={**rule(in_range(1, MAX_SAMPLES)), **OMITTED_AT_DEFAULT})
     categories: Optional[int] = field(default=None, metadata=rule(in_range(2, MAX_SIZE)))
     hard: Optional[bool] = None
     temperature: Optional[Temperature] = None
@@ -342,6 +354,7 @@ def _plain(value: Any) -> Any:
             f.name: _plain(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if getattr(value, f.name) is not None
+            and not (f.metadata.get("omitted_at_default") and getattr(value, f.name) == f.default)
         }
     if isinstance(value, tuple):
         return [_plain(v) for v in value]

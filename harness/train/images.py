@@ -33,7 +33,7 @@ from aebench.data.noise import (  # noqa: E402
     draw_noise,
     stream,
 )
-from aebench.losses import code_targets  # noqa: E402
+from aebench.losses import code_targets, term_figures  # noqa: E402
 from aebench.plugins.backend_api import Backend  # noqa: E402
 from aebench.spec.shapes import ModelPlan  # noqa: E402
 from aebench.spec.types import Spec  # noqa: E402
@@ -74,7 +74,10 @@ def training_figures(
     conditional specs); denoising.png (specs with corruption: clean, corrupted, restored, with
     each image's PSNR); code_activations.png (specs with a term
     that sets a code target, as sparsity does); latent_scatter.png
-    (latent size 2, family vae or ae: posterior means or codes of the test split, coloured by label).
+    (latent size 2, family vae or ae: posterior means or codes of the test split, coloured by
+    label); and the figures the loss terms ask for (TERM_FIGURES, LossTerm.figures): samples.png
+    also for a deterministic code pulled toward the prior, codes_against_prior.png,
+    latent_traversals.png.
     Each title is run_heading (spec, backend, epochs) over what the figure shows; tabular
     data is plotted against its feature names (Dataset.feature_names).
     """
@@ -89,7 +92,8 @@ def training_figures(
     if spec.corruption is None:
         rows.pop("corrupted")
     yield "reconstructions.png", reconstructions_figure(rows, plan, heading, data.feature_names)
-    if spec.model.generative:
+    asked = term_figures(spec.loss)
+    if spec.model.generative or "samples" in asked:
         z = prior_samples(spec, plan, SHOWN * SHOWN, stream(spec.train.seed, PRIOR_STREAM))
         sample_labels = _labels(spec, np.repeat(np.arange(SHOWN) % 10, SHOWN)) if spec.model.conditional else None
         samples = backend.decode(model, z, sample_labels)
@@ -104,6 +108,57 @@ def training_figures(
         yield "code_activations.png", code_activations_figure(backend, model, spec, data, heading, target)
     if plan.latent_size == 2 and spec.model.family != "categorical":  # one-hot codes have no scatter
         yield "latent_scatter.png", latent_scatter_figure(backend, model, spec, data, heading)
+    if "codes_against_prior" in asked:
+        yield "codes_against_prior.png", codes_against_prior_figure(backend, model, spec, data, heading)
+    if "latent_traversals" in asked and image_shape(plan) is not None:
+        yield "latent_traversals.png", latent_traversals_figure(backend, model, spec, plan, data, heading)
+
+
+TERM_FIGURES = frozenset({"samples", "codes_against_prior", "latent_traversals"})
+"""The figures a loss term may ask for (LossTerm.figures), beyond every spec's own."""
+PRIOR_PANELS = 8  # latent dimensions shown against the prior
+TRAVERSAL_DIMS, TRAVERSAL_STEPS, TRAVERSAL_RANGE = 10, 9, 3.0
+
+
+def codes_against_prior_figure(backend: Backend, model: object, spec: Spec, data: Dataset, heading: str) -> Figure:
+    """Histograms of the test split's codes (posterior means for family vae), one panel per
+    latent dimension (the first PRIOR_PANELS), each against the prior's N(0, 1) density."""
+    x = data.x_test[:SCATTER_POINTS]
+    z = np.asarray(latent_point(spec, backend.encode(model, x, _labels(spec, _first(data.y_test, len(x))))), np.float64)
+    dims = min(PRIOR_PANELS, z.shape[1])
+    fig, axes = plt.subplots(1, dims, figsize=(1.9 * dims + 0.6, 2.4), squeeze=False)
+    grid = np.linspace(-4.0, 4.0, 161)
+    for d, ax in enumerate(axes[0]):
+        ax.hist(z[:, d], bins=40, range=(-4.0, 4.0), density=True, color="tab:blue", alpha=0.7, label="codes")
+        ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2.0 * np.pi), color="black", label="N(0, 1)")
+        ax.set_title(f"z[{d}]", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    what = "posterior means" if spec.model.family == "vae" else "codes"
+    return _titled(fig, heading, f"{what} of {len(x)} test examples per dimension against the prior N(0, 1)")
+
+
+def latent_traversals_figure(
+    backend: Backend, model: object, spec: Spec, plan: ModelPlan, data: Dataset, heading: str
+) -> Figure:
+    """One row per latent dimension (the first TRAVERSAL_DIMS): the first test example's latent
+    point with that dimension swept over [-3, 3], decoded (the view of a disentangled code)."""
+    x = data.x_test[:1]
+    labels = _labels(spec, _first(data.y_test, 1))
+    start = np.asarray(latent_point(spec, backend.encode(model, x, labels)), np.float64)[0]
+    dims = min(TRAVERSAL_DIMS, len(start))
+    values = np.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS)
+    z = np.repeat(start[None], dims * TRAVERSAL_STEPS, axis=0)
+    for d in range(dims):
+        z[d * TRAVERSAL_STEPS : (d + 1) * TRAVERSAL_STEPS, d] = values
+    path_labels = None if labels is None else np.repeat(labels, len(z), axis=0)
+    decoded = np.asarray(backend.decode(model, z, path_labels))
+    shape = image_shape(plan)
+    assert shape is not None, "traversals are drawn for image specs"
+    fig, ax = plt.subplots(figsize=(TRAVERSAL_STEPS * 0.8, dims * 0.85 + 0.6))
+    _show(ax, _tile(decoded.reshape(-1, *shape), cols=TRAVERSAL_STEPS))
+    what = f"one row per latent dimension z[0..{dims - 1}], swept from -3 to 3 around the first test image's"
+    return _titled(fig, heading, what + " point")
 
 
 def prior_samples(spec: Spec, plan: ModelPlan, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,8 @@ scored on the same numbers. The metrics (all per test example, means over the ex
   denoising specs): latent_point; ``recon_mse`` is the same per feature.
 - ``recon_term``: the spec's own (unweighted) reconstruction term (aebench.losses.decoder_term)
   on the test split, as
-  training evaluates it (train.evaluate: sampled z, the TEST noise stream).
+  training evaluates it (train.evaluate: sampled z, the TEST noise stream); for a spec whose
+  decoder term is ``iwae`` that is the negative k-sample importance-weighted bound.
 - ``psnr`` (specs with corruption): mean per-image PSNR of the restored images against the
   clean ones, data range 1 (MNIST, image folders and synthetic data all lie in [0, 1]);
   ``psnr_corrupted`` is the corrupted input's PSNR, the baseline the denoiser has to beat.
@@ -38,6 +39,11 @@ Decoder likelihoods, in nats:
 - MSE specs: Gaussian with the fixed variance whose negative log-density has the spec's
   (unweighted) reconstruction term as its quadratic part: sigma^2 = 1/2 for ``features: sum``,
   D/2 for ``features: mean``; the normalising constant (D/2) log(2 pi sigma^2) is included.
+- Specs whose decoder term is another (``iwae``): that term's likelihood (LossTerm.log_likelihood:
+  Bernoulli as above, or the Gaussian of the variance it states).
+
+Loss terms add their own metrics (LossTerm.quality: term_metrics), such as ``iwae``'s
+``test_nll_k5000``, the k = 5000 importance-sampled NLL of the IWAE paper.
 
 No metric needs labels or MNIST's digits: labels are used only to condition a conditional spec
 (which needs MNIST), so every metric applies to image folders and synthetic data as they are.
@@ -48,6 +54,7 @@ the corrupted input for the reconstruction error and the PSNR (the denoiser at w
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -107,13 +114,32 @@ def latent_point(spec: Spec, encoded: dict[str, np.ndarray]) -> np.ndarray:
 def term_metrics(
     backend: Backend, model: object, spec: Spec, plan: ModelPlan, x: np.ndarray, labels: Optional[np.ndarray]
 ) -> dict[str, float]:
-    """The present loss terms' own metrics (LossTerm.quality) on the clean encodings of x."""
+    """The present loss terms' own metrics (LossTerm.quality) on the clean encodings of x, with
+    the trained decoder (QualityInputs.decode) for those that decode samples."""
     if not any(LOSS_TERMS[name].quality for name in present_terms(spec.loss)):
         return {}
+    x = x[: pairwise_examples(plan.latent_size)]
     lb = None if labels is None else labels[: len(x)]
     encoded = {k: np.asarray(v, np.float64) for k, v in backend.encode(model, x, lb).items()}
     rng = stream(spec.train.seed, TEST_STREAM, TERM_QUALITY_STREAM_KEY)
-    return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng))
+
+    def decode(z: np.ndarray) -> np.ndarray:
+        n, s, latent = z.shape
+        repeated = None if lb is None else np.repeat(lb[:n], s, axis=0)
+        return np.asarray(backend.decode(model, z.reshape(n * s, latent), repeated))  # its dtype: clipping reads it
+
+    return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng, np.asarray(x, np.float64), decode))
+
+
+PAIRWISE_VALUES = 20_000_000
+"""The most values of one n x n x latent array the terms' metrics may build (160 MB in float64):
+their estimators compare every pair of examples per latent dimension."""
+
+
+def pairwise_examples(latent: int) -> int:
+    """How many examples the terms' metrics read at most: n with n^2 latent <= PAIRWISE_VALUES
+    (1,000 at latent 20, 395 at latent 128)."""
+    return max(2, math.isqrt(PAIRWISE_VALUES // max(1, latent)))
 
 
 def reconstruction_error(

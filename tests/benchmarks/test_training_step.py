@@ -2,8 +2,11 @@
 
 The step is the bench module's ``compiled`` mode on data already on the device, exactly
 what a campaign cell times; the compilation happens in the warm-up rounds. The suite runs with
-``--benchmark-disable`` (pyproject.toml): each spec's step then runs once, at its test size, to
-show that it compiles and gives a finite loss. Time them with ``pytest tests/benchmarks
+``--benchmark-disable`` (pyproject.toml): the step then runs once, at its test size, for each
+spec of a set that has every part a shipped spec is built from (``built_spec_name``: every layer
+kind, activation, loss term, corruption and family; tests/conftest.py), to show that each part
+compiles and gives a finite loss on each backend; a spec that only recombines parts is left out
+(a cold compile of torch's step takes 10 to 45 s here). Time them with ``pytest tests/benchmarks
 --benchmark-enable --benchmark-json=steps.json``, at the shipped sizes, and ``aebench report steps.json``.
 Backends that must run in a process of their own (Keras on a second engine) are timed by
 ``aebench bench`` instead and skipped here with that reason.
@@ -27,7 +30,8 @@ MODE = "compiled"
 ROUNDS, WARMUP_ROUNDS = 10, 2
 
 
-def test_training_step(benchmark, backend, backend_name: str, spec_name: str) -> None:
+def test_training_step(benchmark, backend, backend_name: str, built_spec_name: str) -> None:
+    spec_name = built_spec_name
     from aebench.plugins.remote import WorkerBackend
 
     if isinstance(backend, WorkerBackend):
