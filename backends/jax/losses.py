@@ -15,11 +15,12 @@ import optax
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, Params, Updates, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Params, Taps, Updates, activation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -59,6 +60,8 @@ class Pass:
     logits: jax.Array
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (model.Taps)."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> jax.Array:
@@ -147,6 +150,24 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], jax.Array]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def quantized(held: str) -> Callable[[Any, Pass], jax.Array]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` under lax.stop_gradient (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass) -> jax.Array:
+        parts = []
+        for layer in quantizers(p.model.plan.layers):
+            taps = dict(p.taps[layer.name])
+            taps[held] = jax.lax.stop_gradient(taps[held])
+            parts.append(reduce((taps["input"] - taps["codes"]) ** 2, cfg.features, cfg.batch))
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -155,6 +176,8 @@ TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -183,8 +206,9 @@ def loss_terms(
         z = mean + jnp.exp(0.5 * log_var) * eps
     else:
         z = model.head(params, "code", h, updates)
-    logits = model.decode_logits(params, z, labels, updates, draws)
-    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits, draws)
+    taps: Taps = {}
+    logits = model.decode_logits(params, z, labels, updates, draws, taps)
+    p = Pass(model, spec, params, x, x_in, labels, z, mean, log_var, logits, draws, taps)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -20,11 +20,12 @@ from keras import ops
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, activate, activation_slope
+from .model import NO_DRAWS, Autoencoder, Draws, Taps, activate, activation_slope
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -69,6 +70,8 @@ class Pass:
     logits: Any
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (model.Taps)."""
 
 
 def reconstruction(cfg: Any, p: Pass):
@@ -163,6 +166,22 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Any]:
     return lambda cfg, p: exact_mean(minibatch_weighted(p, cfg.dataset_size)[name])
 
 
+def quantized(held: str) -> Callable[[Any, Pass], Any]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` under ops.stop_gradient (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass):
+        total = None
+        for layer in quantizers(p.model.plan.layers):
+            taps: dict[str, Any] = dict(p.taps[layer.name])
+            taps[held] = ops.stop_gradient(taps[held])
+            part = reduce(ops.square(taps["input"] - taps["codes"]), cfg.features, cfg.batch)
+            total = part if total is None else total + part
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -171,6 +190,8 @@ TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -189,7 +210,9 @@ def loss_terms(
         z = mean + ops.exp(0.5 * log_var) * eps
     else:
         z = model.head("code", h, training)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, training, draws), draws)
+    taps: Taps = {}
+    logits = model.decode_logits(z, labels, training, draws, taps)
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, logits, draws, taps)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

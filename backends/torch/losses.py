@@ -19,11 +19,12 @@ from torch.func import jacrev, vmap
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Taps, activation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -63,6 +64,8 @@ class Pass:
     logits: Tensor
     draws: Draws
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (Taps)."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> Tensor:
@@ -152,6 +155,23 @@ def decomposition_term(name: str) -> Callable[[Any, Pass], Tensor]:
     return lambda cfg, p: minibatch_weighted(p, cfg.dataset_size)[name].mean()
 
 
+def quantized(held: str) -> Callable[[Any, Pass], Tensor]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` detached (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass) -> Tensor:
+        total: Optional[Tensor] = None
+        for layer in quantizers(p.model.plan.layers):
+            taps = dict(p.taps[layer.name])
+            taps[held] = taps[held].detach()
+            part = reduce((taps["input"] - taps["codes"]) ** 2, cfg.features, cfg.batch)
+            total = part if total is None else total + part
+        assert total is not None, "a spec with this term has a quantizer (its rules)"
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -160,6 +180,8 @@ TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     **{name: decomposition_term(name) for name in DECOMPOSITION},
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -183,7 +205,9 @@ def loss_terms(
         z = mean + torch.exp(0.5 * log_var) * eps
     else:
         z = model.head("code", h)
-    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, model.decode_logits(z, labels, draws), draws)
+    taps: Taps = {}
+    logits = model.decode_logits(z, labels, draws, taps)
+    p = Pass(model, spec, x, x_in, labels, z, mean, log_var, logits, draws, taps)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

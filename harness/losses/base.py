@@ -9,10 +9,12 @@ backend maps a term's name to its own implementation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Optional
 
 import numpy as np
+
+from aebench.layers.base import Tape
 
 Fail = Callable[[str, str], NoReturn]
 """(field path, message) -> raises the spec's one-line error."""
@@ -21,7 +23,10 @@ Fail = Callable[[str, str], NoReturn]
 @dataclass(frozen=True)
 class Forward:
     """The float64 intermediates of one forward pass that loss terms read: the encoder's
-    input (corrupted), the code (family ae), the posterior (family vae), z and the logits."""
+    input (corrupted), the code (family ae), the posterior (family vae), z and the logits;
+    and the pass's tape (aebench.layers.base.Tape): the intermediates layers tapped (``taps``,
+    by canonical layer name), and ``stop_gradient`` for what a term holds constant for
+    differentiation (recorded, or replayed by finite differences)."""
 
     x_in: np.ndarray
     code: Optional[np.ndarray]
@@ -29,6 +34,11 @@ class Forward:
     log_var: Optional[np.ndarray]
     z: np.ndarray
     logits: np.ndarray
+    tape: Tape = field(default_factory=Tape)
+
+    @property
+    def taps(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.tape.taps
 
 
 @dataclass(frozen=True)
@@ -51,12 +61,17 @@ class OracleInputs:
 class QualityInputs:
     """What a term's quality metrics may read: the spec, its plan, the encoder's output on the
     first test examples (clean x: {'mean', 'log_var'} for family vae, {'code'} for family ae,
-    float64) and a generator of the quality step's own stream (for samples and projections)."""
+    float64), a generator of the quality step's own stream (for samples and projections), the
+    trained model's canonical weights (float64, state included: to run layers of the model in
+    NumPy, as aebench.losses._quantizers runs the decoder up to its quantizers) and the one-hot
+    labels of those examples (conditional specs; the decoder reads them with the code)."""
 
     spec: Any
     plan: Any
     encoded: dict[str, np.ndarray]
     rng: np.random.Generator
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: Optional[np.ndarray] = None
 
 
 Draw = Callable[[Any, Any, int, np.random.Generator], dict[str, np.ndarray]]

@@ -88,13 +88,16 @@ def quality_metrics(
 def term_metrics(
     backend: Backend, model: object, spec: Spec, plan: ModelPlan, x: np.ndarray, labels: Optional[np.ndarray]
 ) -> dict[str, float]:
-    """The present loss terms' own metrics (LossTerm.quality) on the clean encodings of x."""
+    """The present loss terms' own metrics (LossTerm.quality) on the clean encodings of x, with
+    the model's canonical weights in float64 (for terms that run layers in NumPy)."""
     if not any(LOSS_TERMS[name].quality for name in present_terms(spec.loss)):
         return {}
     lb = None if labels is None else labels[: len(x)]
     encoded = {k: np.asarray(v, np.float64) for k, v in backend.encode(model, x, lb).items()}
+    weights = {k: np.asarray(v, np.float64) for k, v in backend.get_weights(model).items()}
     rng = stream(spec.train.seed, TEST_STREAM, TERM_QUALITY_STREAM_KEY)
-    return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng))
+    labels64 = None if lb is None else np.asarray(lb, np.float64)
+    return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng, weights, labels64))
 
 
 def reconstruction_error(
