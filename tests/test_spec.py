@@ -327,11 +327,11 @@ def vq_decoder(quantizer: str) -> str:
     )
 
 
-EMA = "codes: 512, update: ema, decay: 0.99, epsilon: 1.0e-5"
+EMA = "codes: 512, update: ema, decay: 0.99, epsilon: 1.0e-5"  # vq_vae's own quantizer
 BAD_SPECS += [
     (
         "vq-ema-without-decay",
-        {"s.yaml": vq_decoder("codes: 512, update: ema, epsilon: 1.0e-5") + "loss: {codebook: null}\n"},
+        {"s.yaml": vq_decoder("codes: 512, update: ema, epsilon: 1.0e-5")},
         "s.yaml",
         ["model.decoder[1].decay: is required with update: ema"],
     ),
@@ -349,13 +349,13 @@ BAD_SPECS += [
     ),
     (
         "vq-ema-with-the-codebook-term",
-        {"s.yaml": vq_decoder(EMA)},
+        {"s.yaml": vq_decoder(EMA) + "loss: {codebook: {weight: 1.0, features: mean, batch: mean}}\n"},
         "s.yaml",
         ["loss.codebook: is not used with update: ema (model.decoder[1] moves its codebook by moving averages)"],
     ),
     (
         "vq-gradient-without-the-codebook-term",
-        {"s.yaml": "extends: vq_vae\nloss: {codebook: null}\n"},
+        {"s.yaml": vq_decoder("codes: 512, update: gradient")},
         "s.yaml",
         ["loss.codebook: is required (model.decoder[1] learns its codebook by gradient"],
     ),
@@ -375,7 +375,7 @@ BAD_SPECS += [
         "vq-in-the-encoder",
         {
             "s.yaml": "extends: vq_vae\nmodel:\n  encoder:\n    - {type: reshape, shape: [49, 16]}\n"
-            "    - {type: vector_quantizer, codes: 8, update: gradient}\n    - {type: flatten}\n"
+            f"    - {{type: vector_quantizer, {EMA}}}\n    - {{type: flatten}}\n"
         },
         "s.yaml",
         ["model.encoder[1].type: vector_quantizer belongs in model.decoder"],

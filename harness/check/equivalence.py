@@ -63,8 +63,8 @@ class Case:
     train_labels: Optional[np.ndarray]
     finite_differences: dict[tuple[str, int, float], float] = field(default_factory=dict, compare=False, repr=False)
     """The oracle's finite differences computed so far (fd_entry), shared by every backend checked."""
-    held: list[Tape] = field(default_factory=list, compare=False, repr=False)
-    """The oracle's training-mode tape at the case's weights, recorded once (held_tape)."""
+    held: list[tuple[Weights, Tape]] = field(default_factory=list, compare=False, repr=False)
+    """The oracle's training-mode tape at the case's weights (and those weights), recorded once (held_tape)."""
 
 
 @dataclass(frozen=True)
@@ -235,12 +235,13 @@ def oracle_total(case: Case, weights: Weights, tape: Optional[Tape] = None) -> f
 
 def held_tape(case: Case) -> Tape:
     """The oracle's tape of the case's training-mode pass (recorded once per case): what it holds
-    constant for differentiation (stop_gradient, the codes a quantizer picked), for replaying."""
-    if not case.held:
+    constant for differentiation (stop_gradient, the codes a quantizer picked), for replaying.
+    Recorded again for a case whose weights were replaced (dataclasses.replace keeps the list)."""
+    if not case.held or case.held[0][0] is not case.weights:
         tape = Tape()
         oracle_total(case, case.weights, tape)
-        case.held.append(tape)
-    return case.held[0]
+        case.held[:] = [(case.weights, tape)]
+    return case.held[0][1]
 
 
 def fd_entry(case: Case, name: str, index: int, step: float = FD_STEP) -> float:

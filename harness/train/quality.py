@@ -21,6 +21,10 @@ scored on the same numbers. The metrics (all per test example, means over the ex
   decoder takes about a second per example at k = 200; pass None for the whole split).
   Per example it is never above the mean of -log w over the same samples (Jensen), a
   Monte Carlo estimate of the negative ELBO.
+- the present loss terms' own metrics (LossTerm.quality), from the clean encodings of the first
+  ``term_examples`` test examples and the model's weights in float64: e.g. ``test_mmd``, or
+  ``test_code_perplexity`` and ``test_codes_used`` (the commitment term: the codes the
+  decoder's quantizers pick, the decoder run in NumPy up to them).
 
 Decoder likelihoods, in nats:
 - BCE specs: Bernoulli, log p(x|z) = sum_d x_d log p_d + (1 - x_d) log(1 - p_d), p = decoded
