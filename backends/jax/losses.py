@@ -15,11 +15,12 @@ import optax
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, Params, Updates, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Params, Taps, Updates, activation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -79,6 +80,8 @@ class Pass:
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
     samples: int
     """k = model.latent.samples: rows of z, logits and x per example."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (model.Taps)."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> jax.Array:
@@ -185,6 +188,24 @@ def iwae(cfg: Any, p: Pass) -> jax.Array:
     return -(jax.nn.logsumexp(log_w, axis=1) - math.log(p.samples)).mean()
 
 
+def quantized(held: str) -> Callable[[Any, Pass], jax.Array]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` under lax.stop_gradient (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass) -> jax.Array:
+        parts = []
+        for layer in quantizers(p.model.plan.layers):
+            taps = dict(p.taps[layer.name])
+            taps[held] = jax.lax.stop_gradient(taps[held])
+            parts.append(reduce((taps["input"] - taps["codes"]) ** 2, cfg.features, cfg.batch))
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -194,6 +215,8 @@ TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
     "iwae": iwae,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -225,8 +248,9 @@ def loss_terms(
     else:
         z = model.head(params, "code", h, updates)
     decoder_labels = None if labels is None else repeat_rows(labels, samples)
-    logits = model.decode_logits(params, z, decoder_labels, updates, draws)
-    p = Pass(model, spec, params, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples)
+    taps: Taps = {}
+    logits = model.decode_logits(params, z, decoder_labels, updates, draws, taps)
+    p = Pass(model, spec, params, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples, taps)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -20,11 +20,12 @@ from keras import ops
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, activate, activation_slope
+from .model import NO_DRAWS, Autoencoder, Draws, Taps, activate, activation_slope
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -90,6 +91,8 @@ class Pass:
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
     samples: int
     """k = model.latent.samples: rows of z, logits and x per example."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (model.Taps)."""
 
 
 def reconstruction(cfg: Any, p: Pass):
@@ -201,6 +204,22 @@ def iwae(cfg: Any, p: Pass):
     return -exact_mean(ops.logsumexp(log_w, axis=1) - math.log(p.samples))
 
 
+def quantized(held: str) -> Callable[[Any, Pass], Any]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` under ops.stop_gradient (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass):
+        total = None
+        for layer in quantizers(p.model.plan.layers):
+            taps: dict[str, Any] = dict(p.taps[layer.name])
+            taps[held] = ops.stop_gradient(taps[held])
+            part = reduce(ops.square(taps["input"] - taps["codes"]), cfg.features, cfg.batch)
+            total = part if total is None else total + part
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -210,6 +229,8 @@ TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
     "iwae": iwae,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -229,8 +250,9 @@ def loss_terms(
         z = sample_posterior(mean, log_var, eps)
     else:
         z = model.head("code", h, training)
-    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), training, draws)
-    p = Pass(model, spec, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples)
+    taps: Taps = {}
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), training, draws, taps)
+    p = Pass(model, spec, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples, taps)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -19,11 +19,12 @@ from torch.func import jacrev, vmap
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Taps, activation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -83,6 +84,8 @@ class Pass:
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
     samples: int
     """k = model.latent.samples: rows of z, logits and x per example."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (Taps)."""
 
 
 def reconstruction(cfg: Any, p: Pass) -> Tensor:
@@ -190,6 +193,23 @@ def iwae(cfg: Any, p: Pass) -> Tensor:
     return -(torch.logsumexp(log_w, dim=1) - math.log(p.samples)).mean()
 
 
+def quantized(held: str) -> Callable[[Any, Pass], Tensor]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` detached (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass) -> Tensor:
+        total: Optional[Tensor] = None
+        for layer in quantizers(p.model.plan.layers):
+            taps = dict(p.taps[layer.name])
+            taps[held] = taps[held].detach()
+            part = reduce((taps["input"] - taps["codes"]) ** 2, cfg.features, cfg.batch)
+            total = part if total is None else total + part
+        assert total is not None, "a spec with this term has a quantizer (its rules)"
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -199,6 +219,8 @@ TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
     "iwae": iwae,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
 
@@ -224,8 +246,9 @@ def loss_terms(
         z = sample_posterior(mean, log_var, eps)
     else:
         z = model.head("code", h)
-    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), draws)
-    p = Pass(model, spec, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples)
+    taps: Taps = {}
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), draws, taps)
+    p = Pass(model, spec, repeat_rows(x, samples), x_in, labels, z, mean, log_var, logits, draws, samples, taps)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from aebench.data.noise import corrupt
-from aebench.layers import apply_layer, run_stack
+from aebench.layers import Tape, apply_layer, run_stack
 from aebench.layers.activations import Activation, activate
 from aebench.losses import LOSS_TERMS, present_terms
 from aebench.losses.base import Forward, OracleInputs, repeat_rows
@@ -26,30 +26,37 @@ from aebench.spec.types import Spec
 
 
 def forward(
-    spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None, updates: Optional[Weights] = None
+    spec: Spec,
+    weights: Weights,
+    batch: Batch,
+    plan: Optional[ModelPlan] = None,
+    updates: Optional[Weights] = None,
+    tape: Optional[Tape] = None,
 ) -> Forward:
     """The float64 forward pass with the batch's injected noise: in evaluation mode (running
     statistics, no dropout), or in training mode (batch statistics, the batch's layer draws)
     when ``updates`` is a dict, which then receives the updated state (running statistics) by
-    canonical name."""
+    canonical name. The layers' taps and held values go on ``tape`` (a new one when None; a
+    replaying tape holds them at its recorded values: aebench.layers.base.Tape)."""
     plan = plan or plan_model(spec)
+    tape = Tape() if tape is None else tape
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     x = np.asarray(batch.x, dtype=np.float64)
     labels = None if batch.labels is None else np.asarray(batch.labels, dtype=np.float64)
     x_in = corrupt(spec.corruption, x, batch.noise.corruption)
     draws = batch.noise.draws
-    h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws)
+    h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws, tape)
     code = mean = log_var = None
     samples = spec.model.latent.samples
     if spec.model.family == "vae":
-        mean = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
-        log_var = apply_layer(plan.heads[1], weights, h, updates, draws)[1]
+        mean = apply_layer(plan.heads[0], weights, h, updates, draws, tape)[1]
+        log_var = apply_layer(plan.heads[1], weights, h, updates, draws, tape)[1]
         z = sample_posterior(mean, log_var, np.asarray(batch.noise.eps, dtype=np.float64))
     else:
-        code = z = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
+        code = z = apply_layer(plan.heads[0], weights, h, updates, draws, tape)[1]
     decoder_labels = None if labels is None else repeat_rows(labels, samples)
-    logits = run_stack(plan.decoder, weights, _join_labels(z, decoder_labels), updates, draws)
-    return Forward(x_in, code, mean, log_var, z, logits, samples)
+    logits = run_stack(plan.decoder, weights, _join_labels(z, decoder_labels), updates, draws, tape)
+    return Forward(x_in, code, mean, log_var, z, logits, samples, tape)
 
 
 def sample_posterior(mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -66,15 +73,22 @@ def _join_labels(x: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
 
 
 def loss_terms(
-    spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None, training: bool = True
+    spec: Spec,
+    weights: Weights,
+    batch: Batch,
+    plan: Optional[ModelPlan] = None,
+    training: bool = True,
+    tape: Optional[Tape] = None,
 ) -> dict[str, float]:
     """Every loss term of the spec (unweighted, each its term's oracle: aebench.losses) and
     their weighted total, in float64, in training mode (batch statistics, the batch's layer
     draws; the state is not updated: train_state gives the update) or in evaluation mode
-    (running statistics, no dropout)."""
+    (running statistics, no dropout). The forward pass and the terms record on ``tape``
+    (forward), or replay it (finite differences of the surrogate: aebench.check.equivalence)."""
     plan = plan or plan_model(spec)
     weights64 = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-    inputs = OracleInputs(spec, plan, weights64, batch, forward(spec, weights64, batch, plan, {} if training else None))
+    fwd = forward(spec, weights64, batch, plan, {} if training else None, tape)
+    inputs = OracleInputs(spec, plan, weights64, batch, fwd)
     terms = {name: LOSS_TERMS[name].oracle(getattr(spec.loss, name), inputs) for name in present_terms(spec.loss)}
     return with_total(spec, terms)
 

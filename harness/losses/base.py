@@ -9,10 +9,12 @@ backend maps a term's name to its own implementation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Optional
 
 import numpy as np
+
+from aebench.layers.base import Tape
 
 Fail = Callable[[str, str], NoReturn]
 """(field path, message) -> raises the spec's one-line error."""
@@ -29,6 +31,9 @@ class Forward:
     Per sample, B k rows, example-major (rows i k .. i k + k - 1 belong to example i): z =
     mean + exp(log_var / 2) * eps, each example's k samples; logits, the decoder's output on
     z (a conditional spec's labels repeated k times). For k = 1 both have B rows.
+    The pass's tape (aebench.layers.base.Tape): the intermediates layers tapped (``taps``, by
+    canonical layer name), and ``stop_gradient`` for what a term holds constant for
+    differentiation (recorded, or replayed by finite differences).
     """
 
     x_in: np.ndarray
@@ -38,6 +43,11 @@ class Forward:
     z: np.ndarray
     logits: np.ndarray
     samples: int = 1
+    tape: Tape = field(default_factory=Tape)
+
+    @property
+    def taps(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.tape.taps
 
 
 def repeat_rows(a: np.ndarray, samples: int) -> np.ndarray:
@@ -78,7 +88,10 @@ class QualityInputs:
     """What a term's quality metrics may read: the spec, its plan, the encoder's output on the
     first test examples (clean x: {'mean', 'log_var'} for family vae, {'code'} for family ae,
     float64), a generator of the quality step's own stream (for samples and projections),
-    those examples (x, float64) and the trained decoder (``decode``: see Decode)."""
+    those examples (x, float64), the trained decoder (``decode``: see Decode), the trained
+    model's canonical weights (float64, state included: to run layers of the model in NumPy,
+    as aebench.losses._quantizers runs the decoder up to its quantizers) and the one-hot labels
+    of those examples (conditional specs; the decoder reads them with the code)."""
 
     spec: Any
     plan: Any
@@ -86,6 +99,8 @@ class QualityInputs:
     rng: np.random.Generator
     x: np.ndarray
     decode: Decode
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: Optional[np.ndarray] = None
 
 
 Draw = Callable[[Any, Any, int, np.random.Generator], dict[str, np.ndarray]]
