@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from aebench.layers.base import Tape
+
 TEMPERATURE_KEY = "latent.temperature"
 """Where a batch's temperature sits in Noise.draws: a 0-d float64 array, one value for the
 batch (never a layer's name, nor a loss term's draw_key)."""
@@ -60,29 +62,28 @@ def first_max_one_hot(y: np.ndarray) -> np.ndarray:
     return np.eye(y.shape[-1])[np.argmax(y, axis=-1)]
 
 
+STRAIGHT_THROUGH_KEY = "latent.straight_through"
+"""Where the oracle's tape holds a straight-through sample's one_hot(y) - y (aebench.layers.base.Tape)."""
+
+
 def relaxed_sample(
     logits: np.ndarray,
     gumbel: np.ndarray,
     temperature: float,
     categories: int,
     hard: bool,
-    anchor: Optional[np.ndarray] = None,
+    tape: Optional[Tape] = None,
 ) -> np.ndarray:
     """z of (B, N K) from the encoder's logits, the Gumbel noise and the temperature (the module
-    docstring). ``anchor`` (hard only): the soft sample y at other weights, from which the
-    one-hot is taken and which is subtracted in place of stop_gradient(y): z = one_hot(anchor) +
-    y - anchor, whose finite differences along the weights are the straight-through gradient
-    (aebench.check.equivalence); without it z = y + (one_hot(y) - y)."""
+    docstring): the soft sample y, or (``hard``) y + stop_gradient(one_hot(y) - y), the held
+    difference recorded on ``tape`` (a replaying tape gives the recorded one, so finite
+    differences of the oracle along the weights are the straight-through gradient:
+    aebench.check.equivalence)."""
     y = softmax((per_variable(logits, categories) + per_variable(gumbel, categories)) / temperature)
     if hard:
-        frozen = y if anchor is None else per_variable(anchor, categories)
-        y = y + (first_max_one_hot(frozen) - frozen)
+        held = first_max_one_hot(y) - y
+        y = y + (held if tape is None else tape.stop_gradient(STRAIGHT_THROUGH_KEY, held))
     return y.reshape(len(logits), -1)
-
-
-def soft_sample(logits: np.ndarray, gumbel: np.ndarray, temperature: float, categories: int) -> np.ndarray:
-    """y of (B, N K): the relaxed sample before any straight-through rounding (relaxed_sample's anchor)."""
-    return relaxed_sample(logits, gumbel, temperature, categories, hard=False)
 
 
 def kl_to_uniform(logits: np.ndarray, categories: int) -> np.ndarray:

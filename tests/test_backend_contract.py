@@ -51,20 +51,27 @@ def test_canonical_weights_round_trip_exactly(backend, spec_name: str, dtype: st
 
 def test_trainer_is_the_backend_gradient_followed_by_the_reference_adam(backend, spec_name: str) -> None:
     """Three float64 steps of the trainer equal backend.gradients + the NumPy reference Adam
-    (the trainable weights: the running statistics a trainer updates have no gradient; the
-    batch_norm tests of tests/test_layers.py check their updates)."""
+    (the trainable weights: the state a trainer updates has no gradient; the batch_norm and
+    vector_quantizer tests of tests/test_layers.py check its updates). Each step's gradients are
+    taken from the state the trainer's step started from: batch_norm's training pass does not
+    read its running statistics, but a quantizer with moving averages picks codes by its codebook."""
     case = case_for(spec_name, "float64")
     n, steps_per_epoch = len(case.batch.x), 2  # a per-epoch schedule steps once in the three
     steps = [Step(np.arange(n), case.batch.noise) for _ in range(3)]
     model = eq.built(backend, case)
-    losses = backend.trainer(model, case.batch.x, case.batch.labels, steps_per_epoch).run(steps)
+    trainer = backend.trainer(model, case.batch.x, case.batch.labels, steps_per_epoch)
+    states, rows = [], []
+    for step in steps:
+        states.append({p.name: backend.get_weights(model)[p.name] for p in case.plan.state})
+        rows.append(trainer.run([step])[0])
+    losses = np.asarray(rows)
     trained = backend.get_weights(model)
 
     probe = eq.built(backend, case)
     weights = {p.name: case.weights[p.name] for p in case.plan.trainable}
     adam, expected_losses, rounding_only = NumpyAdam(case.spec.optimizer, weights, steps_per_epoch), [], set()
-    for _ in steps:
-        backend.set_weights(probe, {**case.weights, **weights})
+    for state in states:
+        backend.set_weights(probe, {**case.weights, **state, **weights})
         terms, grads = backend.gradients(probe, case.batch)
         expected_losses.append([terms[t] for t in loss_term_names(case.spec)])
         scales = eq.layer_gradient_scales(case.plan, grads)

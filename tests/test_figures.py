@@ -1,6 +1,7 @@
 """The training figures, drawn from small arrays without training or a framework: titles
 name the spec, the backend and the epochs and fit in the figure, tables are plotted against
-their feature names, and every marker of the interpolation figure is in its legend."""
+their feature names, every marker of the interpolation figure is in its legend, and the code-usage figure counts
+the codes the decoder's quantizer picks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cases import suite_spec
 from matplotlib.figure import Figure
 
 from aebench.data.datasets import load_dataset
+from aebench.plugins.canonical import init_weights
 from aebench.spec.load import load_spec
 from aebench.spec.shapes import plan_model
 from aebench.spec.types import Spec
@@ -23,10 +25,20 @@ BACKEND = "keras-torch"  # the longest shipped backend name: the widest title
 EPOCHS = 7
 # Together these draw every kind of figure: tabular (vae_toy), a 2-d latent scatter with
 # labels (vae_conv), a conditional model (cvae), denoising under the longest spec name
-# (denoising_ae_salt_pepper), code activations (sparse_ae), a categorical latent's categories
-# (gumbel_vae) and the figures loss terms ask for (beta_tcvae: latent traversals; wae_mmd:
-# samples and codes of a deterministic code against the prior).
-SPECS = ["vae_toy", "vae_conv", "cvae", "denoising_ae_salt_pepper", "sparse_ae", "gumbel_vae", "beta_tcvae", "wae_mmd"]
+# (denoising_ae_salt_pepper), code activations (sparse_ae), code usage (vq_vae), a categorical
+# latent's categories (gumbel_vae) and the figures loss terms ask for (beta_tcvae: latent
+# traversals; wae_mmd: samples and codes of a deterministic code against the prior).
+SPECS = [
+    "vae_toy",
+    "vae_conv",
+    "cvae",
+    "denoising_ae_salt_pepper",
+    "sparse_ae",
+    "vq_vae",
+    "gumbel_vae",
+    "beta_tcvae",
+    "wae_mmd",
+]
 
 
 class ArrayBackend:
@@ -46,6 +58,9 @@ class ArrayBackend:
         if self.spec.model.family == "categorical":
             return {"logits": z}
         return {"code": 1 / (1 + np.exp(-z))}
+
+    def get_weights(self, model: object) -> dict[str, np.ndarray]:
+        return init_weights(self.plan, self.spec.init.kernel, 0)
 
     def decode(self, model: object, z: np.ndarray, labels) -> np.ndarray:
         size = math.prod(self.plan.data_shape)
@@ -118,3 +133,16 @@ def test_the_crosses_of_the_interpolation_figure_are_in_its_legend() -> None:
     label = crosses[0].get_label()
     assert "test examples" in label and not label.startswith("_")
     assert label in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_the_code_usage_figure_counts_every_test_vector_s_pick() -> None:
+    """vq_vae's 16 vectors per test example each pick one of its 512 codes: the bars add up to
+    16 x the examples shown, sorted by use, and the title states the usage's perplexity."""
+    fig = figures_of("vq_vae")["code_usage.png"]
+    bars = fig.axes[-1]
+    heights = [patch.get_height() for patch in bars.patches]
+    assert len(heights) == 512 and heights == sorted(heights, reverse=True)
+    examples = min(2000, len(load_dataset(load_spec("vq_vae")).x_test))
+    assert sum(heights) == 16 * examples
+    title = bars.get_title(loc="left")
+    assert "perplexity" in title and "of 512 codes used" in title

@@ -134,15 +134,48 @@ VARIANTS = {
     ],
 }
 
+VQ_LOSS = (
+    "codebook: {weight: 1.0, features: mean, batch: mean}\n  commitment: {weight: 0.25, features: sum, batch: mean}"
+)
+OUTPUT = ["{type: flatten}", "{type: dense, units: 784}", "{type: reshape, shape: [28, 28, 1]}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InDecoder:
+    """A variant whose layers belong in the decoder: the code's size, the decoder's layers and
+    the loss terms they need (YAML), after a flat encoder."""
+
+    latent: int
+    layers: list[str]
+    loss: str = ""
+
+
+DECODER_VARIANTS = {
+    "vector_quantizer_gradient": InDecoder(  # 3 vectors of 2 from 5 codes, the codebook by gradient
+        6, ["{type: reshape, shape: [3, 2]}", "{type: vector_quantizer, codes: 5, update: gradient}", *OUTPUT], VQ_LOSS
+    ),
+    "vector_quantizer_ema_image": InDecoder(  # a 2x2 grid of 2-d vectors: torch quantizes NCHW in NHWC order
+        8,
+        [
+            "{type: reshape, shape: [2, 2, 2]}",
+            "{type: vector_quantizer, codes: 4, update: ema, decay: 0.9, epsilon: 1.0e-3}",
+            *OUTPUT,
+        ],
+        VQ_LOSS.split("\n")[1].strip(),
+    ),
+}
+"""The layer variants in the decoder, after a flat encoder: a vector quantizer quantizes the code."""
+
 SPEC = """
 model:
   family: ae
   encoder: [{encoder}]
-  latent: {{size: 3}}
-  decoder: [{{type: dense, units: 784}}, {{type: reshape, shape: [28, 28, 1]}}]
+  latent: {{size: {latent}}}
+  decoder: [{decoder}]
   output_activation: sigmoid
 loss:
   reconstruction: {{kind: bce, weight: 1.0, features: sum, batch: mean}}
+  {loss}
 data: {{name: mnist, flatten: false}}
 init: {{kernel: glorot_uniform, bias: zeros}}
 optimizer: {{name: adam, learning_rate: 1.0e-3, beta1: 0.9, beta2: 0.999, epsilon: 1.0e-8}}
@@ -151,27 +184,46 @@ dtype: float64
 """
 
 
+def spec_text(encoder: list[str], decoder: InDecoder = InDecoder(3, OUTPUT[1:])) -> str:
+    """SPEC with ``encoder`` (YAML flow mappings) as its encoder and ``decoder``'s code size, layers and terms."""
+    return SPEC.format(
+        encoder=", ".join(encoder), latent=decoder.latent, decoder=", ".join(decoder.layers), loss=decoder.loss
+    )
+
+
 def spec_with_encoder(tmp_path: Path, name: str, layers: list[str]) -> Spec:
     """SPEC with ``layers`` (YAML flow mappings) as its encoder, written as ``name``.yaml."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SPEC.format(encoder=", ".join(layers)))
+    path.write_text(spec_text(layers))
     return load_spec(path)
 
 
+def variant_text(variant: str) -> str:
+    if variant in DECODER_VARIANTS:
+        return spec_text(["{type: flatten}"], DECODER_VARIANTS[variant])
+    return spec_text(VARIANTS[variant])
+
+
 def variant_spec(tmp_path: Path, variant: str):
-    return spec_with_encoder(tmp_path, f"layer_{variant}", VARIANTS[variant])
+    path = tmp_path / f"layer_{variant}.yaml"
+    path.write_text(variant_text(variant))
+    return load_spec(path)
+
+
+ALL_VARIANTS = sorted([*VARIANTS, *DECODER_VARIANTS])
 
 
 def test_every_layer_kind_has_a_variant_here() -> None:
-    used = {layer.type for variant in VARIANTS for layer in variant_spec_layers(variant)}
+    used = {layer.type for variant in ALL_VARIANTS for layer in variant_spec_layers(variant)}
     assert used == set(LAYER_KINDS)
 
 
 def variant_spec_layers(variant: str):
-    return [type("L", (), yaml.safe_load(text)) for text in VARIANTS[variant]]
+    texts = DECODER_VARIANTS[variant].layers if variant in DECODER_VARIANTS else VARIANTS[variant]
+    return [type("L", (), yaml.safe_load(text)) for text in texts]
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_layer_matches_the_oracle_on_every_backend(backend, variant: str, tmp_path: Path) -> None:
     case = eq.make_case(variant_spec(tmp_path, variant))
     comparisons = eq.check_loss_terms(backend, case) + eq.check_encode_decode(backend, case)
@@ -208,8 +260,9 @@ def test_bilinear_upsampling_uses_half_pixel_centres_not_aligned_corners() -> No
 # ---------------------------------------------------------------- batch_norm's conventions
 
 BATCH_NORM_VARIANTS = ("batch_norm_flat_unbiased", "batch_norm_image_biased")
-STATE_VARIANTS = (*BATCH_NORM_VARIANTS, "residual_image_identity")
-"""The variants whose running statistics a trainer step updates: a batch_norm inside a residual block too."""
+STATE_VARIANTS = (*BATCH_NORM_VARIANTS, "residual_image_identity", "vector_quantizer_ema_image")
+"""The variants whose state a trainer step updates: running statistics (a batch_norm inside a
+residual block too), and a vector quantizer's moving averages and codebook."""
 
 
 def batch_norm_train(x: np.ndarray, momentum: float, variance_update: str, **weights: np.ndarray):
@@ -253,8 +306,13 @@ def batch_norm_case(tmp_path: Path, variant: str) -> eq.Case:
     return eq.make_case(variant_spec(tmp_path, variant))
 
 
+STATE_ROLES = ("running_mean", "running_var", "embeddings", "cluster_size", "embedding_sum")
+
+
 def state_of(weights: dict) -> dict:
-    return {k: v for k, v in weights.items() if ".running_" in k}
+    """The arrays of ``weights`` that are state in the variants here (a trainable codebook only
+    in vector_quantizer_gradient, which no state test takes)."""
+    return {k: v for k, v in weights.items() if k.rpartition(".")[2] in STATE_ROLES}
 
 
 @pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
@@ -269,8 +327,10 @@ def test_batch_norm_evaluation_loss_terms_use_the_running_statistics(backend, va
     assert not eq.failures(eq.compare_loss_terms(eq.Judge(backend.name, case.spec.dtype), got, ref))
 
 
-@pytest.mark.parametrize("variant", BATCH_NORM_VARIANTS)
+@pytest.mark.parametrize("variant", (*BATCH_NORM_VARIANTS, "vector_quantizer_ema_image"))
 def test_batch_norm_loss_terms_and_gradients_leave_the_running_statistics(backend, variant, tmp_path: Path) -> None:
+    """Training-mode loss terms and gradients leave the state as it was: batch_norm's running
+    statistics, a vector quantizer's moving averages and codebook."""
     case = batch_norm_case(tmp_path, variant)
     model = eq.built(backend, case)
     backend.loss_terms(model, case.batch)
@@ -354,7 +414,7 @@ def test_a_trajectory_is_held_to_the_reference_rounding_spread_and_no_further(tm
 
 def variant_plan(variant: str) -> ModelPlan:
     """The plan of a variant's spec (parsed from text, no file)."""
-    data = yaml.safe_load(SPEC.format(encoder=", ".join(VARIANTS[variant])))
+    data = yaml.safe_load(variant_text(variant))
     return plan_model(Parser("<test>").parse_dataclass(Spec, {"name": "t", **data}, ""))
 
 
@@ -441,7 +501,7 @@ def test_residual_with_its_activation_before_the_add_fails_the_check(monkeypatch
         pytest.skip("torch is not available")
     from aebench.backends.torch import model
 
-    def activation_before_add(self, x, draws=model.NO_DRAWS):
+    def activation_before_add(self, x, draws=model.NO_DRAWS, taps=None):
         if not isinstance(self.op, model.Residual):
             return self.act(self.op(x, draws) if getattr(self.op, "takes_draws", False) else self.op(x))
         h = x
@@ -638,7 +698,7 @@ def test_dropout_bench_steps_replay_on_the_trainer(name: str, tmp_path: Path) ->
     if name not in available_backends():
         pytest.skip(f"{name} is not available here")
     path = tmp_path / "dropout.yaml"
-    path.write_text(SPEC.format(encoder=", ".join(VARIANTS["dropout"])))
+    path.write_text(variant_text("dropout"))
     mode = DROPOUT_BENCH_MODE[name]
     out = subprocess.run(
         [sys.executable, "-c", DROPOUT_BENCH_PROBE, name, mode, str(path)],

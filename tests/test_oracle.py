@@ -355,28 +355,30 @@ def test_gumbel_noise_is_gumbel_and_its_argmax_samples_the_categorical() -> None
     np.testing.assert_allclose(codes[0].mean(axis=0), softmax(logits.reshape(2, 3)).ravel(), atol=0.01)
 
 
-def test_the_relaxed_sample_is_soft_or_one_hot_and_the_anchor_is_straight_through() -> None:
+def test_the_relaxed_sample_is_soft_or_one_hot_and_its_replayed_tape_is_straight_through() -> None:
     """Soft: each variable's y sums to 1 and tends to argmax(logits + g) as tau falls; hard: the
-    first maximum's one-hot; with an anchor y0, one_hot(y0) + y - y0, whose derivative along
-    the logits is the soft sample's (the straight-through gradient)."""
+    first maximum's one-hot; on a tape that replays the held one_hot(y0) - y0, y + one_hot(y0)
+    - y0, whose derivative along the logits is the soft sample's (the straight-through gradient)."""
     from aebench.categorical import relaxed_sample
+    from aebench.layers import Tape
 
     rng = np.random.default_rng(2)
     logits, g = rng.standard_normal((5, 12)), rng.gumbel(size=(5, 12))
     soft = relaxed_sample(logits, g, 0.7, 4, hard=False)
     np.testing.assert_allclose(soft.reshape(5, 3, 4).sum(axis=2), 1.0, rtol=1e-14)
     cold = relaxed_sample(logits, g, 1e-3, 4, hard=False)
-    hard = relaxed_sample(logits, g, 0.7, 4, hard=True)
+    tape = Tape()
+    hard = relaxed_sample(logits, g, 0.7, 4, hard=True, tape=tape)
     winners = np.eye(4)[np.argmax((logits + g).reshape(5, 3, 4), axis=2)].reshape(5, 12)
     np.testing.assert_allclose(cold, winners, atol=1e-12)
     np.testing.assert_allclose(hard, winners, atol=1e-15)
     step = np.zeros_like(logits)
     step[0, 1] = 1e-6
-    moved = relaxed_sample(logits + step, g, 0.7, 4, hard=True, anchor=soft)
+    moved = relaxed_sample(logits + step, g, 0.7, 4, hard=True, tape=tape.replay())
     slope = (moved - hard) / 1e-6
     soft_slope = (relaxed_sample(logits + step, g, 0.7, 4, hard=False) - soft) / 1e-6
     np.testing.assert_allclose(slope, soft_slope, rtol=1e-6, atol=1e-9)
-    assert np.abs(slope).max() > 0.1  # without the anchor the one-hot has no slope
+    assert np.abs(slope).max() > 0.1  # without the replayed tape the one-hot has no slope
 
 
 def test_the_discrete_log_density_ratio_is_prior_over_posterior() -> None:
@@ -503,3 +505,174 @@ def test_a_log_mean_exp_of_the_weights_underflows_in_float32_and_logsumexp_does_
     assert bound(log_w)[0] == pytest.approx(-555.6 + np.log(np.exp(shifted).sum()) - np.log(5), rel=1e-15)
     by_hand = np.log((1 + np.exp(-1.1) + np.exp(-3.7) + np.exp(-7.2) + np.exp(-9.3)) / 5)
     assert bound(log_w)[0] == pytest.approx(-555.6 + by_hand, rel=1e-12)
+
+
+# ---------------------------------------------------------------- VQ-VAE (vector_quantizer, codebook, commitment)
+
+VQ_SPEC = """
+model:
+  family: ae
+  encoder: [{{type: dense, units: 6, activation: tanh}}]
+  latent: {{size: 4}}
+  decoder:
+    - {{type: reshape, shape: [2, 2]}}
+    - {{type: vector_quantizer, codes: 3, {update}}}
+    - {{type: flatten}}
+    - {{type: dense, units: 784}}
+  output_activation: sigmoid
+loss:
+  reconstruction: {{kind: mse, weight: 1.0, features: mean, batch: mean}}
+  {terms}
+data: {{name: mnist, flatten: true}}
+init: {{kernel: glorot_uniform, bias: zeros}}
+optimizer: {{name: adam, learning_rate: 1.0e-3, beta1: 0.9, beta2: 0.999, epsilon: 1.0e-8}}
+train: {{batch_size: 4, epochs: 1, seed: 0}}
+dtype: float64
+"""
+COMMITMENT = "commitment: {weight: 0.25, features: mean, batch: mean}"
+CODEBOOK = "codebook: {weight: 1.0, features: mean, batch: mean}"
+
+
+def vq_spec(tmp_path, ema: bool = False):
+    """A dense model whose 4-d code is 2 vectors of 2, quantized with 3 codes."""
+    from aebench.spec.load import load_spec
+
+    update = "update: ema, decay: 0.9, epsilon: 0.01" if ema else "update: gradient"
+    terms = COMMITMENT if ema else f"{CODEBOOK}\n  {COMMITMENT}"
+    path = tmp_path / ("vq_ema.yaml" if ema else "vq.yaml")
+    path.write_text(VQ_SPEC.format(update=update, terms=terms))
+    return load_spec(path)
+
+
+def vq_plan(codes: int = 3, ema: bool = False, shape: tuple[int, ...] = (2, 2)):
+    """A planned vector quantizer 'decoder.1' of ``codes`` codes on (n, D) input ``shape``."""
+    from aebench.layers.base import LayerPlan
+    from aebench.layers.vector_quantizer import VectorQuantizer
+
+    if ema:
+        layer = VectorQuantizer("vector_quantizer", codes, "ema", 0.9, 0.01)
+    else:
+        layer = VectorQuantizer("vector_quantizer", codes, "gradient")
+    return LayerPlan("decoder.1", layer, shape, shape, ())
+
+
+def test_the_quantizer_picks_the_nearest_code_and_the_first_of_equal_ones() -> None:
+    """Codes (1, 0), (0, 1), (1, 0) again: (0.9, 0.2) is nearest the first; (0, 0) is as near all
+    three (distance 1 exactly) and (1, 0) is both the first and the third: the lowest index wins."""
+    from aebench.layers import Tape, apply_layer
+
+    codebook = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    x = np.array([[[0.9, 0.2], [0.0, 0.0]], [[0.1, 0.8], [1.0, 0.0]]])
+    tape = Tape()
+    out = apply_layer(vq_plan(), {"decoder.1.embeddings": codebook}, x, tape=tape)[1]
+    np.testing.assert_array_equal(tape.taps["decoder.1"]["indices"], [[0, 0], [1, 0]])
+    np.testing.assert_allclose(out, codebook[[[0, 0], [1, 0]]], atol=1e-16)  # z + (z_q - z): z_q up to rounding
+    np.testing.assert_array_equal(tape.taps["decoder.1"]["input"], x)
+
+
+def test_the_expanded_distance_is_the_squared_distance_in_float64() -> None:
+    from aebench.layers.vector_quantizer import distances
+
+    rng = np.random.default_rng(0)
+    z, codebook = rng.standard_normal((50, 8)), rng.standard_normal((20, 8))
+    direct = ((z[:, None, :] - codebook[None]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(distances(z, codebook), direct, rtol=1e-13, atol=1e-13)
+
+
+def test_the_ema_update_quantizes_first_then_moves_the_averages_and_smooths_the_counts() -> None:
+    """Codes (0, 0), (10, 10), (5, 5); the batch (1, 1), (3, 3), (9, 9) picks 0, 2 and 1 (by the
+    codebook as it was: the output is those codes). With decay 0.9, epsilon 0.01 and counts and
+    sums (1, 1, 1), (0, 0)x3: N = 0.9 + 0.1 = 1 each, m_0 = (0.1, 0.1), m_1 = (0.9, 0.9), m_2 =
+    (0.3, 0.3); Laplace: N_k = (1 + 0.01) / (3 + 3 x 0.01) x 3 = 1, so e_k = m_k."""
+    from aebench.layers.base import kind_of
+
+    plan = vq_plan(codes=3, ema=True, shape=(3, 2))
+    weights = {
+        "decoder.1.embeddings": np.array([[0.0, 0.0], [10.0, 10.0], [5.0, 5.0]]),
+        "decoder.1.cluster_size": np.ones(3),
+        "decoder.1.embedding_sum": np.zeros((3, 2)),
+    }
+    x = np.array([[[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]])
+    out, state = kind_of(plan.layer).train_oracle(plan, weights, x, {})
+    np.testing.assert_allclose(out, [[[0.0, 0.0], [5.0, 5.0], [10.0, 10.0]]], atol=1e-15)
+    np.testing.assert_allclose(state["decoder.1.cluster_size"], [1.0, 1.0, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(state["decoder.1.embedding_sum"], [[0.1, 0.1], [0.9, 0.9], [0.3, 0.3]], rtol=1e-15)
+    np.testing.assert_allclose(state["decoder.1.embeddings"], [[0.1, 0.1], [0.9, 0.9], [0.3, 0.3]], rtol=1e-14)
+    assert kind_of(plan.layer).oracle(plan, weights, x).shape == x.shape  # evaluation: no state
+
+
+def test_codebook_and_commitment_are_equal_in_value_and_reduce_as_stated(tmp_path) -> None:
+    """Both are the mean over every element of (z_e - z_q)^2 here (PyTorch-VAE's F.mse_loss); with
+    ``features: sum`` the commitment term is that times the 4 values of each example."""
+    import dataclasses
+
+    from aebench.check import equivalence as eq
+
+    case = eq.make_case(vq_spec(tmp_path))
+    terms = oracle.loss_terms(case.spec, case.weights, case.batch, case.plan)
+    fwd = oracle.forward(case.spec, case.weights, case.batch, case.plan, {})
+    taps = fwd.taps["decoder.1"]
+    mse = float(((taps["input"] - taps["codes"]) ** 2).mean())
+    assert terms["codebook"] == terms["commitment"] == pytest.approx(mse, rel=1e-15)
+    assert terms["total"] == pytest.approx(terms["reconstruction"] + mse + 0.25 * mse, rel=1e-15)
+    summed = dataclasses.replace(case.spec.loss.commitment, features="sum")
+    spec = case.spec.replace(loss=dataclasses.replace(case.spec.loss, commitment=summed))
+    assert oracle.loss_terms(spec, case.weights, case.batch, case.plan)["commitment"] == pytest.approx(4 * mse)
+
+
+def test_finite_differences_replay_what_is_held_so_they_give_the_straight_through_gradient(tmp_path) -> None:
+    """The loss is piecewise constant in the code through the quantizer; autodiff differentiates
+    the surrogate z + sg(z_q - z). A difference of the oracle that replays the held values (the
+    picked codes, z_q - z, the terms' stopped sides) gives that gradient (fd_entry's); the plain
+    difference of the loss is (1 + 0.25) x 2 (z_e - z_q) / (4 B) summed over the batch for the
+    code unit moved: both terms count, and the decoder's gradient through the quantizer is lost."""
+    from aebench.check import equivalence as eq
+    from aebench.layers import Tape
+
+    case = eq.make_case(vq_spec(tmp_path))
+    tape = Tape()
+    oracle.loss_terms(case.spec, case.weights, case.batch, case.plan, tape=tape)
+    assert {"decoder.1.indices", "decoder.1.straight_through", "loss.codebook.decoder.1"} <= set(tape.held)
+
+    def total(bias: float, replay: bool) -> float:
+        weights = dict(case.weights, **{"code.bias": case.weights["code.bias"] + np.array([bias, 0, 0, 0])})
+        held = tape.replay() if replay else None
+        return oracle.loss_terms(case.spec, weights, case.batch, case.plan, tape=held)["total"]
+
+    h = 1e-6
+    surrogate = (total(h, True) - total(-h, True)) / (2 * h)
+    plain = (total(h, False) - total(-h, False)) / (2 * h)
+    assert eq.fd_entry(case, "code.bias", 0) == pytest.approx(surrogate, rel=1e-12)
+    taps = oracle.forward(case.spec, case.weights, case.batch, case.plan, {}).taps["decoder.1"]
+    gap = (taps["input"] - taps["codes"])[:, 0, 0]  # the first vector's first value: code unit 0
+    both_terms = 2 * (1.0 + 0.25) * gap.sum() / (4 * gap.size)  # each term the mean over B x 4 values
+    assert plain == pytest.approx(both_terms, rel=1e-6)
+    assert abs(surrogate - plain) > 1e-3 * abs(plain)
+
+
+def test_perplexity_is_one_for_one_code_and_k_for_k_codes_used_alike() -> None:
+    from aebench.losses._quantizers import perplexity, usage
+
+    assert perplexity(usage(np.zeros(10, int), 8)) == pytest.approx(1.0)
+    assert perplexity(usage(np.arange(16) % 4, 8)) == pytest.approx(4.0)
+    np.testing.assert_array_equal(usage(np.array([0, 2, 2]), 4), [1, 0, 2, 0])
+
+
+def test_the_commitment_term_scores_the_test_codes_the_decoder_picks(tmp_path) -> None:
+    """Its quality metrics run the decoder in NumPy on the encodings up to the quantizer: codes
+    picked by the first and third vectors only give perplexity 2 and 2 codes used."""
+    from aebench.losses import term_quality
+    from aebench.losses.base import QualityInputs
+    from aebench.plugins.canonical import init_weights
+    from aebench.spec.shapes import plan_model
+
+    spec = vq_spec(tmp_path)
+    plan = plan_model(spec)
+    weights = init_weights(plan, "glorot_uniform", 0)
+    weights["decoder.1.embeddings"] = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    code = np.array([[0.9, 0.0, -1.0, -0.8], [1.0, 0.1, -0.9, -1.2]])  # vectors pick 0, 2, 0, 2
+    unused_decoder = lambda z: pytest.fail("perplexity decodes nothing")  # noqa: E731
+    x, rng = np.zeros((2, 784)), np.random.default_rng(0)
+    inputs = QualityInputs(spec, plan, {"code": code}, rng, x, unused_decoder, weights)
+    metrics = term_quality(spec.loss, inputs)
+    assert metrics == {"test_code_perplexity": pytest.approx(2.0), "test_codes_used": 2.0}

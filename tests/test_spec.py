@@ -452,6 +452,70 @@ BAD_SPECS = [
 ]
 
 
+def vq_decoder(quantizer: str) -> str:
+    """A spec extending vq_vae whose decoder's quantizer is ``quantizer`` (a YAML flow mapping's fields)."""
+    return (
+        "extends: vq_vae\nmodel:\n  decoder:\n    - {type: reshape, shape: [16, 64]}\n"
+        f"    - {{type: vector_quantizer, {quantizer}}}\n    - {{type: flatten}}\n    - {{type: dense, units: 784}}\n"
+    )
+
+
+EMA = "codes: 512, update: ema, decay: 0.99, epsilon: 1.0e-5"  # vq_vae's own quantizer
+BAD_SPECS += [
+    (
+        "vq-ema-without-decay",
+        {"s.yaml": vq_decoder("codes: 512, update: ema, epsilon: 1.0e-5")},
+        "s.yaml",
+        ["model.decoder[1].decay: is required with update: ema"],
+    ),
+    (
+        "vq-gradient-with-a-decay",
+        {"s.yaml": vq_decoder("codes: 512, update: gradient, decay: 0.99")},
+        "s.yaml",
+        ["model.decoder[1].decay: is only for update: ema"],
+    ),
+    (
+        "vq-no-codes",
+        {"s.yaml": vq_decoder("codes: 0, update: gradient")},
+        "s.yaml",
+        ["model.decoder[1].codes", "must be >= 1"],
+    ),
+    (
+        "vq-ema-with-the-codebook-term",
+        {"s.yaml": vq_decoder(EMA) + "loss: {codebook: {weight: 1.0, features: mean, batch: mean}}\n"},
+        "s.yaml",
+        ["loss.codebook: is not used with update: ema (model.decoder[1] moves its codebook by moving averages)"],
+    ),
+    (
+        "vq-gradient-without-the-codebook-term",
+        {"s.yaml": vq_decoder("codes: 512, update: gradient")},
+        "s.yaml",
+        ["loss.codebook: is required (model.decoder[1] learns its codebook by gradient"],
+    ),
+    (
+        "vq-without-the-commitment-term",
+        {"s.yaml": "extends: vq_vae\nloss: {commitment: null}\n"},
+        "s.yaml",
+        ["loss.commitment: is required (model.decoder[1] quantizes the code"],
+    ),
+    (
+        "codebook-term-without-a-quantizer",
+        {"s.yaml": "extends: ae\nloss: {codebook: {weight: 1.0, features: mean, batch: mean}}\n"},
+        "s.yaml",
+        ["loss.codebook: needs a vector_quantizer layer in model.decoder"],
+    ),
+    (
+        "vq-in-the-encoder",
+        {
+            "s.yaml": "extends: vq_vae\nmodel:\n  encoder:\n    - {type: reshape, shape: [49, 16]}\n"
+            f"    - {{type: vector_quantizer, {EMA}}}\n    - {{type: flatten}}\n"
+        },
+        "s.yaml",
+        ["model.encoder[1].type: vector_quantizer belongs in model.decoder"],
+    ),
+]
+
+
 @pytest.mark.parametrize("files, target, expected", [pytest.param(f, t, e, id=i) for i, f, t, e in BAD_SPECS])
 def test_bad_spec_gives_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture, files: dict, target: str, expected: list[str]

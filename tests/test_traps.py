@@ -43,7 +43,7 @@ def test_a_dense_kernel_not_transposed_fails_the_check(monkeypatch: pytest.Monke
     monkeypatch.setattr(
         weights,
         "to_torch_layout",  # (in, out) reshaped, not transposed: same shape
-        lambda a: a.reshape(a.shape[::-1]) if a.ndim == 2 else right(a),
+        lambda a, role="kernel": a.reshape(a.shape[::-1]) if a.ndim == 2 else right(a, role),
     )
     failed = check_fails("vae_dense", needs("torch"))
     assert {"loss:total", "loss:reconstruction", "loss:kl"} <= failed
@@ -368,11 +368,11 @@ def test_the_categorical_kl_of_an_underflowing_probability_is_finite(backend, tm
         assert np.isnan((np.exp(naive) * naive).sum())  # the trap
 
 
-def test_straight_through_gradients_are_the_anchored_finite_differences(backend, tmp_path) -> None:
+def test_straight_through_gradients_are_the_replayed_finite_differences(backend, tmp_path) -> None:
     """hard: true: the forward value is the one-hot, piecewise constant in the encoder's weights,
-    so plain finite differences of the oracle see only the KL there; the check differentiates
-    one_hot(y0) + y - y0 (oracle.straight_through_anchor), whose slope is the straight-through
-    gradient every backend computes."""
+    so plain finite differences of the oracle see only the KL there; the check replays the held
+    one_hot(y0) - y0 (equivalence.held_tape) and differentiates y + one_hot(y0) - y0, whose
+    slope is the straight-through gradient every backend computes."""
     from aebench.check import equivalence as eq
     from aebench.check import oracle
 
@@ -444,3 +444,82 @@ def test_k_samples_repeat_labels_targets_and_decoder_draws_example_major(backend
     assert case.batch.noise.eps.shape == (4, 3, 4)
     assert case.batch.noise.draws["decoder.1"].shape == (12, 16)
     assert not failures(check_loss_terms(backend, case))
+
+
+VQ_TIES_SPEC = """
+description: "a vector quantizer's exact tie and near tie (codes 2^-40 apart)"
+model:
+  family: ae
+  encoder: []
+  latent: {size: 4, activation: linear}
+  decoder:
+    - {type: reshape, shape: [2, 2]}
+    - {type: vector_quantizer, codes: 4, update: gradient}
+    - {type: flatten}
+    - {type: dense, units: 4}
+  output_activation: linear
+loss:
+  reconstruction: {kind: mse, weight: 1.0, features: mean, batch: mean}
+  codebook: {weight: 1.0, features: mean, batch: mean}
+  commitment: {weight: 0.25, features: mean, batch: mean}
+data: {name: synthetic, shape: [4], n_train: 16, n_test: 8, seed: 0}
+init: {kernel: glorot_uniform, bias: zeros}
+optimizer: {name: adam, learning_rate: 1.0e-3, beta1: 0.9, beta2: 0.999, epsilon: 1.0e-8}
+train: {batch_size: 6, epochs: 1, seed: 0}
+dtype: float64
+"""
+NEAR = 1.0 + 2.0**-40
+VQ_TIES_CODEBOOK = np.array([[4.0, 4.0], [0.0, NEAR], [-1.0, 0.0], [1.0, 0.0]])
+"""Every example's code is the bias (0, 0, 0.5, 0.5): two vectors. (0, 0) lies at exactly 1 from
+codes 2 and 3 and at 1 + 2^-39 from code 1: it picks 2, the first of the equal ones. (0.5, 0.5)
+lies at 0.5 from code 3 and 0.5 + 2^-40 from code 1: it picks 3. Every sum is exact in float64."""
+
+
+def vq_ties_case(tmp_path):
+    from aebench.check import equivalence as eq
+
+    path = tmp_path / "vq_ties.yaml"
+    path.write_text(VQ_TIES_SPEC)
+    case = eq.make_case(load_spec(path))
+    weights = dict(case.weights)
+    weights["code.kernel"] = np.zeros((4, 4))  # 0 * x: the code is the bias exactly
+    weights["code.bias"] = np.array([0.0, 0.0, 0.5, 0.5])
+    weights["decoder.1.embeddings"] = VQ_TIES_CODEBOOK
+    return eq.Case(case.spec, case.plan, weights, case.batch, case.train_x, case.train_labels)
+
+
+def test_a_vector_quantizer_takes_the_first_of_equal_codes_and_float64_near_ties(backend, tmp_path) -> None:
+    """Every backend picks what float64 and the first index among equal distances pick (codes 2
+    and 3 of VQ_TIES_CODEBOOK): its loss terms, decoded output and gradients are the oracle's.
+    Another code changes the decoder's input by 1 or more: the loss by far more than 1e-10. On
+    keras-jax, keras.ops.argmin would pick code 1 for both vectors: it casts the float64
+    distances to float32 first, where 1 + 2^-39 rounds to 1 (a three-way tie)."""
+    from aebench.check import equivalence as eq
+    from aebench.check import oracle
+    from aebench.layers import Tape
+
+    case = vq_ties_case(tmp_path)
+    tape = Tape()
+    oracle.loss_terms(case.spec, case.weights, case.batch, case.plan, tape=tape)
+    assert tape.taps["decoder.1"]["indices"].tolist() == [[2, 3]] * len(case.batch.x)
+    comparisons = eq.check_loss_terms(backend, case) + eq.check_encode_decode(backend, case)
+    comparisons += eq.check_gradients_fd(backend, case)
+    assert not eq.failures(comparisons)
+    grads = eq.gradients(backend, case)["decoder.1.embeddings"]
+    assert not grads[:2].any() and grads[2:].any(axis=1).all()  # only the picked codes get a gradient
+
+
+def test_torch_taking_the_last_of_equal_codes_fails_the_check(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import torch
+
+    from aebench.check import equivalence as eq
+
+    backend, case = needs("torch"), vq_ties_case(tmp_path)
+    assert not eq.failures(eq.check_loss_terms(backend, case))
+    first = torch.argmin
+
+    def last(x, dim):  # the last index among equal values: reversed, first, mapped back
+        return x.shape[dim] - 1 - first(x.flip(dim), dim=dim)
+
+    monkeypatch.setattr(torch, "argmin", last)
+    assert any(f.startswith("loss:total:") for f in eq.failures(eq.check_loss_terms(backend, case)))

@@ -16,11 +16,12 @@ from aebench.categorical import TEMPERATURE_KEY
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, Params, Updates, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Params, Taps, Updates, activation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -80,6 +81,8 @@ class Pass:
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
     samples: int
     """k = model.latent.samples: rows of z, logits and x per example."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (model.Taps)."""
     category_logits: Optional[jax.Array] = None
     """Family categorical: the posterior's logits, (B, N K)."""
 
@@ -208,6 +211,24 @@ def gumbel_softmax(spec: Spec, category_logits: jax.Array, gumbel: jax.Array, te
     return y.reshape(category_logits.shape[0], -1)
 
 
+def quantized(held: str) -> Callable[[Any, Pass], jax.Array]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` under lax.stop_gradient (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass) -> jax.Array:
+        parts = []
+        for layer in quantizers(p.model.plan.layers):
+            taps = dict(p.taps[layer.name])
+            taps[held] = jax.lax.stop_gradient(taps[held])
+            parts.append(reduce((taps["input"] - taps["codes"]) ** 2, cfg.features, cfg.batch))
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -217,6 +238,8 @@ TERMS: dict[str, Callable[[Any, Pass], jax.Array]] = {
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
     "iwae": iwae,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
     "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
@@ -252,9 +275,10 @@ def loss_terms(
     else:
         z = model.head(params, "code", h, updates)
     decoder_labels = None if labels is None else repeat_rows(labels, samples)
-    logits = model.decode_logits(params, z, decoder_labels, updates, draws)
+    taps: Taps = {}
+    logits = model.decode_logits(params, z, decoder_labels, updates, draws, taps)
     x_rows = repeat_rows(x, samples)
-    p = Pass(model, spec, params, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, category_logits)
+    p = Pass(model, spec, params, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, taps, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

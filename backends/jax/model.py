@@ -203,6 +203,54 @@ class DropoutFns:
         return self.module.apply({}, x, draw), {}
 
 
+class VectorQuantizerFns:
+    """Nearest-code quantization of the last axis, as aebench.layers.vector_quantizer states it:
+    the distances ||z||^2 - 2 z.e + ||e||^2 added left to right (the matmul at the model's
+    precision), jnp.argmin (the first index among equal distances, NumPy's rule), the output
+    z + lax.stop_gradient(z_q - z). ``tapped`` (TapFn) also gives the taps (input, picked
+    codes, indices, in the canonical (B, V, D) and (B, V) layouts) and, in training mode with
+    ``update: ema``, the state: the moving averages and the codebook they give, from the stopped
+    input, after the codes were picked (evaluation leaves the state alone)."""
+
+    def __init__(self, plan: LayerPlan, common: dict):
+        self.layer, self.precision = plan.layer, common["precision"]
+
+    def __call__(self, params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        return self.tapped(params, x, False, None)[0]
+
+    def tapped(
+        self, params: dict[str, jax.Array], x: jax.Array, training: bool, draw: Optional[jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+        codebook = params["embeddings"]
+        d = codebook.shape[1]
+        z = x.reshape(-1, d)
+        cross = jnp.matmul(z, codebook.T, precision=self.precision)
+        distances = (z * z).sum(axis=1, keepdims=True) - 2.0 * cross + (codebook * codebook).sum(axis=1)
+        indices = jnp.argmin(distances, axis=1)
+        codes = codebook[indices]
+        out = z + jax.lax.stop_gradient(codes - z)
+        per_example = (x.shape[0], -1, d)
+        taps = {
+            "input": z.reshape(per_example),
+            "codes": codes.reshape(per_example),
+            "indices": indices.reshape(x.shape[0], -1),
+        }
+        state = {}
+        if training and self.layer.update == "ema":
+            state = self.moving_averages(params, jax.lax.stop_gradient(z), indices)
+        return out.reshape(x.shape), state, taps
+
+    def moving_averages(self, params: dict[str, jax.Array], z: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
+        """The moving averages after the batch's (N, D) vectors ``z`` picked ``indices``, and the codebook."""
+        k, gamma, eps = self.layer.codes, self.layer.decay, self.layer.epsilon
+        one_hot = jax.nn.one_hot(indices, k, dtype=z.dtype)
+        cluster = gamma * params["cluster_size"] + (1 - gamma) * one_hot.sum(axis=0)
+        embed = gamma * params["embedding_sum"] + (1 - gamma) * jnp.matmul(one_hot.T, z, precision=self.precision)
+        n = cluster.sum()
+        smoothed = (cluster + eps) / (n + k * eps) * n
+        return {"embeddings": embed / smoothed[:, None], "cluster_size": cluster, "embedding_sum": embed}
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, dict], Union[LayerFn, NestedFn]]] = {
     "dense": lambda plan, common: _flax(nn.Dense(plan.layer.units, **common)),
     "conv": _conv,
@@ -215,17 +263,28 @@ BUILDERS: dict[str, Callable[[LayerPlan, dict], Union[LayerFn, NestedFn]]] = {
     "batch_norm": BatchNormFns,
     "residual": _residual,
     "dropout": DropoutFns,
+    "vector_quantizer": VectorQuantizerFns,
 }
 """Layer kind (aebench.layers) -> a pure function computing it before its activation, given
 the Flax module settings (dtype, param_dtype, precision) every layer is built with. A builder
-whose function has a ``train`` attribute (TrainFn) behaves differently in training mode; a
+whose function has a ``train`` attribute (TrainFn) behaves differently in training mode; one
+with a ``tapped`` attribute (TapFn) taps intermediates for the loss terms, in either mode; a
 planned layer with children gets a NestedFn."""
 
+TapFn = Callable[
+    [dict[str, jax.Array], jax.Array, bool, Optional[jax.Array]],
+    tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]],
+]
+"""(this layer's parameters and state, input, training mode, its injected draw or None) ->
+(output before the activation, its updated state in training mode (else empty), its taps by name)."""
 Updates = dict[str, dict[str, jax.Array]]
 """Updated state by layer name, collected by a training-mode pass."""
 Draws = Mapping[str, jax.Array]
 """The layers' injected draws of a training batch, by canonical layer name (Noise.draws)."""
 NO_DRAWS: Draws = {}
+Taps = dict[str, dict[str, jax.Array]]
+"""The intermediates layers tap for the loss terms, by canonical layer name (a vector
+quantizer's 'input', 'codes', 'indices': aebench.layers.vector_quantizer)."""
 
 
 class Autoencoder:
@@ -252,14 +311,21 @@ class Autoencoder:
         x: jax.Array,
         updates: Optional[Updates] = None,
         draws: Draws = NO_DRAWS,
+        taps: Optional[Taps] = None,
     ) -> jax.Array:
         op = self.ops[plan.name]
         if plan.children:
-            y = cast(NestedFn, op)(lambda child, h: self.apply_layer(params, child, h, updates, draws), x)
+            y = cast(NestedFn, op)(lambda child, h: self.apply_layer(params, child, h, updates, draws, taps), x)
             return self.acts[plan.name](y)
         own, layer_fn = params.get(plan.name, {}), cast(LayerFn, op)
-        train = getattr(op, "train", None)
-        if updates is not None and train is not None:
+        train, tapped = getattr(op, "train", None), getattr(op, "tapped", None)
+        if tapped is not None:
+            y, state, found = cast(TapFn, tapped)(own, x, updates is not None, draws.get(plan.name))
+            if state and updates is not None:
+                updates[plan.name] = state
+            if taps is not None:
+                taps[plan.name] = found
+        elif updates is not None and train is not None:
             y, state = train(own, x, draws.get(plan.name))
             if state:
                 updates[plan.name] = state
@@ -287,15 +353,23 @@ class Autoencoder:
         labels: Optional[jax.Array],
         updates: Optional[Updates] = None,
         draws: Draws = NO_DRAWS,
+        taps: Optional[Taps] = None,
     ) -> jax.Array:
-        return self.run_stack(params, self.plan.decoder, _join(z, labels), updates, draws)
+        """The decoder's logits; the layers' taps go into ``taps`` when given."""
+        return self.run_stack(params, self.plan.decoder, _join(z, labels), updates, draws, taps)
 
     def run_stack(
-        self, params: Params, layers: tuple[LayerPlan, ...], h: jax.Array, updates: Optional[Updates], draws: Draws
+        self,
+        params: Params,
+        layers: tuple[LayerPlan, ...],
+        h: jax.Array,
+        updates: Optional[Updates],
+        draws: Draws,
+        taps: Optional[Taps] = None,
     ) -> jax.Array:
         """The layers in order (apply_layer)."""
         for plan in layers:
-            h = self.apply_layer(params, plan, h, updates, draws)
+            h = self.apply_layer(params, plan, h, updates, draws, taps)
         return h
 
 

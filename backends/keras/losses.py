@@ -21,11 +21,12 @@ from aebench.categorical import TEMPERATURE_KEY
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, activate, activation_slope
+from .model import NO_DRAWS, Autoencoder, Draws, Taps, activate, activation_slope
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -91,6 +92,8 @@ class Pass:
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
     samples: int
     """k = model.latent.samples: rows of z, logits and x per example."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (model.Taps)."""
     category_logits: Any = None
     """Family categorical: the posterior's logits, (B, N K)."""
 
@@ -224,6 +227,22 @@ def gumbel_softmax(spec: Spec, category_logits, gumbel, temperature):
     return ops.reshape(y, (category_logits.shape[0], -1))
 
 
+def quantized(held: str) -> Callable[[Any, Pass], Any]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` under ops.stop_gradient (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass):
+        total = None
+        for layer in quantizers(p.model.plan.layers):
+            taps: dict[str, Any] = dict(p.taps[layer.name])
+            taps[held] = ops.stop_gradient(taps[held])
+            part = reduce(ops.square(taps["input"] - taps["codes"]), cfg.features, cfg.batch)
+            total = part if total is None else total + part
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -233,6 +252,8 @@ TERMS: dict[str, Callable[[Any, Pass], Any]] = {
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
     "iwae": iwae,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
     "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
@@ -256,9 +277,10 @@ def loss_terms(
         z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head("code", h, training)
-    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), training, draws)
+    taps: Taps = {}
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), training, draws, taps)
     x_rows = repeat_rows(x, samples)
-    p = Pass(model, spec, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, category_logits)
+    p = Pass(model, spec, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, taps, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

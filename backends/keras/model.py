@@ -272,6 +272,9 @@ class BatchNorm(keras.layers.BatchNormalization):
 Draws = Mapping[str, object]
 """The layers' injected draws of a training batch (engine tensors), by canonical layer name (Noise.draws)."""
 NO_DRAWS: Draws = {}
+Taps = dict[str, dict[str, object]]
+"""The intermediates layers tap for the loss terms, by canonical layer name (a vector
+quantizer's 'input', 'codes', 'indices': aebench.layers.vector_quantizer)."""
 
 
 class Residual(keras.layers.Layer):
@@ -294,13 +297,13 @@ class Residual(keras.layers.Layer):
     def build(self, input_shape) -> None:
         """Nothing to build: the layers inside were built for their shapes when made."""
 
-    def call(self, x, training: bool = False, draws: Optional[Draws] = None):
+    def call(self, x, training: bool = False, draws: Optional[Draws] = None, taps: Optional[Taps] = None):
         h = x
         for plan, layer in zip(self.body_plans, self.body):
-            h = apply(layer, plan, h, training, draws or NO_DRAWS)
+            h = apply(layer, plan, h, training, draws or NO_DRAWS, taps)
         shortcut = x
         for plan, layer in zip(self.projection_plans, self.projection):
-            shortcut = apply(layer, plan, x, training, draws or NO_DRAWS)
+            shortcut = apply(layer, plan, x, training, draws or NO_DRAWS, taps)
         return h + shortcut
 
 
@@ -322,6 +325,71 @@ class InjectedDropout(keras.layers.Layer):
         return ops.where(draw >= self.rate, inputs / (1 - self.rate), ops.zeros_like(inputs))
 
 
+def first_argmin(x):
+    """The first index of the smallest value of each row of a (N, K) array, from ops.min and
+    ops.where. Not ops.argmin: it documents no rule for equal values, and on the JAX engine Keras
+    3.15 casts float64 to float32 before jnp.argmin (its fix for flushed negative zeros calls
+    result_type(dtype, 'float32'), float32 off TensorFlow), so distances 1e-12 apart tie and the
+    first wins (docs/EQUIVALENCE.md, "The zoo's loss terms")."""
+    k = x.shape[1]
+    positions = ops.expand_dims(ops.arange(k, dtype="int32"), 0)
+    at_minimum = ops.equal(x, ops.min(x, axis=1, keepdims=True))
+    return ops.min(ops.where(at_minimum, positions, ops.full_like(positions, k)), axis=1)
+
+
+class VectorQuantizer(keras.layers.Layer):
+    """Nearest-code quantization of the last axis, as aebench.layers.vector_quantizer states it:
+    the distances ||z||^2 - 2 z.e + ||e||^2 added left to right, the cross term by ops.einsum
+    (ops.matmul on the torch engine computes float64 in float32: known_gaps.txt), first_argmin,
+    the picked codes as a one-hot einsum (a gather's gradient is an IndexedSlices on TensorFlow),
+    the output z + ops.stop_gradient(z_q - z). Called, it returns the output and the taps (input,
+    codes, indices, in the canonical (B, V, D) and (B, V) layouts). ``update: gradient`` makes
+    the (K, D) codebook (``embeddings``) trainable; ``ema`` makes it and the cluster sizes and sums non-trainable
+    variables, assigned in training mode after the codes were picked (from a copy of the
+    codebook: TensorFlow's and torch's ``.value`` is the variable itself)."""
+
+    def __init__(self, plan: LayerPlan, dtype: str):
+        super().__init__(dtype=dtype)
+        self.settings, self.ema = plan.layer, plan.layer.update == "ema"
+        self.k, self.d = plan.layer.codes, plan.in_shape[-1]
+
+    def build(self, input_shape) -> None:
+        self.embeddings = self.add_weight(shape=(self.k, self.d), initializer="zeros", trainable=not self.ema)
+        if self.ema:
+            self.cluster_size = self.add_weight(shape=(self.k,), initializer="zeros", trainable=False)
+            self.embedding_sum = self.add_weight(shape=(self.k, self.d), initializer="zeros", trainable=False)
+
+    def call(self, x, training: bool = False):
+        codebook = ops.copy(self.embeddings.value) if self.ema else self.embeddings.value
+        z = ops.reshape(x, (-1, self.d))
+        cross = ops.einsum("nd,kd->nk", z, codebook)
+        distances = ops.sum(z * z, axis=1, keepdims=True) - 2.0 * cross + ops.sum(codebook * codebook, axis=1)
+        indices = first_argmin(distances)
+        one_hot = ops.cast(ops.equal(ops.expand_dims(indices, 1), ops.arange(self.k, dtype="int32")[None]), z.dtype)
+        codes = ops.einsum("nk,kd->nd", one_hot, codebook)
+        if training and self.ema:
+            self._update(ops.stop_gradient(z), one_hot)
+        out = z + ops.stop_gradient(codes - z)
+        batch = ops.shape(x)[0]
+        taps = {
+            "input": ops.reshape(z, (batch, -1, self.d)),
+            "codes": ops.reshape(codes, (batch, -1, self.d)),
+            "indices": ops.reshape(indices, (batch, -1)),
+        }
+        return ops.reshape(out, ops.shape(x)), taps
+
+    def _update(self, z, one_hot) -> None:
+        """The moving averages and the codebook they give."""
+        k, gamma, eps = self.k, self.settings.decay, self.settings.epsilon
+        cluster = gamma * self.cluster_size.value + (1 - gamma) * ops.sum(one_hot, axis=0)
+        embed = gamma * self.embedding_sum.value + (1 - gamma) * ops.einsum("nk,nd->kd", one_hot, z)
+        n = ops.sum(cluster)
+        smoothed = (cluster + eps) / (n + k * eps) * n
+        self.embeddings.assign(embed / ops.expand_dims(smoothed, 1))
+        self.cluster_size.assign(cluster)
+        self.embedding_sum.assign(embed)
+
+
 BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "dense": lambda plan, dtype: keras.layers.Dense(plan.layer.units, dtype=dtype),
     "conv": _conv,
@@ -336,6 +404,7 @@ BUILDERS: dict[str, Callable[[LayerPlan, str], keras.layers.Layer]] = {
     "batch_norm": BatchNorm,
     "residual": Residual,
     "dropout": InjectedDropout,
+    "vector_quantizer": VectorQuantizer,
 }
 """Layer kind (aebench.layers) -> the Keras layer computing it before its activation."""
 
@@ -347,15 +416,27 @@ def keras_layer(plan: LayerPlan, dtype: str) -> keras.layers.Layer:
     return made
 
 
-def apply(layer: keras.layers.Layer, plan: LayerPlan, x, training: bool = False, draws: Draws = NO_DRAWS):
+def apply(
+    layer: keras.layers.Layer,
+    plan: LayerPlan,
+    x,
+    training: bool = False,
+    draws: Draws = NO_DRAWS,
+    taps: Optional[Taps] = None,
+):
     """``layer`` (of ``plan``) on x, then the layer's activation; with ``training``, in training
-    mode (batch statistics, the injected ``draws``: the layers that read them get them)."""
-    if training and isinstance(layer, BatchNorm):
+    mode (batch statistics, the injected ``draws``: the layers that read them get them). The
+    layers' taps go into ``taps`` when given."""
+    if isinstance(layer, VectorQuantizer):
+        out, found = layer(x, training=training)
+        if taps is not None:
+            taps[plan.name] = found
+    elif isinstance(layer, Residual):
+        out = layer(x, training=training, draws=draws, taps=taps)
+    elif training and isinstance(layer, BatchNorm):
         out = layer(x, training=True)
     elif training and isinstance(layer, InjectedDropout):
         out = layer(x, draw=draws.get(plan.name), training=True)
-    elif training and isinstance(layer, Residual):
-        out = layer(x, training=True, draws=draws)
     else:
         out = layer(x)
     act = getattr(plan.layer, "activation", None)
@@ -405,10 +486,13 @@ class Autoencoder:
     def head(self, name: str, h, training: bool = False):
         return self.apply(self.by_name[name], h, training)
 
-    def decode_logits(self, z, labels: Optional[object], training: bool = False, draws: Draws = NO_DRAWS):
+    def decode_logits(
+        self, z, labels: Optional[object], training: bool = False, draws: Draws = NO_DRAWS, taps: Optional[Taps] = None
+    ):
+        """The decoder's logits; the layers' taps go into ``taps`` when given."""
         h = _join(z, labels)
         for plan in self.plan.decoder:
-            h = self.apply(plan, h, training, draws)
+            h = apply(self.layers[plan.name], plan, h, training, draws, taps)
         return h
 
 

@@ -20,11 +20,12 @@ from aebench.categorical import TEMPERATURE_KEY
 from aebench.layers.activations import Activation
 from aebench.losses import present_terms
 from aebench.losses._minibatch_weighted import TERMS as DECOMPOSITION
+from aebench.losses._quantizers import quantizers
 from aebench.losses.base import draw_key
 from aebench.plugins.backend_api import with_total
 from aebench.spec.types import Gaussian, Masking, Spec
 
-from .model import NO_DRAWS, Autoencoder, Draws, activation
+from .model import NO_DRAWS, Autoencoder, Draws, Taps, activation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -84,6 +85,8 @@ class Pass:
     """The batch's injected draws: the loss terms' under aebench.losses.base.draw_key."""
     samples: int
     """k = model.latent.samples: rows of z, logits and x per example."""
+    taps: Taps
+    """The intermediates the layers tapped, by canonical layer name (Taps)."""
     category_logits: Optional[Tensor] = None
     """Family categorical: the posterior's logits, (B, N K)."""
 
@@ -213,6 +216,23 @@ def gumbel_softmax(spec: Spec, category_logits: Tensor, gumbel: Tensor, temperat
     return y.reshape(category_logits.shape[0], -1)
 
 
+def quantized(held: str) -> Callable[[Any, Pass], Tensor]:
+    """The codebook (``held`` 'input') or commitment (``held`` 'codes') term: the sum over the
+    quantizers of reduce((z_e - z_q)^2), ``held`` detached (aebench.losses._quantizers)."""
+
+    def term(cfg: Any, p: Pass) -> Tensor:
+        total: Optional[Tensor] = None
+        for layer in quantizers(p.model.plan.layers):
+            taps = dict(p.taps[layer.name])
+            taps[held] = taps[held].detach()
+            part = reduce((taps["input"] - taps["codes"]) ** 2, cfg.features, cfg.batch)
+            total = part if total is None else total + part
+        assert total is not None, "a spec with this term has a quantizer (its rules)"
+        return total
+
+    return term
+
+
 TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "reconstruction": reconstruction,
     "kl": kl,
@@ -222,6 +242,8 @@ TERMS: dict[str, Callable[[Any, Pass], Tensor]] = {
     "mmd": mmd,
     "sliced_wasserstein": sliced_wasserstein,
     "iwae": iwae,
+    "codebook": quantized("input"),
+    "commitment": quantized("codes"),
     "categorical_kl": categorical_kl,
 }
 """Loss term (aebench.losses) -> its unweighted value from the term's settings and the pass."""
@@ -251,9 +273,10 @@ def loss_terms(
         z = gumbel_softmax(spec, category_logits, eps, draws[TEMPERATURE_KEY])
     else:
         z = model.head("code", h)
-    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), draws)
+    taps: Taps = {}
+    logits = model.decode_logits(z, None if labels is None else repeat_rows(labels, samples), draws, taps)
     x_rows = repeat_rows(x, samples)
-    p = Pass(model, spec, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, category_logits)
+    p = Pass(model, spec, x_rows, x_in, labels, z, mean, log_var, logits, draws, samples, taps, category_logits)
     return with_total(spec, {name: TERMS[name](getattr(spec.loss, name), p) for name in present_terms(spec.loss)})
 
 

@@ -212,12 +212,15 @@ def _biased_update(base: type[nn.modules.batchnorm._BatchNorm]) -> type[nn.Modul
 Draws = Mapping[str, torch.Tensor]
 """The layers' injected draws of a training batch, by canonical layer name (Noise.draws)."""
 NO_DRAWS: Draws = {}
+Taps = dict[str, dict[str, torch.Tensor]]
+"""The intermediates layers tap for the loss terms, by canonical layer name (a vector
+quantizer's 'input', 'codes', 'indices': aebench.layers.vector_quantizer)."""
 
 
 class Residual(nn.Module):
     """A residual block: its layers in order (each with its activation), plus its input or its
     projection; the block's own activation comes after (``Activated``). The layers inside get
-    the batch's draws in training."""
+    the batch's draws in training, and the pass's taps."""
 
     takes_draws = True
 
@@ -227,11 +230,11 @@ class Residual(nn.Module):
         self.layers = nn.ModuleList(Activated(child) for child in plan.children[:n])
         self.projection = Activated(plan.children[n]) if plan.layer.projection else None
 
-    def forward(self, x: torch.Tensor, draws: Draws) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, draws: Draws, taps: Optional[Taps] = None) -> torch.Tensor:
         h = x
         for module in self.layers:
-            h = module(h, draws)
-        return h + (x if self.projection is None else self.projection(x, draws))
+            h = module(h, draws, taps)
+        return h + (x if self.projection is None else self.projection(x, draws, taps))
 
 
 class InjectedDropout(nn.Module):
@@ -257,6 +260,63 @@ class InjectedDropout(nn.Module):
         return torch.where(draw >= self.rate, x / (1 - self.rate), 0.0)
 
 
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantization of the last canonical axis (channels: NCHW images are
+    quantized in NHWC order), as aebench.layers.vector_quantizer states it: the distances
+    ||z||^2 - 2 z.e + ||e||^2 added left to right, torch.argmin (the first index among equal
+    distances, as torch documents), the output z + (z_q - z).detach(). ``update: gradient``
+    makes the (K, D) codebook (``embeddings``) a Parameter; ``ema`` makes it and the cluster sizes and sums
+    buffers, updated in training mode after the codes are picked (under no_grad). It taps its
+    input, the picked codes (``embeddings[indices]``: their gradient reaches the codebook) and the
+    indices into ``taps``, in the canonical (B, V, D) and (B, V) layouts."""
+
+    takes_taps = True
+
+    def __init__(self, plan: LayerPlan):
+        super().__init__()
+        layer = plan.layer
+        self.name, self.layer, self.images = plan.name, layer, len(plan.in_shape) == 3
+        k, d = layer.codes, plan.in_shape[-1]
+        if layer.update == "gradient":
+            self.embeddings = nn.Parameter(torch.empty(k, d))
+        else:
+            self.register_buffer("embeddings", torch.empty(k, d))
+            self.register_buffer("cluster_size", torch.empty(k))
+            self.register_buffer("embedding_sum", torch.empty(k, d))
+
+    def forward(self, x: torch.Tensor, taps: Taps) -> torch.Tensor:
+        canonical = x.permute(0, 2, 3, 1) if self.images else x
+        codebook = self.embeddings
+        z = canonical.reshape(-1, codebook.shape[1])
+        distances = (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ codebook.T) + (codebook * codebook).sum(dim=1)
+        indices = torch.argmin(distances, dim=1)
+        codes = codebook[indices]
+        if self.layer.update == "ema" and self.training:
+            self._update(z.detach(), indices)
+        out = z + (codes - z).detach()
+        per_example = (x.shape[0], -1, codebook.shape[1])
+        taps[self.name] = {
+            "input": z.reshape(per_example),
+            "codes": codes.reshape(per_example),
+            "indices": indices.reshape(x.shape[0], -1),
+        }
+        out = out.reshape(canonical.shape)
+        return out.permute(0, 3, 1, 2).contiguous() if self.images else out
+
+    @torch.no_grad()
+    def _update(self, z: torch.Tensor, indices: torch.Tensor) -> None:
+        """The moving averages and the codebook they give, after the codes were picked."""
+        k, gamma, eps = self.layer.codes, self.layer.decay, self.layer.epsilon
+        one_hot = F.one_hot(indices, k).to(z.dtype)
+        cluster = gamma * self.cluster_size + (1 - gamma) * one_hot.sum(dim=0)
+        embed = gamma * self.embedding_sum + (1 - gamma) * (one_hot.T @ z)
+        n = cluster.sum()
+        smoothed = (cluster + eps) / (n + k * eps) * n
+        self.embeddings.copy_(embed / smoothed[:, None])
+        self.cluster_size.copy_(cluster)
+        self.embedding_sum.copy_(embed)
+
+
 BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "dense": lambda plan: nn.Linear(plan.in_shape[0], plan.layer.units),
     "conv": PaddedConv2d,
@@ -269,6 +329,7 @@ BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
     "batch_norm": batch_norm,
     "residual": Residual,
     "dropout": InjectedDropout,
+    "vector_quantizer": VectorQuantizer,
 }
 """Layer kind (aebench.layers) -> the module computing it before its activation."""
 
@@ -276,14 +337,19 @@ BUILDERS: dict[str, Callable[[LayerPlan], nn.Module]] = {
 class Activated(nn.Module):
     """A layer's module followed by the layer's activation. ``op`` holds the parameters; a
     layer that reads the batch's injected draws (``takes_draws``: dropout, a block holding
-    layers) gets them as a second argument."""
+    layers) gets them as a second argument, and a block also the pass's taps; a layer that
+    taps intermediates (``takes_taps``) gets the taps (a throwaway dict when None)."""
 
     def __init__(self, plan: LayerPlan):
         super().__init__()
         self.op = BUILDERS[plan.layer.type](plan)
         self.act = activation(getattr(plan.layer, "activation", None))
 
-    def forward(self, x: torch.Tensor, draws: Draws = NO_DRAWS) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, draws: Draws = NO_DRAWS, taps: Optional[Taps] = None) -> torch.Tensor:
+        if getattr(self.op, "takes_taps", False):
+            return self.act(self.op(x, {} if taps is None else taps))
+        if isinstance(self.op, Residual):
+            return self.act(self.op(x, draws, taps))
         return self.act(self.op(x, draws) if getattr(self.op, "takes_draws", False) else self.op(x))
 
 
@@ -315,11 +381,14 @@ class Autoencoder(nn.Module):
     def head(self, name: str, h: torch.Tensor) -> torch.Tensor:
         return self.heads[name](h)
 
-    def decode_logits(self, z: torch.Tensor, labels: Optional[torch.Tensor], draws: Draws = NO_DRAWS) -> torch.Tensor:
-        """Decoder output before the output activation, canonical layout (NHWC images); ``draws`` in training."""
+    def decode_logits(
+        self, z: torch.Tensor, labels: Optional[torch.Tensor], draws: Draws = NO_DRAWS, taps: Optional[Taps] = None
+    ) -> torch.Tensor:
+        """Decoder output before the output activation, canonical layout (NHWC images); ``draws``
+        in training; the layers' taps go into ``taps`` when given."""
         h = _join(z, labels)
         for module in self.decoder:
-            h = module(h, draws)
+            h = module(h, draws, taps)
         return h.permute(0, 2, 3, 1) if h.dim() == 4 else h
 
 

@@ -4,7 +4,9 @@ Dense: canonical (in, out), torch Linear.weight (out, in).
 Conv: canonical HWIO, torch OIHW = k.transpose(3, 2, 0, 1).
 ConvTranspose: canonical (kh, kw, out, in), torch (in, out, kh, kw) = k.transpose(3, 2, 0, 1),
 no spatial flip. Biases are the same in both. BatchNorm: gamma, beta are weight, bias; running_mean,
-running_var are the buffers of the same names.
+running_var are the buffers of the same names. Only kernels change layout: a vector quantizer's
+(K, D) embeddings and (K, D) embedding_sum are torch's (K, D) tensors of the same names (nn.Embedding's
+layout), its cluster_size too.
 """
 
 from __future__ import annotations
@@ -42,17 +44,21 @@ def set_state(model: Autoencoder, state: list[torch.Tensor]) -> None:
         parameter(model, p.name).copy_(value)
 
 
-def _relayout(array: np.ndarray, conv_axes: tuple[int, ...]) -> np.ndarray:
-    """Dense kernels transpose; conv kernels permute ``conv_axes``; biases stay."""
+def _relayout(array: np.ndarray, role: str, conv_axes: tuple[int, ...]) -> np.ndarray:
+    """Dense kernels transpose; conv kernels permute ``conv_axes``; every other role stays."""
+    if role != "kernel":
+        return array
     return {2: lambda a: a.T, 4: lambda a: a.transpose(conv_axes)}.get(array.ndim, lambda a: a)(array)
 
 
-def to_torch_layout(array: np.ndarray) -> np.ndarray:
-    return _relayout(array, _TO_TORCH)
+def to_torch_layout(array: np.ndarray, role: str = "kernel") -> np.ndarray:
+    """A canonical array of a parameter of ``role`` (Param.role) in torch's layout."""
+    return _relayout(array, role, _TO_TORCH)
 
 
-def to_canonical_layout(array: np.ndarray) -> np.ndarray:
-    return _relayout(array, _FROM_TORCH)
+def to_canonical_layout(array: np.ndarray, role: str = "kernel") -> np.ndarray:
+    """A torch array of a parameter of ``role`` (Param.role) in the canonical layout."""
+    return _relayout(array, role, _FROM_TORCH)
 
 
 @torch.no_grad()
@@ -61,19 +67,22 @@ def set_weights(model: Autoencoder, weights: Weights) -> None:
     for p in model.plan.params:
         target = parameter(model, p.name)
         target.copy_(
-            torch.as_tensor(np.ascontiguousarray(to_torch_layout(np.asarray(weights[p.name]))), dtype=target.dtype)
+            torch.as_tensor(
+                np.ascontiguousarray(to_torch_layout(np.asarray(weights[p.name]), p.role)), dtype=target.dtype
+            )
         )
 
 
 def get_weights(model: Autoencoder) -> Weights:
     return {
-        p.name: to_canonical_layout(parameter(model, p.name).detach().cpu().numpy()).copy() for p in model.plan.params
+        p.name: to_canonical_layout(parameter(model, p.name).detach().cpu().numpy(), p.role).copy()
+        for p in model.plan.params
     }
 
 
 def gradients(model: Autoencoder) -> Weights:
     """The .grad of every trainable parameter, in the canonical layout."""
     return {
-        p.name: to_canonical_layout(parameter(model, p.name).grad.detach().cpu().numpy()).copy()
+        p.name: to_canonical_layout(parameter(model, p.name).grad.detach().cpu().numpy(), p.role).copy()
         for p in model.plan.trainable
     }

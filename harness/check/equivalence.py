@@ -40,6 +40,7 @@ from aebench.check.tolerances import (
 )
 from aebench.data.datasets import load_dataset, one_hot
 from aebench.data.noise import CHECK_STREAM, draw_noise, stream
+from aebench.layers import Tape
 from aebench.losses.base import repeat_rows
 from aebench.plugins.backend_api import Backend, Batch, Noise, Step, Weights, loss_term_names
 from aebench.plugins.canonical import init_weights
@@ -63,6 +64,8 @@ class Case:
     train_labels: Optional[np.ndarray]
     finite_differences: dict[tuple[str, int, float], float] = field(default_factory=dict, compare=False, repr=False)
     """The oracle's finite differences computed so far (fd_entry), shared by every backend checked."""
+    held: list[tuple[Weights, Tape]] = field(default_factory=list, compare=False, repr=False)
+    """The oracle's training-mode tape at the case's weights (and those weights), recorded once (held_tape)."""
 
 
 @dataclass(frozen=True)
@@ -147,14 +150,17 @@ def make_case(
 
 def check_weights(plan: ModelPlan, weights: Weights, rng: np.random.Generator) -> Weights:
     """Biases drawn too, so bias layouts are exercised; batch-norm scales, offsets and running
-    statistics drawn away from their starts (ones and zeros would hide a swapped layout or an
-    evaluation that used batch statistics)."""
+    statistics, and moving-average counts and sums, drawn away from their starts (ones and zeros
+    would hide a swapped layout, an evaluation that used batch statistics, or a moving average
+    that weighs its past wrongly)."""
     moved = {
         "bias": lambda shape: rng.normal(0.0, BIAS_SD, shape),
         "offset": lambda shape: rng.normal(0.0, BIAS_SD, shape),
         "mean": lambda shape: rng.normal(0.0, BIAS_SD, shape),
         "scale": lambda shape: rng.uniform(0.5, 1.5, shape),
         "variance": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "count": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "sum": lambda shape: rng.normal(0.0, BIAS_SD, shape),
     }
     return {p.name: moved[p.role](p.shape) if p.role in moved else weights[p.name] for p in plan.params}
 
@@ -227,13 +233,27 @@ def check_encode_decode(backend: Backend, case: Case) -> list[Comparison]:
     return out
 
 
-def oracle_total(case: Case, weights: Weights, anchor: Optional[np.ndarray] = None) -> float:
-    return oracle.loss_terms(case.spec, weights, case.batch, case.plan, anchor=anchor)["total"]
+def oracle_total(case: Case, weights: Weights, tape: Optional[Tape] = None) -> float:
+    return oracle.loss_terms(case.spec, weights, case.batch, case.plan, tape=tape)["total"]
+
+
+def held_tape(case: Case) -> Tape:
+    """The oracle's tape of the case's training-mode pass (recorded once per case): what it holds
+    constant for differentiation (stop_gradient, the codes a quantizer picked), for replaying.
+    Recorded again for a case whose weights were replaced (dataclasses.replace keeps the list)."""
+    if not case.held or case.held[0][0] is not case.weights:
+        tape = Tape()
+        oracle_total(case, case.weights, tape)
+        case.held[:] = [(case.weights, tape)]
+    return case.held[0][1]
 
 
 def fd_entry(case: Case, name: str, index: int, step: float = FD_STEP) -> float:
     """Central finite difference of the oracle's total along one weight entry, computed once
-    per case and step: it depends on the oracle only, not on the backend checked."""
+    per case and step: it depends on the oracle only, not on the backend checked. The values
+    the frameworks hold constant for differentiation stay at the case's (held_tape), so the
+    quotient is the derivative of the surrogate autodiff differentiates: through a vector
+    quantizer, the straight-through estimator's, not that of the piecewise-constant loss."""
     if (name, index, step) not in case.finite_differences:
         case.finite_differences[name, index, step] = _central_difference(case, name, index, step)
     return case.finite_differences[name, index, step]
@@ -249,16 +269,15 @@ def fd_error(case: Case, name: str, index: int, gradient: float, scale: float) -
 
 
 def _central_difference(case: Case, name: str, index: int, step: float) -> float:
-    """The central difference of the oracle's total; where the spec samples straight through
-    (family categorical, hard), of the total whose gradient that estimator defines: the
-    one-hot of the case's soft sample y0, plus y - y0 (oracle.straight_through_anchor)."""
-    anchor = oracle.straight_through_anchor(case.spec, case.weights, case.batch, case.plan)
+    """The central difference of the oracle's total with the case's held values replayed
+    (fd_entry): for a straight-through categorical sample, the one-hot of the case's soft
+    sample y0 plus y - y0."""
     values = []
     for sign in (1.0, -1.0):
         moved = dict(case.weights)
         moved[name] = case.weights[name].copy()
         moved[name].flat[index] += sign * step
-        values.append(oracle_total(case, moved, anchor))
+        values.append(oracle_total(case, moved, held_tape(case).replay()))
     return (values[0] - values[1]) / (2 * step)
 
 
@@ -368,7 +387,7 @@ def nudged(case: Case, precision: str, draw: int = 0) -> Case:
     eps = float(np.finfo(np.dtype(precision)).eps)
     rng = stream(draw, CHECK_STREAM, NUDGE_KEY)
     weights = {n: v * (1 + NUDGE_ULPS * eps * rng.choice([-1.0, 1.0], np.shape(v))) for n, v in case.weights.items()}
-    return dataclasses.replace(case, weights=weights, finite_differences={})
+    return dataclasses.replace(case, weights=weights, finite_differences={}, held=[])
 
 
 def reference_trajectory(backend: Backend, case: Case, precision: Optional[str] = None) -> Trajectory:

@@ -13,9 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-from aebench.categorical import TEMPERATURE_KEY, relaxed_sample, soft_sample
+from aebench.categorical import TEMPERATURE_KEY, relaxed_sample
 from aebench.data.noise import corrupt
-from aebench.layers import apply_layer, run_stack
+from aebench.layers import Tape, apply_layer, run_stack
 from aebench.layers.activations import Activation, activate
 from aebench.losses import LOSS_TERMS, present_terms
 from aebench.losses.base import Forward, OracleInputs, repeat_rows
@@ -32,34 +32,35 @@ def forward(
     batch: Batch,
     plan: Optional[ModelPlan] = None,
     updates: Optional[Weights] = None,
-    anchor: Optional[np.ndarray] = None,
+    tape: Optional[Tape] = None,
 ) -> Forward:
     """The float64 forward pass with the batch's injected noise: in evaluation mode (running
     statistics, no dropout), or in training mode (batch statistics, the batch's layer draws)
     when ``updates`` is a dict, which then receives the updated state (running statistics) by
-    canonical name. ``anchor``: family categorical with ``hard``, the soft sample at other
-    weights, standing in for stop_gradient (aebench.categorical.relaxed_sample)."""
+    canonical name. The layers' taps and held values go on ``tape`` (a new one when None; a
+    replaying tape holds them at its recorded values: aebench.layers.base.Tape)."""
     plan = plan or plan_model(spec)
+    tape = Tape() if tape is None else tape
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     x = np.asarray(batch.x, dtype=np.float64)
     labels = None if batch.labels is None else np.asarray(batch.labels, dtype=np.float64)
     x_in = corrupt(spec.corruption, x, batch.noise.corruption)
     draws = batch.noise.draws
-    h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws)
+    h = run_stack(plan.encoder, weights, _join_labels(x_in, labels), updates, draws, tape)
     code = mean = log_var = category_logits = None
     samples = spec.model.latent.samples
     if spec.model.family == "vae":
-        mean = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
-        log_var = apply_layer(plan.heads[1], weights, h, updates, draws)[1]
+        mean = apply_layer(plan.heads[0], weights, h, updates, draws, tape)[1]
+        log_var = apply_layer(plan.heads[1], weights, h, updates, draws, tape)[1]
         z = sample_posterior(mean, log_var, np.asarray(batch.noise.eps, dtype=np.float64))
     elif spec.model.family == "categorical":
-        category_logits = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
-        z = categorical_sample(spec, category_logits, batch.noise, anchor)
+        category_logits = apply_layer(plan.heads[0], weights, h, updates, draws, tape)[1]
+        z = categorical_sample(spec, category_logits, batch.noise, tape)
     else:
-        code = z = apply_layer(plan.heads[0], weights, h, updates, draws)[1]
+        code = z = apply_layer(plan.heads[0], weights, h, updates, draws, tape)[1]
     decoder_labels = None if labels is None else repeat_rows(labels, samples)
-    logits = run_stack(plan.decoder, weights, _join_labels(z, decoder_labels), updates, draws)
-    return Forward(x_in, code, mean, log_var, z, logits, samples, category_logits)
+    logits = run_stack(plan.decoder, weights, _join_labels(z, decoder_labels), updates, draws, tape)
+    return Forward(x_in, code, mean, log_var, z, logits, samples, tape, category_logits)
 
 
 def sample_posterior(mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -71,30 +72,13 @@ def sample_posterior(mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> 
     return z.reshape(-1, mean.shape[1])
 
 
-def categorical_sample(
-    spec: Spec, category_logits: np.ndarray, noise: Noise, anchor: Optional[np.ndarray] = None
-) -> np.ndarray:
+def categorical_sample(spec: Spec, category_logits: np.ndarray, noise: Noise, tape: Tape) -> np.ndarray:
     """Family categorical's z from the posterior's logits, the batch's Gumbel noise (eps) and
-    temperature (aebench.categorical)."""
+    temperature (aebench.categorical); a straight-through sample holds one_hot(y) - y on ``tape``."""
     latent = spec.model.latent
     assert latent.categories is not None and latent.hard is not None, "family categorical (spec.load checks it)"
     tau = float(noise.draws[TEMPERATURE_KEY])
-    return relaxed_sample(category_logits, noise.eps, tau, latent.categories, latent.hard, anchor)
-
-
-def straight_through_anchor(
-    spec: Spec, weights: Weights, batch: Batch, plan: Optional[ModelPlan] = None
-) -> Optional[np.ndarray]:
-    """The soft sample y at ``weights`` where the spec samples straight through (family
-    categorical, hard), else None: the anchor with which finite differences of the oracle's
-    total at nearby weights are the straight-through gradient (aebench.check.equivalence)."""
-    latent = spec.model.latent
-    if spec.model.family != "categorical" or not latent.hard:
-        return None
-    fwd = forward(spec, weights, batch, plan, {})
-    assert fwd.category_logits is not None and latent.categories is not None, "family categorical"
-    tau = float(batch.noise.draws[TEMPERATURE_KEY])
-    return soft_sample(fwd.category_logits, batch.noise.eps, tau, latent.categories)
+    return relaxed_sample(category_logits, noise.eps, tau, latent.categories, latent.hard, tape)
 
 
 def _join_labels(x: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
@@ -107,15 +91,16 @@ def loss_terms(
     batch: Batch,
     plan: Optional[ModelPlan] = None,
     training: bool = True,
-    anchor: Optional[np.ndarray] = None,
+    tape: Optional[Tape] = None,
 ) -> dict[str, float]:
     """Every loss term of the spec (unweighted, each its term's oracle: aebench.losses) and
     their weighted total, in float64, in training mode (batch statistics, the batch's layer
     draws; the state is not updated: train_state gives the update) or in evaluation mode
-    (running statistics, no dropout); ``anchor``: forward's."""
+    (running statistics, no dropout). The forward pass and the terms record on ``tape``
+    (forward), or replay it (finite differences of the surrogate: aebench.check.equivalence)."""
     plan = plan or plan_model(spec)
     weights64 = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-    fwd = forward(spec, weights64, batch, plan, {} if training else None, anchor)
+    fwd = forward(spec, weights64, batch, plan, {} if training else None, tape)
     inputs = OracleInputs(spec, plan, weights64, batch, fwd)
     terms = {name: LOSS_TERMS[name].oracle(getattr(spec.loss, name), inputs) for name in present_terms(spec.loss)}
     return with_total(spec, terms)

@@ -18,11 +18,22 @@ import numpy as np
 
 from aebench.errors import LayerNotImplemented
 from aebench.layers.activations import Activation
-from aebench.layers.base import KINDS, LayerKind, LayerPlan, Weights, apply_layer, kind_of, layer_schemas, plan_layer
+from aebench.layers.base import (
+    KINDS,
+    LayerKind,
+    LayerPlan,
+    Tape,
+    Weights,
+    apply_layer,
+    kind_of,
+    layer_schemas,
+    plan_layer,
+)
 
 __all__ = [
     "LAYER_KINDS",
     "LAYER_SCHEMAS",
+    "Tape",
     "apply_layer",
     "check_implemented",
     "kind_of",
@@ -60,10 +71,12 @@ def run_stack(
     x: np.ndarray,
     updates: Optional[Weights] = None,
     draws: Optional[Mapping[str, np.ndarray]] = None,
+    tape: Optional[Tape] = None,
 ) -> np.ndarray:
-    """The float64 oracle of a stack of planned layers (training mode with ``updates``: apply_layer)."""
+    """The float64 oracle of a stack of planned layers (training mode with ``updates``, taps
+    and held values on ``tape``: apply_layer)."""
     for plan in layers:
-        x = apply_layer(plan, weights, x, updates, draws)[1]
+        x = apply_layer(plan, weights, x, updates, draws, tape)[1]
     return x
 
 

@@ -9,6 +9,11 @@ how they are drawn through their role; the backends map a kind's name to a build
 A kind whose layers hold layers (residual) plans, runs and counts them through ``KINDS``,
 which aebench.layers fills when it finds the kinds: ``Where.nested`` plans a layer inside
 another, ``apply_layer`` runs one.
+
+A forward pass of the oracle may carry a ``Tape``: the kinds that expose intermediates to loss
+terms (a vector quantizer's input and chosen codes) tap them there, and every value the
+frameworks hold constant for differentiation (their stop_gradient, ``.detach()``) is recorded
+there, so that finite differences can replay it (``Tape.replay``).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ MAX_SIZE = 2**31 - 1
 
 Shape = tuple[int, ...]
 Weights = dict[str, np.ndarray]
-Role = Literal["kernel", "bias", "scale", "offset", "mean", "variance"]
+Role = Literal["kernel", "bias", "scale", "offset", "mean", "variance", "embedding", "count", "sum"]
 """How a parameter starts: 'kernel' draws from the spec's init law, 'bias', 'offset' and
-'mean' are zeros, 'scale' and 'variance' are ones."""
+'mean' are zeros, 'scale' and 'variance' are ones; 'embedding' (a (K, D) codebook) draws uniform in
+[-1/K, 1/K) whatever the spec's law (PyTorch-VAE's VectorQuantizer); 'count' and 'sum' (an
+exponential moving average's cluster sizes and sums) are zeros."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,63 @@ TrainOracle = Callable[[LayerPlan, Weights, np.ndarray, Mapping[str, np.ndarray]
 the activation, the updated state by canonical name)."""
 
 
+class Tape:
+    """What one oracle forward pass records besides its output.
+
+    taps: by canonical layer name, the intermediates a layer exposes to the loss terms (a
+    vector quantizer's 'input', 'codes' and 'indices'), float64 in the canonical layout.
+    held: every value the pass holds constant for differentiation, by key (what the
+    frameworks compute under stop_gradient / ``.detach()``, and a discrete choice such as an
+    argmin). A tape made by ``replay`` returns the recorded values instead of the ones the pass
+    computes, so a finite difference of the oracle moves only what autodiff differentiates:
+    its quotient is the derivative of the surrogate whose gradient the frameworks compute (the
+    straight-through estimator's), not of the piecewise-constant loss.
+    """
+
+    def __init__(self, held: Optional[dict[str, np.ndarray]] = None):
+        self.taps: dict[str, dict[str, np.ndarray]] = {}
+        self.replaying = held is not None
+        self.held: dict[str, np.ndarray] = {} if held is None else held
+
+    def tap(self, layer: str, **values: np.ndarray) -> None:
+        """Expose ``values`` of the layer ``layer`` to the loss terms."""
+        self.taps.setdefault(layer, {}).update(values)
+
+    def stop_gradient(self, key: str, value: np.ndarray) -> np.ndarray:
+        """``value``, recorded under ``key``; on a replaying tape, the value recorded there instead."""
+        if self.replaying:
+            return self.held[key]
+        self.held[key] = value
+        return value
+
+    def replay(self) -> Tape:
+        """A new tape that holds what this one recorded (its taps start empty)."""
+        return Tape(dict(self.held))
+
+
+TapedOracle = Callable[[LayerPlan, Weights, np.ndarray, Optional[Weights], Mapping[str, np.ndarray], Tape], np.ndarray]
+"""(plan, weights, batch, the dict that receives the updated state in training mode or None in
+evaluation mode, the batch's injected draws, the pass's tape) -> the output before the activation."""
+
+
+def evaluation_of(taped: TapedOracle) -> Oracle:
+    """A taped kind's ``oracle``: its forward pass in evaluation mode, on a tape of its own."""
+    return lambda plan, weights, x: taped(plan, weights, x, None, {}, Tape())
+
+
+def training_of(taped: TapedOracle) -> TrainOracle:
+    """A taped kind's ``train_oracle``: its forward pass in training mode, on a tape of its own,
+    and the state it updated."""
+
+    def train(
+        plan: LayerPlan, weights: Weights, x: np.ndarray, draws: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, Weights]:
+        updates: Weights = {}
+        return taped(plan, weights, x, updates, draws, Tape()), updates
+
+    return train
+
+
 def no_macs(plan: LayerPlan) -> int:
     return 0
 
@@ -118,7 +182,12 @@ class LayerKind:
     mask) and may update its state; None: the same as ``oracle``, no state; draws: the kind
     takes an injected uniform [0, 1) draw of its input's shape per example in training (a
     dropout mask: aebench.data.noise draws it in NumPy, so every backend gets the same), which
-    its train_oracle receives.
+    its train_oracle receives; taped: for a kind that taps intermediates or holds values for
+    differentiation (``Tape``), its forward pass in both modes, which apply_layer calls instead
+    of ``oracle`` and ``train_oracle`` (those stay, with a tape of their own, for direct use);
+    codes: for a kind that picks one of a finite set of codes per vector (its taps hold
+    'indices', the pick of each vector), how many codes it picks from (code-usage figures and
+    metrics read it).
     """
 
     name: str
@@ -131,6 +200,8 @@ class LayerKind:
     affine: bool = False
     train_oracle: Optional[TrainOracle] = None
     draws: bool = False
+    taped: Optional[TapedOracle] = None
+    codes: Optional[Callable[[LayerPlan], int]] = None
 
 
 def kernel_bias(name: str, kernel: Shape, units: int, fan_in: int, fan_out: int) -> tuple[Param, Param]:
@@ -181,14 +252,18 @@ def apply_layer(
     x: np.ndarray,
     updates: Optional[Weights] = None,
     draws: Optional[Mapping[str, np.ndarray]] = None,
+    tape: Optional[Tape] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The float64 oracle of one planned layer: (pre-activation, output), its kind's oracle
     followed by its activation if it has one. With ``updates`` (a dict) the layer runs in
     training mode, its updated state is written there and a kind that ``draws`` takes its
     injected draw from ``draws`` (by canonical layer name: aebench.data.noise); without, in
-    evaluation mode, and ``draws`` is not read."""
+    evaluation mode, and ``draws`` is not read. A ``taped`` kind records on ``tape`` (a
+    throwaway one when None)."""
     kind = kind_of(plan.layer)
-    if updates is not None and kind.train_oracle is not None:
+    if kind.taped is not None:
+        pre = kind.taped(plan, weights, x, updates, draws or {}, Tape() if tape is None else tape)
+    elif updates is not None and kind.train_oracle is not None:
         draws = draws or {}
         if kind.draws and plan.name not in draws:
             raise ValueError(f"layer {plan.name} ({kind.name}) runs in training mode without its injected draw")

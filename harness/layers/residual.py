@@ -23,7 +23,20 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from aebench.layers.activations import LINEAR, Activation
-from aebench.layers.base import LayerKind, LayerPlan, Param, Shape, Weights, Where, apply_layer, kind_of, layer_schemas
+from aebench.layers.base import (
+    LayerKind,
+    LayerPlan,
+    Param,
+    Shape,
+    Tape,
+    Weights,
+    Where,
+    apply_layer,
+    evaluation_of,
+    kind_of,
+    layer_schemas,
+    training_of,
+)
 from aebench.layers.conv import Conv
 from aebench.layers.dense import Dense
 from aebench.spec.schema import Parser, shown
@@ -103,30 +116,20 @@ def projection(plan: LayerPlan) -> Optional[LayerPlan]:
     return plan.children[-1] if plan.layer.projection else None
 
 
-def _forward(
+def taped(
     plan: LayerPlan,
     weights: Weights,
     x: np.ndarray,
     updates: Optional[Weights],
-    draws: Optional[Mapping[str, np.ndarray]] = None,
+    draws: Mapping[str, np.ndarray],
+    tape: Tape,
 ) -> np.ndarray:
+    """The block in either mode: the layers inside get the mode, the draws and the tape."""
     h = x
     for child in body(plan):
-        h = apply_layer(child, weights, h, updates, draws)[1]
+        h = apply_layer(child, weights, h, updates, draws, tape)[1]
     shortcut = projection(plan)
-    return h + (x if shortcut is None else apply_layer(shortcut, weights, x, updates, draws)[1])
-
-
-def oracle(plan: LayerPlan, weights: Weights, x: np.ndarray) -> np.ndarray:
-    return _forward(plan, weights, x, None)
-
-
-def train_oracle(
-    plan: LayerPlan, weights: Weights, x: np.ndarray, draws: Mapping[str, np.ndarray]
-) -> tuple[np.ndarray, Weights]:
-    """Training mode for the layers inside (batch statistics, their draws); their updated state."""
-    updates: Weights = {}
-    return _forward(plan, weights, x, updates, draws), updates
+    return h + (x if shortcut is None else apply_layer(shortcut, weights, x, updates, draws, tape)[1])
 
 
 def macs(plan: LayerPlan) -> int:
@@ -142,8 +145,9 @@ KIND = LayerKind(
     "residual",
     Residual,
     plan,
-    oracle,
+    evaluation_of(taped),
     macs=macs,
     activation_values=activation_values,
-    train_oracle=train_oracle,
+    train_oracle=training_of(taped),
+    taped=taped,
 )

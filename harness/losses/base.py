@@ -9,10 +9,12 @@ backend maps a term's name to its own implementation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Optional
 
 import numpy as np
+
+from aebench.layers.base import Tape
 
 Fail = Callable[[str, str], NoReturn]
 """(field path, message) -> raises the spec's one-line error."""
@@ -30,6 +32,9 @@ class Forward:
     Per sample, B k rows, example-major (rows i k .. i k + k - 1 belong to example i): z =
     mean + exp(log_var / 2) * eps, each example's k samples; logits, the decoder's output on
     z (a conditional spec's labels repeated k times). For k = 1 both have B rows.
+    The pass's tape (aebench.layers.base.Tape): the intermediates layers tapped (``taps``, by
+    canonical layer name), and ``stop_gradient`` for what a term holds constant for
+    differentiation (recorded, or replayed by finite differences).
     """
 
     x_in: np.ndarray
@@ -39,7 +44,12 @@ class Forward:
     z: np.ndarray
     logits: np.ndarray
     samples: int = 1
+    tape: Tape = field(default_factory=Tape)
     category_logits: Optional[np.ndarray] = None
+
+    @property
+    def taps(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.tape.taps
 
     def encoded(self) -> dict[str, np.ndarray]:
         """What Backend.encode returns for this pass's (clean) input: {'mean', 'log_var'}
@@ -90,8 +100,11 @@ class QualityInputs:
     """What a term's quality metrics may read: the spec, its plan, the encoder's output on the
     first test examples (clean x: {'mean', 'log_var'} for family vae, {'logits'} for family
     categorical, {'code'} for family ae, float64), a generator of the quality step's own
-    stream (for samples and projections), those examples (x, float64) and the trained decoder
-    (``decode``: see Decode)."""
+    stream (for samples and projections), those examples (x, float64), the trained decoder
+    (``decode``: see Decode), the trained model's canonical weights (float64, state included:
+    to run layers of the model in NumPy, as aebench.losses._quantizers runs the decoder up to
+    its quantizers) and the one-hot labels of those examples (conditional specs; the decoder
+    reads them with the code)."""
 
     spec: Any
     plan: Any
@@ -99,6 +112,8 @@ class QualityInputs:
     rng: np.random.Generator
     x: np.ndarray
     decode: Decode
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: Optional[np.ndarray] = None
 
 
 Draw = Callable[[Any, Any, int, np.random.Generator], dict[str, np.ndarray]]

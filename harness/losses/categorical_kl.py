@@ -48,12 +48,12 @@ def oracle(cfg: CategoricalKL, inputs: OracleInputs) -> float:
 
 def quality(cfg: CategoricalKL, inputs: QualityInputs) -> dict[str, float]:
     """test_categorical_kl: the KL per example, summed over the variables (nats), averaged over
-    the first test examples; code_usage_entropy: aebench.categorical.usage_entropy of their
+    the first test examples; test_code_usage_entropy: aebench.categorical.usage_entropy of their
     posteriors (log K: every category used alike; 0: one category per variable for all)."""
     logits, categories = inputs.encoded["logits"], inputs.spec.model.latent.categories
     return {
         "test_categorical_kl": float(kl_to_uniform(logits, categories).sum(axis=1).mean()),
-        "code_usage_entropy": usage_entropy(logits, categories),
+        "test_code_usage_entropy": usage_entropy(logits, categories),
     }
 
 

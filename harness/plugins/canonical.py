@@ -13,8 +13,9 @@ _TRUNCATED_NORMAL_SD = 0.87962566103423978
 
 
 def init_weights(plan: ModelPlan, kernel_init: str, seed: int) -> Weights:
-    """Weights drawn with the spec's initialiser (biases, offsets, running means zero; scales and
-    running variances one), in float64, state included."""
+    """Weights drawn with the spec's initialiser (biases, offsets, running means, moving-average
+    counts and sums zero; scales and running variances one; codebooks uniform in [-1/K, 1/K)),
+    in float64, state included."""
     rng = np.random.default_rng(seed)
     return {p.name: _draw(rng, p, kernel_init) for p in plan.params}
 
@@ -31,8 +32,10 @@ def check_weights(plan: ModelPlan, weights: Weights) -> None:
 
 
 def _draw(rng: np.random.Generator, p: Param, law: str) -> np.ndarray:
-    if p.role in ("bias", "offset", "mean"):
+    if p.role in ("bias", "offset", "mean", "count", "sum"):
         return np.zeros(p.shape)
+    if p.role == "embedding":  # PyTorch-VAE's VectorQuantizer: uniform(-1/K, 1/K) whatever the kernels' law
+        return rng.uniform(-1.0 / p.shape[0], 1.0 / p.shape[0], p.shape)
     if p.role in ("scale", "variance"):
         return np.ones(p.shape)
     if law == "glorot_uniform":

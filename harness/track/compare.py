@@ -41,7 +41,18 @@ BENCH_KEYS = (*KEYS, "batch_size", "precision")  # of a bench cell
 OTHER = "other"  # the kind of runs that are neither trainings nor cells
 KEYS_OF = {"train": KEYS, "bench": BENCH_KEYS, OTHER: KEYS}
 TITLES = {"train": "training runs (aebench train)", "bench": "bench cells (aebench bench)", OTHER: "other runs"}
-HIGHER_IS_BETTER = ("psnr", "per_second", "samples_per_s", "throughput", "gflop", "peak_fraction", "speedup")
+HIGHER_IS_BETTER = (
+    "psnr",
+    "per_second",
+    "samples_per_s",
+    "throughput",
+    "gflop",
+    "peak_fraction",
+    "speedup",
+    "perplexity",  # a codebook's: more codes in use
+    "codes_used",
+    "usage_entropy",  # the categories a categorical latent uses
+)
 METRIC_ORDER = ("quality/", "test/", "train/", "time/")
 RUN_KEYS = ["spec", "backend", "mode", "dtype"]
 EXPECTED_TO_DIFFER = frozenset({"backend"})  # params that name what is compared

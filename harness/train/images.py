@@ -34,6 +34,7 @@ from aebench.data.noise import (  # noqa: E402
     stream,
 )
 from aebench.losses import code_targets, term_figures  # noqa: E402
+from aebench.losses._quantizers import code_count, decoder_picks, perplexity, quantizers, usage  # noqa: E402
 from aebench.plugins.backend_api import Backend  # noqa: E402
 from aebench.spec.shapes import ModelPlan  # noqa: E402
 from aebench.spec.types import Spec  # noqa: E402
@@ -73,11 +74,12 @@ def training_figures(
     lines between the latent points of test pairs; the one-hot label is interpolated too for
     conditional specs); denoising.png (specs with corruption: clean, corrupted, restored, with
     each image's PSNR); code_activations.png (specs with a term
-    that sets a code target, as sparsity does); latent_scatter.png
-    (latent size 2, family vae or ae: posterior means or codes of the test split, coloured by
-    label); and the figures the loss terms ask for (TERM_FIGURES, LossTerm.figures): samples.png
-    also for a deterministic code pulled toward the prior, codes_against_prior.png,
-    latent_traversals.png.
+    that sets a code target, as sparsity does); code_usage.png (specs whose decoder picks
+    codes, as a vector quantizer does: test images, their reconstructions and how often each
+    code is picked over the test split); latent_scatter.png (latent size 2, family vae or ae:
+    posterior means or codes of the test split, coloured by label); and the figures the loss
+    terms ask for (TERM_FIGURES, LossTerm.figures): samples.png also for a deterministic code
+    pulled toward the prior, codes_against_prior.png, latent_traversals.png.
     Each title is run_heading (spec, backend, epochs) over what the figure shows; tabular
     data is plotted against its feature names (Dataset.feature_names).
     """
@@ -106,6 +108,8 @@ def training_figures(
     target = next(iter(code_targets(spec.loss).values()), None)
     if target is not None:
         yield "code_activations.png", code_activations_figure(backend, model, spec, data, heading, target)
+    if quantizers(plan.decoder):
+        yield "code_usage.png", code_usage_figure(backend, model, spec, plan, data, rows, heading)
     if plan.latent_size == 2 and spec.model.family != "categorical":  # one-hot codes have no scatter
         yield "latent_scatter.png", latent_scatter_figure(backend, model, spec, data, heading)
     if "codes_against_prior" in asked:
@@ -285,6 +289,53 @@ def code_activations_figure(
     right.set_title("each unit's mean activation (rho_hat)", fontsize=8)
     right.legend(fontsize=7)
     return _titled(fig, heading, "code activations")
+
+
+def code_usage_figure(
+    backend: Backend,
+    model: object,
+    spec: Spec,
+    plan: ModelPlan,
+    data: Dataset,
+    rows: dict[str, np.ndarray],
+    heading: str,
+) -> Figure:
+    """The shown test examples and their reconstructions over one panel per quantizer of the
+    decoder: how many of the test split's vectors pick each code (codes sorted by use), with the
+    usage's perplexity and the number of codes used (the commitment term's quality metrics). The
+    codes are picked by the decoder run in NumPy on the backend's encodings and weights."""
+    x = data.x_test[:SCATTER_POINTS]
+    labels = _labels(spec, _first(data.y_test, len(x)))
+    code = np.asarray(latent_point(spec, backend.encode(model, x, labels)), np.float64)
+    weights = {k: np.asarray(v, np.float64) for k, v in backend.get_weights(model).items()}
+    picks = decoder_picks(plan, weights, code, labels)
+    layers = {layer.name: layer for layer in quantizers(plan.decoder)}
+    shown = {k: rows[k] for k in ("input", "reconstructed")}
+    shape = image_shape(plan)
+    fig = plt.figure(figsize=(SHOWN * 0.9, 2.4 + 2.6 * len(picks)))
+    grid = fig.add_gridspec(2 + len(picks), 1, height_ratios=[1, 1] + [2.4] * len(picks))
+    for i, (title, images) in enumerate(shown.items()):
+        ax = fig.add_subplot(grid[i])
+        if shape is None:
+            ax.plot(images.T, linewidth=0.8)
+        else:
+            _show(ax, _tile(images.reshape(-1, *shape), cols=len(images)))
+        ax.set_title(title, fontsize=8, loc="left")
+    for i, (name, indices) in enumerate(picks.items()):
+        codes = code_count(layers[name])
+        counts = usage(indices, codes)
+        ax = fig.add_subplot(grid[2 + i])
+        ax.bar(np.arange(codes), np.sort(counts)[::-1], width=1.0, color="tab:blue")
+        ax.set_xlim(-0.5, codes - 0.5)
+        ax.set_xlabel("code (sorted by use)")
+        ax.set_ylabel("vectors")
+        ax.set_title(
+            f"{name}: {len(indices)} vectors of {len(x)} test examples; perplexity {perplexity(counts):.1f}, "
+            f"{int((counts > 0).sum())} of {codes} codes used",
+            fontsize=8,
+            loc="left",
+        )
+    return _titled(fig, heading, "test images, their reconstructions and the codes they pick")
 
 
 def latent_scatter_figure(backend: Backend, model: object, spec: Spec, data: Dataset, heading: str) -> Figure:

@@ -29,6 +29,10 @@ scored on the same numbers. The metrics (all per test example, means over the ex
   over each variable's K categories, KL(q || Uniform) in closed form. Training optimises the
   relaxed objective at its temperature (soft z) or the straight-through estimate; these two
   score the decoder on one-hot codes, the codes the prior samples of the figures are.
+- the present loss terms' own metrics (LossTerm.quality), from the clean encodings of the first
+  ``term_examples`` test examples and the model's weights in float64: e.g. ``test_mmd``, or
+  ``test_code_perplexity`` and ``test_codes_used`` (the commitment term: the codes the
+  decoder's quantizers pick, the decoder run in NumPy up to them).
 
 Decoder likelihoods, in nats:
 - BCE specs: Bernoulli, log p(x|z) = sum_d x_d log p_d + (1 - x_d) log(1 - p_d), p = decoded
@@ -115,12 +119,14 @@ def term_metrics(
     backend: Backend, model: object, spec: Spec, plan: ModelPlan, x: np.ndarray, labels: Optional[np.ndarray]
 ) -> dict[str, float]:
     """The present loss terms' own metrics (LossTerm.quality) on the clean encodings of x, with
-    the trained decoder (QualityInputs.decode) for those that decode samples."""
+    the trained decoder (QualityInputs.decode) for those that decode samples and the model's
+    canonical weights in float64 (for terms that run layers in NumPy)."""
     if not any(LOSS_TERMS[name].quality for name in present_terms(spec.loss)):
         return {}
     x = x[: pairwise_examples(plan.latent_size)]
     lb = None if labels is None else labels[: len(x)]
     encoded = {k: np.asarray(v, np.float64) for k, v in backend.encode(model, x, lb).items()}
+    weights = {k: np.asarray(v, np.float64) for k, v in backend.get_weights(model).items()}
     rng = stream(spec.train.seed, TEST_STREAM, TERM_QUALITY_STREAM_KEY)
 
     def decode(z: np.ndarray) -> np.ndarray:
@@ -128,7 +134,9 @@ def term_metrics(
         repeated = None if lb is None else np.repeat(lb[:n], s, axis=0)
         return np.asarray(backend.decode(model, z.reshape(n * s, latent), repeated))  # its dtype: clipping reads it
 
-    return term_quality(spec.loss, QualityInputs(spec, plan, encoded, rng, np.asarray(x, np.float64), decode))
+    labels64 = None if lb is None else np.asarray(lb, np.float64)
+    inputs = QualityInputs(spec, plan, encoded, rng, np.asarray(x, np.float64), decode, weights, labels64)
+    return term_quality(spec.loss, inputs)
 
 
 PAIRWISE_VALUES = 20_000_000
