@@ -101,6 +101,11 @@ def optimizer_parts(spec: Spec) -> set[Feature]:
     return parts | {("state", kind) for kind in stateful}
 
 
+def trained_parts(spec: Spec) -> set[Feature]:
+    """What a training trajectory of ``spec`` depends on: its built parts and its optimizer's."""
+    return built_parts(spec) | optimizer_parts(spec)
+
+
 @functools.cache
 def covering_specs(parts: Callable[[Spec], set[Feature]]) -> list[str]:
     """Shipped specs that together have every part (``parts``) any shipped spec has, chosen

@@ -5,8 +5,9 @@ is skipped with the registry's reason. A test that takes ``spec_name`` runs once
 shipped spec; one that takes ``built_spec_name`` once per spec of a set that together has
 every part any shipped spec is built from (cases.covering_specs(cases.built_parts): every
 layer kind, activation, loss term, corruption and family), and ``optimizer_spec_name`` once
-per spec of a set that has every optimizer setting and kind of state. New specs and backends
-are tested with no test edits (as timm's list_models() drives its tests).
+per spec of a set that has every optimizer setting and kind of state; ``trained_spec_name`` once
+per spec of a set that has both (cases.trained_parts). New specs and backends are tested with
+no test edits (as timm's list_models() drives its tests).
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import os
 from pathlib import Path
 
 import pytest
-from cases import built_parts, covering_specs, optimizer_parts  # tests/ is on sys.path (pytest prepend import mode)
+from cases import (  # tests/ is on sys.path (pytest prepend import mode)
+    built_parts,
+    covering_specs,
+    optimizer_parts,
+    trained_parts,
+)
 
 from aebench.plugins.registry import list_backends
 from aebench.spec.load import list_specs
@@ -45,6 +51,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("built_spec_name", list_specs() if timed else covering_specs(built_parts))
     if "optimizer_spec_name" in metafunc.fixturenames:
         metafunc.parametrize("optimizer_spec_name", covering_specs(optimizer_parts))
+    if "trained_spec_name" in metafunc.fixturenames:
+        metafunc.parametrize("trained_spec_name", covering_specs(trained_parts))
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from aebench.bench.flops import layer_macs, training_step_flops
 from aebench.bench.timing import Protocol, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
 from aebench.plugins.bench_api import MODE_NAMES
+from aebench.plugins.registry import available_backends
 from aebench.spec.load import builtin_specs_dir, load_spec
 from aebench.spec.shapes import plan_model
 
@@ -120,7 +121,7 @@ HONESTY_PROBE = textwrap.dedent("""
 """)
 
 
-def test_harness_step_time_is_a_bare_loops(backend_name: str) -> None:
+def test_harness_step_time_is_a_bare_loops() -> None:
     """measure() reports the step time of a bare loop of the same compiled step in the same
     process: medians of 7 half-second measurements and 7 bare loops, taken in turn. Within 3%,
     or within the sum of the two sets' own spreads (each one's interquartile range over its
@@ -131,7 +132,13 @@ def test_harness_step_time_is_a_bare_loops(backend_name: str) -> None:
     in 5 backends. With only the bare loops' spread as the bound, a CI run failed jax at 6.7%
     against a 3.7% spread: the harness's own half-second medians are as noisy as the loops'.
     A dishonest protocol (timing dispatch without a sync, miscounted steps) misses by a
-    factor, far more than either bound."""
+    factor, far more than either bound. measure() is the same code for every backend and the
+    bare loop uses the backend's own dispatch and wait, so one backend proves it: jax, whose
+    dispatch returns before the step has run (torch where jax is missing); every backend's
+    runner is a real cell in test_every_mode_times_the_checked_training_step."""
+    backend_name = next((b for b in ("jax", "torch") if b in available_backends()), None)
+    if backend_name is None:
+        pytest.skip("neither jax nor torch is available")
     out = subprocess.run(
         [sys.executable, "-c", HONESTY_PROBE, backend_name], capture_output=True, text=True, timeout=900
     )

@@ -136,13 +136,15 @@ def test_the_crosses_of_the_interpolation_figure_are_in_its_legend() -> None:
 
 
 def test_the_code_usage_figure_counts_every_test_vector_s_pick() -> None:
-    """vq_vae's 16 vectors per test example each pick one of its 512 codes: the bars add up to
-    16 x the examples shown, sorted by use, and the title states the usage's perplexity."""
+    """vq_vae's 16 vectors per test example each pick one of its codes (512 shipped, 128 at its
+    test size): the bars add up to 16 x the examples shown, sorted by use, and the title states
+    the usage's perplexity."""
     fig = figures_of("vq_vae")["code_usage.png"]
     bars = fig.axes[-1]
     heights = [patch.get_height() for patch in bars.patches]
-    assert len(heights) == 512 and heights == sorted(heights, reverse=True)
+    codes = next(layer.codes for layer in suite_spec("vq_vae").model.decoder if layer.type == "vector_quantizer")
+    assert len(heights) == codes and heights == sorted(heights, reverse=True)
     examples = min(2000, len(load_dataset(load_spec("vq_vae")).x_test))
     assert sum(heights) == 16 * examples
     title = bars.get_title(loc="left")
-    assert "perplexity" in title and "of 512 codes used" in title
+    assert "perplexity" in title and f"of {codes} codes used" in title
