@@ -183,3 +183,27 @@ def train_and_track(
         listener = AfterEpoch(run, after_epoch) if after_epoch else run
         rows = train(spec, backend, data, out, listener=listener, quality=options.quality)
     return rows, run.outcome
+
+
+_TORCH_SWITCHES = ("torch.backends.cuda.matmul.allow_tf32", "torch.backends.cudnn.allow_tf32")
+_SWITCHES_BY_ENGINE = {
+    "torch": {
+        "ieee-fp32": {**dict.fromkeys(_TORCH_SWITCHES, "false"), "torch.float32_matmul_precision": "highest"},
+        "tf32": {**dict.fromkeys(_TORCH_SWITCHES, "true"), "torch.float32_matmul_precision": "high"},
+    },
+    "jax": {
+        "ieee-fp32": {"jax_default_matmul_precision": "highest"},
+        "tf32": {"jax_default_matmul_precision": "tensorfloat32"},
+    },
+    "tensorflow": {
+        "ieee-fp32": {"tf.config.experimental.tensor_float_32_execution_enabled": "false"},
+        "tf32": {"tf.config.experimental.tensor_float_32_execution_enabled": "true"},
+    },
+}
+_ENGINE = {"torch": "torch", "keras-torch": "torch", "jax": "jax", "keras-jax": "jax", "keras": "tensorflow"}
+
+
+def switches_of(backend: str, precision: str) -> dict[str, str]:
+    """What a built-in backend's framework reports of its precision switches at ``precision``,
+    written out here, apart from the backends' own expected_switches."""
+    return _SWITCHES_BY_ENGINE[_ENGINE[backend]][precision]

@@ -6,6 +6,7 @@ report are checked for what they claim, not for speed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,22 +15,26 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from cases import bench_command, cheap_backend  # tests/ is on sys.path (pytest prepend import mode)
+from cases import bench_command, cheap_backend, switches_of  # tests/ is on sys.path (pytest prepend import mode)
 from test_cli import aebench
 
-from aebench.bench.campaign import CampaignConfig, plan_cells, run_campaign
-from aebench.bench.cell import Cell
+from aebench.bench.campaign import CampaignConfig, load_campaign, plan_cells, run_campaign
+from aebench.bench.cell import Cell, run_cell
 from aebench.bench.executor import LocalExecutor
 from aebench.bench.flops import layer_macs, training_step_flops
+from aebench.bench.peak import cache_path, peak_key
 from aebench.bench.timing import Protocol, measure
 from aebench.check.tolerances import TRAJECTORY_LOSS_RTOL
-from aebench.plugins.bench_api import MODE_NAMES
-from aebench.plugins.registry import available_backends
+from aebench.errors import AebenchError, SpecError
+from aebench.plugins.bench_api import MODE_NAMES, Precision
+from aebench.plugins.registry import available_backends, load_backend
 from aebench.spec.load import builtin_specs_dir, load_spec
 from aebench.spec.shapes import plan_model
+from aebench.track.bench_run import switch_params
 
 SHORT = Protocol(warmup_seconds=0.05, min_warmup_calls=2, blocks=3, block_seconds=0.05, max_steps=5000)
 VAE_DENSE_FLOPS_PER_EXAMPLE = 4_382_720  # hand count, see test_vae_dense_flops_match_a_hand_count
@@ -72,6 +77,79 @@ def test_every_mode_times_the_checked_training_step(backend_name: str, mode: str
     assert row["loss_steps"][-1] == warmup_steps + moved + row["steps_timed"]  # then each block's last step
     assert row["stability"] in ("firm", "unstable") and row["ci_low_ms"] <= row["median_step_ms"] <= row["ci_high_ms"]
     assert row["peak_memory_mb"] > 0 and row["versions"] and row["device"]
+    ieee = switches_of(backend_name, "ieee-fp32")  # the precision of every cell here, read back twice
+    assert json.loads(row["precision_timed"]) == json.loads(row["precision_replay"]) == ieee
+
+
+def test_a_tf32_cell_reads_tf32_back_at_the_timed_steps_and_the_replay(backend_name: str, tmp_path: Path) -> None:
+    """A cell's process runs at the cell's precision, applied once when its backend loads: what
+    the framework reports right after the timed steps and after the verification replay is that
+    precision's (a Keras build once reset it to IEEE, so a tf32 cell replayed in IEEE float32).
+    ieee-fp32 is read back by every cell of test_every_mode_times_the_checked_training_step.
+    The device peak is not under test: the ieee-fp32 one those cells measured stands in for it
+    where there is one (a 2048 matmul takes seconds on a CPU)."""
+    cache = cache_path()
+    peaks = json.loads(cache.read_text()) if cache.is_file() else {}
+    for key in [k for k in peaks if k.endswith(f"|{backend_name}|float32|ieee-fp32")]:
+        peaks.setdefault(key.replace("|ieee-fp32", "|tf32"), peaks[key])
+    if peaks:
+        cache.write_text(json.dumps(peaks))
+    tf32 = Precision("tf32")
+    cell = Cell(spec="vae_toy", backend=backend_name, mode="eager", batch_size=16, precision=tf32, protocol=SHORT)
+    row = LocalExecutor(tmp_path, timeout_s=900).run(cell)
+    assert row["status"] == "ok", row.get("reason")
+    assert row["key"].endswith("|tf32") and row["precision"] == "tf32"
+    expected = switches_of(backend_name, "tf32")
+    assert json.loads(row["precision_timed"]) == json.loads(row["precision_replay"]) == expected
+    params = switch_params(row)  # the MLflow params of the cell's run
+    assert {k.removeprefix("precision.replay."): v for k, v in params.items() if "replay" in k} == expected
+
+
+def test_a_cell_at_another_precision_than_its_process_fails_in_one_line() -> None:
+    """Precision is set once per process: this one runs its backends at ieee-fp32, so a tf32
+    cell run in it fails, saying why, before anything is measured."""
+    name = cheap_backend()
+    load_backend(name)  # applied at this process's ieee-fp32
+    row = run_cell(Cell(spec="vae_toy", backend=name, mode="eager", batch_size=16, precision=Precision("tf32")))
+    assert row["status"] == "failed" and "median_step_ms" not in row
+    assert row["reason"].startswith("precision tf32 asked, but this process already runs ")
+    assert row["reason"].endswith(" at ieee-fp32: precision is set once per process") and "\n" not in row["reason"]
+
+
+def test_precision_keeps_its_recorded_names_and_reads_the_older_tf32_forms(tmp_path: Path) -> None:
+    """Cell keys, peak-cache keys and campaign names are as they were when the policy was a
+    tf32 flag; a cell file and a campaign YAML in the older form are still read."""
+    assert (Precision().describe(), Precision("tf32").describe()) == ("ieee-fp32", "tf32")
+    assert Precision("tf32").tf32 and not Precision().tf32
+    with pytest.raises(AebenchError, match="precision must be one of ieee-fp32, tf32, got 'bf16'"):
+        Precision("bf16")  # type: ignore[arg-type]
+    cell = Cell(spec="vae_toy", backend="torch", mode="eager", batch_size=16, precision=Precision("tf32"))
+    assert cell.key == "vae_toy|torch|eager|16|spec|tf32" and Cell.from_json(cell.to_json()) == cell
+    older = json.loads(cell.to_json())
+    older["precision"] = {"tf32": True}
+    assert Cell.from_json(json.dumps(older)) == cell
+    older["precision"] = {"tf32": False}
+    assert Cell.from_json(json.dumps(older)).precision == Precision()
+    named, flagged, contradicted, bad = (tmp_path / f"{n}.yaml" for n in ("named", "flagged", "contra", "bad"))
+    what = "specs: [vae_toy]\nbackends: [torch, jax]\nmodes: [eager]\nbatch_sizes: [16]\n"
+    named.write_text(what + "precision: tf32\n")
+    flagged.write_text(what + "tf32: true\n")
+    contradicted.write_text(what + "tf32: true\nprecision: ieee-fp32\n")
+    bad.write_text(what + "precision: fp16\n")
+    assert load_campaign(named) == load_campaign(flagged)
+    assert load_campaign(named).precision == Precision("tf32")
+    assert load_campaign(named).campaign_name() == "vae_toy_torch-jax_eager_b16_tf32"
+    specs = tuple(f"spec_number_{i}" for i in range(12))
+    long = CampaignConfig(specs=specs, backends=("torch",), precision=Precision("tf32"))
+    digest = hashlib.sha256(json.dumps([long.specs, long.backends, long.modes, (), None, True]).encode()).hexdigest()
+    assert long.campaign_name().endswith("-" + digest[:8])  # the hash of the tf32 flag, as before
+    with pytest.raises(SpecError, match="tf32: true contradicts precision: ieee-fp32"):
+        load_campaign(contradicted)
+    with pytest.raises(SpecError, match="precision: must be one of ieee-fp32, tf32; got 'fp16'"):
+        load_campaign(bad)
+    assert peak_key(SimpleNamespace(device=lambda: "cpu", name="torch"), "float32", Precision("tf32")) == (
+        "cpu|torch|float32|tf32"
+    )
 
 
 HONESTY_PROBE = textwrap.dedent("""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cases import cheap_backend, switches_of  # tests/ is on sys.path (pytest prepend import mode)
 
+from aebench.cli.main import build_parser
 from aebench.plugins.registry import list_backends
 from aebench.spec.load import list_specs
 
@@ -85,6 +88,38 @@ def test_bad_command_lines_give_one_error_line(args: list[str], message: str) ->
     assert proc.stderr.strip().splitlines()[-1].count(message) == 1
 
 
+@pytest.mark.parametrize("command", [["train", "vae_toy"], ["check"], ["bench"]])
+def test_train_check_and_bench_take_a_precision(command: list[str], capsys: pytest.CaptureFixture) -> None:
+    """--precision NAME, or --tf32 for tf32; neither: the process's default (ieee-fp32). A bad
+    name, or both flags, is argparse's one error line and exit 2."""
+    parser = build_parser()
+    assert parser.parse_args([*command, "--precision", "tf32"]).precision == "tf32"
+    assert parser.parse_args([*command, "--precision", "ieee-fp32"]).precision == "ieee-fp32"
+    assert parser.parse_args([*command, "--tf32"]).precision == "tf32"
+    assert parser.parse_args(command).precision is None
+    for bad, message in (
+        (["--precision", "bf16"], "argument --precision: invalid choice: 'bf16'"),
+        (["--precision", "ieee-fp32", "--tf32"], "argument --tf32: not allowed with argument --precision"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args([*command, *bad])
+        error = capsys.readouterr().err
+        assert stopped.value.code == 2 and error.count("\n") == 1 and message in error, error
+
+
+def test_train_records_the_precision_its_framework_reads_back(tmp_path: Path) -> None:
+    """`aebench train --precision tf32`: the run's params hold tf32 and each switch as the
+    framework reports it once the precision is applied (no longer a hardcoded 'false')."""
+    out, backend = tmp_path / "run", cheap_backend()
+    args = ["train", "vae_toy", "--backend", backend, "--epochs", "1", "--precision", "tf32", "--no-mlflow"]
+    proc = aebench(*args, "--nll-examples", "8", "--nll-k", "2", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    params = json.loads((out / "mlflow_bundle" / "run.json").read_text())["params"]
+    assert (params["precision"], params["precision.tf32"]) == ("tf32", "true")
+    read = {k.removeprefix("precision.switch."): v for k, v in params.items() if k.startswith("precision.switch.")}
+    assert read == switches_of(backend, "tf32")
+
+
 def test_a_plugin_whose_framework_is_missing_is_listed_unavailable(tmp_path: Path) -> None:
     """A real third-party entry point (a dist-info on the path) whose framework cannot import."""
     dist = tmp_path / "ghost_backend-1.0.dist-info"
@@ -100,7 +135,7 @@ def test_a_plugin_whose_framework_is_missing_is_listed_unavailable(tmp_path: Pat
             return ghostframework
 
         PLUGIN = Plugin(name="ghost", framework="ghostframework", load=_load, bench=_load, peak=_load,
-                        install_hint="pip install ghost")
+                        precision=_load, install_hint="pip install ghost")
     """)
     )
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
@@ -147,7 +182,8 @@ def test_check_reports_an_uninstalled_backend_as_skipped(tmp_path: Path) -> None
     (tmp_path / "ghost_backend.py").write_text(
         "from aebench.plugins.plugin import Plugin\n"
         "def _load():\n    import ghostframework\n"
-        "PLUGIN = Plugin(name='ghost', framework='ghostframework', load=_load, bench=_load, peak=_load)\n"
+        "PLUGIN = Plugin(name='ghost', framework='ghostframework', load=_load, bench=_load, peak=_load,"
+        " precision=_load)\n"
     )
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = aebench("check", "vae_toy", "--backends", "ghost,torch", "--dtype", "float64", env=env)

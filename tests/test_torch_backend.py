@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0 'aebench[torch]')")
 
-from cases import conv2d, conv2d_transpose, suite_spec  # noqa: E402
+from cases import conv2d, conv2d_transpose, suite_spec, switches_of  # noqa: E402
 
 from aebench.backends.torch.model import CroppedConvTranspose2d, PaddedConv2d  # noqa: E402
 from aebench.backends.torch.train import ReferenceAdam, StockAdam  # noqa: E402
 from aebench.layers.conv import Conv  # noqa: E402
 from aebench.layers.conv_transpose import ConvTranspose  # noqa: E402
-from aebench.plugins.registry import load_backend  # noqa: E402
+from aebench.plugins.registry import load_backend, precision_switches  # noqa: E402
 from aebench.spec.load import load_spec  # noqa: E402
 from aebench.spec.shapes import plan_model  # noqa: E402
 from aebench.spec.types import ExponentialSchedule, WeightDecay  # noqa: E402
@@ -106,9 +106,13 @@ def test_reference_adam_with_decay_and_schedule_is_bit_identical_to_torch(form: 
 
 
 def test_tf32_is_off_after_the_backend_loads() -> None:
+    """ieee-fp32, this process's precision, is applied when the backend loads and read back:
+    TF32 off for matmuls and cuDNN convolutions (torch leaves the latter on by default)."""
     load_backend("torch")
     assert not torch.backends.cuda.matmul.allow_tf32
     assert not torch.backends.cudnn.allow_tf32
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert precision_switches("torch") == switches_of("torch", "ieee-fp32")
 
 
 def test_data_lives_on_cuda_when_there_is_one() -> None:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cases import suite_spec, train_and_track
+from cases import suite_spec, switches_of, train_and_track
 
 from aebench.data.datasets import Dataset, load_dataset
 from aebench.environment import spec_sha256
@@ -298,6 +298,8 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(backend, server:
         "precision": "ieee-fp32",
         "train.epochs": "1",
     }
+    read = {k.removeprefix("precision.switch."): v for k, v in params.items() if k.startswith("precision.switch.")}
+    assert params["precision.tf32"] == "false" and read == switches_of(backend.name, "ieee-fp32")  # read back
     assert (tags["spec"], tags["backend"], tags["mode"]) == ("vae_conv", backend.name, "train")
     assert tags["spec_sha256"] == spec_sha256(spec) and tags["driver"] and tags["git_commit"] and tags["device"]
     assert any(key.startswith("version.") for key in tags) and tags["framework"]

@@ -10,14 +10,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from cases import conv2d_transpose
+from cases import conv2d_transpose, switches_of
 
 from aebench.check.gaps import gap_for
 from aebench.check.suite import run_check
 from aebench.check.tolerances import GRAD_TOL, LOSS_RTOL
 from aebench.layers.activations import sigmoid
 from aebench.losses.reconstruction import bce_with_logits
-from aebench.plugins.registry import available_backends, load_backend
+from aebench.plugins.bench_api import Precision
+from aebench.plugins.registry import available_backends, backend_info, load_backend, plugin, precision_switches
 from aebench.spec.load import load_spec
 
 
@@ -164,7 +165,9 @@ def _backend_bce() -> dict:
 
 
 def test_tf32_is_off_in_every_framework_loaded_here() -> None:
-    names = available_backends()
+    """This process runs at ieee-fp32, the default: each backend loaded in it reads TF32 back as
+    off, from the framework itself and through its precision module."""
+    names = [name for name in available_backends() if not backend_info(name).note]  # not the worker ones
     if "torch" in names:
         import torch
 
@@ -179,6 +182,35 @@ def test_tf32_is_off_in_every_framework_loaded_here() -> None:
         import tensorflow as tf
 
         assert not tf.config.experimental.tensor_float_32_execution_enabled()
+    for name in names:
+        assert precision_switches(name) == switches_of(name, "ieee-fp32"), name
+
+
+def test_no_build_step_or_replay_sets_tf32_again(backend_name: str) -> None:
+    """Precision is applied once, when the backend loads: a build, a bench runner's steps and
+    the trainer's replay of them leave the switches as they were. Here the switches are those
+    of a tf32 process (applied by hand, then this process's ieee-fp32 put back); a step that
+    applied the precision again with another value (Keras' build once reset it to IEEE, so a
+    tf32 cell replayed its steps in IEEE float32) fails this."""
+    if backend_info(backend_name).note:
+        pytest.skip(f"{backend_name} runs in a worker process here (tests/test_bench.py runs its tf32 cells)")
+    from aebench.bench.cell import verify_against_trainer
+    from aebench.bench.data import make_bench_data
+    from aebench.data.datasets import load_dataset
+
+    backend, module, tf32 = load_backend(backend_name), plugin(backend_name).precision(), Precision("tf32")
+    spec = load_spec("vae_toy")
+    data = make_bench_data(spec, load_dataset(spec), 16, 20)
+    try:
+        assert module.apply_precision(tf32) == switches_of(backend_name, "tf32")
+        runner = plugin(backend_name).bench().prepare(backend, spec, "eager", data, tf32, 1)
+        handles = [runner.dispatch(), runner.dispatch()]
+        runner.wait(handles[-1])
+        assert module.read_precision() == switches_of(backend_name, "tf32"), "after the runner's steps"
+        verify_against_trainer(backend, spec, data, runner.losses(handles))  # builds again, trains 2 steps
+        assert module.read_precision() == switches_of(backend_name, "tf32"), "after the replay"
+    finally:
+        assert module.apply_precision(Precision()) == switches_of(backend_name, "ieee-fp32")
 
 
 def test_keras_leaky_relu_keeps_a_float64_slope() -> None:

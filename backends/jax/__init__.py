@@ -26,12 +26,19 @@ def _peak():
     return peak
 
 
+def _precision():
+    from . import precision
+
+    return precision
+
+
 PLUGIN = Plugin(
     name="jax",
     framework="jax",
     load=_load,
     bench=_bench,
     peak=_peak,
+    precision=_precision,
     distributions=("jax", "jaxlib", "flax", "optax"),
     reference_rank=1,
     install_hint="pip install 'aebench[jax]'",

@@ -1,8 +1,9 @@
 """The JAX backend (aebench.plugins.backend_api.Backend).
 
-Precision: matmuls and convolutions run at Precision.HIGHEST (no TF32 on GPUs), set both
-per layer and as jax_default_matmul_precision. float64 specs switch on jax_enable_x64 when
-they are built (a float32 spec keeps explicit float32 dtypes either way).
+Precision: the process's, set once as jax_default_matmul_precision when the backend loads
+(precision.py; ieee-fp32 is Precision.HIGHEST, no TF32 on GPUs); every layer is built at that
+level. float64 specs switch on jax_enable_x64 when they are built (a float32 spec keeps explicit
+float32 dtypes either way).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import numpy as np
 
 from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Batch, Noise, Weights, loss_term_names
-from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import ENCODED_NAMES, ModelPlan, plan_model
 from aebench.spec.types import Spec
 
 from . import weights as canonical
 from .losses import TERMS, loss_terms, output
 from .model import BUILDERS, Autoencoder, Params
-from .precision import set_precision
+from .precision import allow_float64
 from .train import JaxTrainer, grad_fn
 
 
@@ -41,7 +41,6 @@ class JaxBackend:
     name = "jax"
 
     def __init__(self) -> None:
-        set_precision(Precision())
         self._device = jax.devices()[0]
 
     def versions(self) -> dict[str, str]:
@@ -68,8 +67,7 @@ class JaxBackend:
 
     def build(self, spec: Spec) -> JaxModel:
         check_implemented(self.name, BUILDERS, plan_model(spec).layers)
-        if spec.dtype == "float64":
-            jax.config.update("jax_enable_x64", True)
+        allow_float64(spec.dtype)
         dtype = jnp.float64 if spec.dtype == "float64" else jnp.float32
         plan = plan_model(spec)
         return JaxModel(spec, plan, Autoencoder(plan, dtype), dtype)

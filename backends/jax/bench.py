@@ -32,15 +32,15 @@ def unsupported(backend, mode: str) -> str:
 
 
 def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int):
-    """A runner for ``mode``: model built and loaded, data on the device, precision applied.
-    Nothing is compiled here, so the first dispatch includes the compilation."""
+    """A runner for ``mode``: model built and loaded, data on the device, at the process's
+    precision (applied when the backend loaded; the layers are built at it). Nothing is
+    compiled here, so the first dispatch includes the compilation."""
     require_mode(MODES, mode)
     require_steps_per_call(mode, steps_per_call)
     import jax
 
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
-    _apply_precision(model.net, precision)
     from .train import make_step
 
     init, step = make_step(model.net, spec, data.steps_per_epoch)
@@ -49,13 +49,6 @@ def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precisio
     state = (model.params, init(model.params), jax.device_put(np.int32(0), device))
     scanned = steps_per_call if mode == "fast" else 1
     return JaxStepRunner(_mode_function(mode, _indexed_step(step, tables), scanned), state, tables, scanned, device)
-
-
-def _apply_precision(net, precision: Precision) -> None:
-    """The default matmul precision and each layer's own (model.py sets HIGHEST per layer)."""
-    from .precision import set_precision
-
-    net.set_layer_precision(set_precision(precision))
 
 
 def _device_tables(data: BenchData, device) -> dict:

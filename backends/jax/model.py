@@ -23,10 +23,9 @@ from aebench.layers import walk
 from aebench.layers.activations import Activation
 from aebench.layers.conv import explicit_pads
 from aebench.layers.conv_transpose import deconv_crop
-from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import LayerPlan, ModelPlan
 
-from .precision import layer_precision
+from .precision import applied_level
 
 Params = dict[str, dict[str, jax.Array]]
 LayerFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
@@ -295,14 +294,10 @@ class Autoencoder:
 
     def __init__(self, plan: ModelPlan, dtype: jnp.dtype):
         self.plan, self.dtype = plan, dtype
-        self.set_layer_precision(layer_precision(Precision()))
+        common = dict(dtype=dtype, param_dtype=dtype, precision=applied_level())  # the process's, set at load
+        self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in walk(plan.layers)}
         self.acts = {p.name: activation(getattr(p.layer, "activation", None)) for p in walk(plan.layers)}
         self.by_name = {p.name: p for p in plan.layers}
-
-    def set_layer_precision(self, precision: jax.lax.Precision) -> None:
-        """(Re)build every layer, nested ones included, with ``precision`` (aebench.backends.jax.precision)."""
-        common = dict(dtype=self.dtype, param_dtype=self.dtype, precision=precision)
-        self.ops = {p.name: BUILDERS[p.layer.type](p, common) for p in walk(self.plan.layers)}
 
     def apply_layer(
         self,

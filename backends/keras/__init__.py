@@ -64,6 +64,12 @@ def _peak():
     return peak
 
 
+def _precision():
+    from . import precision
+
+    return precision
+
+
 def _plugin(name: str, reference_rank: int) -> Plugin:
     engine = ENGINES[name]
     return Plugin(
@@ -72,6 +78,7 @@ def _plugin(name: str, reference_rank: int) -> Plugin:
         load=_loader(engine),
         bench=_bench,
         peak=_peak,
+        precision=_precision,
         distributions=_DISTRIBUTIONS[engine],
         reference_rank=reference_rank,
         install_hint=_INSTALL[engine],

@@ -9,7 +9,6 @@ from keras import ops
 
 from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Batch, Weights
-from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import ENCODED_NAMES, plan_model
 from aebench.spec.types import Spec
 
@@ -17,7 +16,7 @@ from . import engines
 from . import weights as canonical
 from .losses import TERMS, loss_terms, output
 from .model import BUILDERS, Autoencoder
-from .precision import set_precision
+from .precision import allow_float64
 from .train import KerasTrainer
 
 _NAMES = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
@@ -26,7 +25,6 @@ _NAMES = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
 class KerasBackend:
     def __init__(self, engine: str):
         self.name = _NAMES[engine]
-        set_precision(Precision())
 
     def versions(self) -> dict[str, str]:
         return engines.versions()
@@ -43,7 +41,7 @@ class KerasBackend:
     def build(self, spec: Spec) -> Autoencoder:
         plan = plan_model(spec)
         check_implemented(self.name, BUILDERS, plan.layers)
-        set_precision(Precision(), float64=spec.dtype == "float64")
+        allow_float64(spec.dtype)  # the precision switches were set once, when the backend loaded
         model = Autoencoder(plan, spec.dtype)
         model.spec = spec
         return model

@@ -44,8 +44,9 @@ def unsupported(backend, mode: str) -> str:
 
 
 def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int) -> StepRunner:
-    """A runner for ``mode``: model built and loaded, data on the device, precision applied.
-    Nothing runs or compiles here, so the first dispatch includes the compilation."""
+    """A runner for ``mode``: model built and loaded, data on the device, at the process's
+    precision (applied when the backend loaded). Nothing runs or compiles here, so the first
+    dispatch includes the compilation."""
     reason = unsupported(backend, mode)
     if reason:
         raise AebenchError(f"mode '{mode}' cannot run on {backend.name}: {reason}")

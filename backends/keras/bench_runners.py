@@ -17,14 +17,13 @@ from aebench.plugins.bench_api import BenchData, Precision
 from aebench.spec.types import Spec
 
 from . import engines
-from .precision import set_precision
 
 
 def make_runner(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int):
-    """The model built and loaded, ``precision`` set, and the engine's runner for ``mode``."""
+    """The model built and loaded, and the engine's runner for ``mode``, at the process's
+    precision (``precision`` names it: it was applied when the backend loaded)."""
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
-    set_precision(precision, float64=spec.dtype == "float64")
     make = {"tensorflow": _tensorflow_runner, "jax": _jax_runner, "torch": _torch_runner}[engines.engine()]
     return make(model, spec, mode, data, steps_per_call)
 

@@ -1,5 +1,5 @@
 """What Keras 3 leaves to its engine: gradients, the engine's versions and its device name.
-(The precision switches, TF32 and JAX's x64, are set in precision.py.)
+(The precision switches, TF32 and JAX's x64, are in precision.py.)
 
 ``value_and_grad(fn, variables, state)`` runs ``fn()`` (which reads the variables) and returns
 its result dict and the gradient of its 'total' with respect to each variable, on the engine

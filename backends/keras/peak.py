@@ -10,12 +10,13 @@ from keras import ops
 from aebench.plugins.bench_api import Precision
 
 from .engines import engine
-from .precision import set_precision
+from .precision import allow_float64
 
 
 def timed_matmuls(n: int, dtype: str, precision: Precision, repeats: int) -> float:
-    """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end."""
-    set_precision(precision, float64=dtype == "float64")
+    """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end, at the
+    process's precision (``precision`` names it: it was applied when the backend loaded)."""
+    allow_float64(dtype)
     a = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((n, n)).astype(dtype) / n**0.5)
     matmul = compiled_matmul()
     out = matmul(a, a)

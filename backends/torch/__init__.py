@@ -22,12 +22,19 @@ def _peak():
     return peak
 
 
+def _precision():
+    from . import precision
+
+    return precision
+
+
 PLUGIN = Plugin(
     name="torch",
     framework="torch",
     load=_load,
     bench=_bench,
     peak=_peak,
+    precision=_precision,
     distributions=("torch",),
     reference_rank=0,
     install_hint="pip install torch==2.13.0 'aebench[torch]'",

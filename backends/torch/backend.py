@@ -1,7 +1,8 @@
 """The PyTorch backend (aebench.plugins.backend_api.Backend).
 
-Precision: TF32 is switched off for matmuls and cuDNN convolutions, so float32 means IEEE
-float32 on Ampere/Hopper GPUs too (torch leaves TF32 on for cuDNN convolutions by default).
+Precision: the process's, set once when the backend loads (precision.py; ieee-fp32 switches
+TF32 off for matmuls and cuDNN convolutions, so float32 means IEEE float32 on Ampere/Hopper
+GPUs too); nothing here sets it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import torch
 
 from aebench.layers import check_implemented
 from aebench.plugins.backend_api import Batch, Weights, loss_term_names
-from aebench.plugins.bench_api import Precision
 from aebench.spec.shapes import ENCODED_NAMES, plan_model
 from aebench.spec.types import Spec
 
 from . import weights as canonical
 from .losses import TERMS, loss_terms, output
 from .model import BUILDERS, Autoencoder
-from .precision import set_precision
 from .train import TorchTrainer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -46,7 +45,6 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self) -> None:
-        set_precision(Precision())
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def versions(self) -> dict[str, str]:

@@ -33,7 +33,8 @@ def unsupported(backend, mode: str) -> str:
 
 def prepare(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int) -> StepRunner:
     """A runner for ``mode``: the model built in the spec's dtype with ``data.weights``, every
-    array of ``data`` on the device, ``precision`` applied; no step taken yet."""
+    array of ``data`` on the device, at the process's precision (applied when the backend
+    loaded); no step taken yet."""
     reason = unsupported(backend, mode)
     if reason:
         raise AebenchError(f"torch mode {mode!r} cannot run here: {reason}")

@@ -19,7 +19,6 @@ from aebench.spec.types import Spec
 
 from .losses import loss_terms
 from .model import Autoencoder
-from .precision import set_precision
 from .train import ReferenceAdam, make_optimizer
 
 StepIndex = Union[int, Tensor]  # a Python int (eager) or a (1,) int64 device counter
@@ -235,7 +234,8 @@ class CudaGraphRunner(Runner):
 
 
 def make_runner(backend, spec: Spec, mode: str, data: BenchData, precision: Precision, steps_per_call: int) -> Runner:
-    """bench.prepare's work, once torch may be imported."""
+    """bench.prepare's work, once torch may be imported, at the process's precision (``precision``
+    names it: it was applied when the backend loaded)."""
     opt = spec.optimizer
     if opt.implementation == "stock" and opt.schedule is not None and mode != "eager":
         raise AebenchError(
@@ -243,7 +243,6 @@ def make_runner(backend, spec: Spec, mode: str, data: BenchData, precision: Prec
             "changes a Python float that torch.compile and CUDA graphs bake in; use mode eager or "
             "optimizer.implementation reference"
         )
-    set_precision(precision)
     model = backend.build(spec)
     backend.set_weights(model, data.weights)
     first = next(model.parameters())

@@ -8,12 +8,10 @@ import torch
 
 from aebench.plugins.bench_api import Precision
 
-from .precision import set_precision
-
 
 def timed_matmuls(n: int, dtype: str, precision: Precision, repeats: int) -> float:
-    """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end."""
-    set_precision(precision)
+    """Seconds for ``repeats`` chained n x n matmuls after one warm-up, synced at the end, at the
+    process's precision (``precision`` names it: it was applied when the backend loaded)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device) / n**0.5
     out = a @ a

@@ -29,7 +29,7 @@ from aebench.bench.store import ResultStore
 from aebench.bench.timing import Protocol
 from aebench.environment import environment_info
 from aebench.errors import AebenchError, SpecError
-from aebench.plugins.bench_api import MODE_NAMES, Precision
+from aebench.plugins.bench_api import MODE_NAMES, PRECISION_NAMES, Precision
 from aebench.plugins.discovery import registered_plugins
 from aebench.safe_files import own_folders, write_text
 from aebench.spec.load import load_spec, spec_path
@@ -45,7 +45,9 @@ Dtype = Literal["float32", "float64"]
 
 @dataclass(frozen=True)
 class CampaignConfig:
-    """A campaign as a YAML file or flags describe it. ``batch_sizes`` empty: each spec's own."""
+    """A campaign as a YAML file or flags describe it. ``batch_sizes`` empty: each spec's own.
+    ``precision``: the precision every cell's process runs at (YAML ``precision: tf32``; the
+    older ``tf32: true|false`` is still read, load_campaign)."""
 
     specs: tuple[str, ...]
     backends: tuple[str, ...]
@@ -53,7 +55,7 @@ class CampaignConfig:
     batch_sizes: tuple[int, ...] = ()
     name: Optional[str] = None
     dtype: Optional[Dtype] = None
-    tf32: bool = False
+    precision: Precision = field(default_factory=Precision)
     steps_per_call: int = field(default=10, metadata=rule(at_least(1)))
     timeout_s: float = field(default=1800.0, metadata=rule(greater_than(0)))
     verify: bool = True
@@ -62,9 +64,10 @@ class CampaignConfig:
     ray_address: Optional[str] = None
 
     @property
-    def precision(self) -> Precision:
-        """The precision policy every cell of the campaign runs under (the YAML says tf32: true|false)."""
-        return Precision(tf32=self.tf32)
+    def tf32(self) -> bool:
+        """Whether the campaign allows TF32 (its name says so; its hash reads this bool, as it
+        did when it was a field)."""
+        return self.precision.tf32
 
     def campaign_name(self) -> str:
         """The given name, or one read from what is measured, e.g.
@@ -89,12 +92,28 @@ class CampaignConfig:
 def load_campaign(path: Path) -> CampaignConfig:
     """A campaign YAML; SpecError (file, field, what is allowed) on anything wrong."""
     parser = Parser(str(path))
-    raw = read_mapping(path)
+    raw = older_precision(parser, read_mapping(path))
     config = parser.parse_dataclass(CampaignConfig, raw, "")
     for i, size in enumerate(config.batch_sizes):
         if size < 1:
             parser.fail(f"batch_sizes[{i}]", f"must be >= 1, got {size}")
     return validate(config, str(path))
+
+
+def older_precision(parser: Parser, raw: dict) -> dict:
+    """A campaign mapping with the older ``tf32: true|false`` read as ``precision``; SpecError
+    when it is not a boolean or contradicts a ``precision`` given beside it."""
+    if "tf32" not in raw:
+        return raw
+    raw = dict(raw)
+    tf32 = raw.pop("tf32")
+    if not isinstance(tf32, bool):
+        parser.fail("tf32", f"must be true or false (or give precision: {' | '.join(PRECISION_NAMES)})")
+    named = "tf32" if tf32 else "ieee-fp32"
+    if "precision" in raw and raw["precision"] != named:
+        parser.fail("tf32", f"tf32: {str(tf32).lower()} contradicts precision: {str(raw['precision'])[:60]}")
+    raw["precision"] = named
+    return raw
 
 
 def validate(config: CampaignConfig, source: str) -> CampaignConfig:

@@ -9,6 +9,12 @@ failure stays in the row.
 Before its figures are trusted, a cell checks that the steps it timed are the training
 step of the equivalence suite: the losses of its first steps must match the backend's
 trainer on the same batches, noise and weights (TRAJECTORY_LOSS_RTOL).
+
+The cell's precision is its process's, set before the backend loads and applied once
+(aebench.plugins.precision). The row records the framework's switches as it reports them
+right after the timed steps (``precision_timed``) and after the verification replay
+(``precision_replay``); a cell whose switches are not its precision's at either moment fails,
+saying which switch.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from aebench.plugins.backend_api import Backend, Noise, Step, check_implements
 from aebench.plugins.bench_api import BenchData, Precision, require_mode
 from aebench.plugins.discovery import device_sharing_environment
 from aebench.plugins.plugin import Plugin
+from aebench.plugins.precision import check_switches, set_process_precision
 from aebench.plugins.registry import load_backend
 from aebench.plugins.registry import plugin as registered_plugin
 from aebench.spec.load import load_spec
@@ -97,8 +104,10 @@ class Cell:
 
     @classmethod
     def from_json(cls, text: str) -> Cell:
+        """A Cell from to_json's text (or an older one, whose precision was ``{"tf32": bool}``)."""
         raw = json.loads(text)
-        return cls(**{**raw, "protocol": Protocol(**raw["protocol"]), "precision": Precision(**raw["precision"])})
+        precision = Precision.from_json(raw["precision"])
+        return cls(**{**raw, "protocol": Protocol(**raw["protocol"]), "precision": precision})
 
 
 SPEC_DIGEST_CHARACTERS = 8
@@ -150,6 +159,7 @@ def _measure_into(row: dict, cell: Cell) -> None:
     row["dtype"] = spec.dtype
     row["optimizer"] = spec.optimizer.implementation
 
+    set_process_precision(cell.precision)  # before the backend loads: it is applied then, once
     backend = load_backend(cell.backend)
     plugin = registered_plugin(cell.backend)
     bench = plugin.bench()
@@ -175,6 +185,7 @@ def _measure_into(row: dict, cell: Cell) -> None:
         device_peak(plugin, backend, spec.dtype, cell.precision, fresh_since=cell.peak_fresh_since)
     runner = bench.prepare(backend, spec, cell.mode, data, cell.precision, cell.steps_per_call)
     timing = measure(runner, cell.protocol)
+    record_switches(row, "precision_timed", plugin, cell.precision, "at the timed steps")
     memory_peak = runner.peak_memory_bytes()
     row.update(timing_figures(timing, plan, cell.batch_size, spec.model.latent.samples))
     row.update(memory_figures(memory_peak))
@@ -183,7 +194,17 @@ def _measure_into(row: dict, cell: Cell) -> None:
     check_finite(timing.losses, timing.loss_steps)
     if cell.verify:
         row.update(verify_against_trainer(backend, spec, data, timing.losses[: timing.consecutive_steps]))
+        record_switches(row, "precision_replay", plugin, cell.precision, "after the verification replay")
     row["status"] = "ok"
+
+
+def record_switches(row: dict, column: str, plugin: Plugin, precision: Precision, when: str) -> None:
+    """The framework's precision switches, read now, into ``row[column]`` (JSON); CellFailed
+    naming the first one that is not ``precision``'s."""
+    found, problem = check_switches(plugin, precision, when)
+    row[column] = json.dumps(found, sort_keys=True)
+    if problem:
+        raise CellFailed(problem)
 
 
 def timing_figures(timing: Timing, plan: ModelPlan, batch_size: int, samples: int = 1) -> dict:

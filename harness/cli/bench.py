@@ -29,8 +29,10 @@ from aebench.bench.ray_executor import RayExecutor
 from aebench.bench.report import compile_text, write_report
 from aebench.bench.stability import row_stability
 from aebench.cli.folders import refuse_unwritable, writable_folder
+from aebench.cli.precision import add_precision_arguments, chosen_precision
 from aebench.data.datasets import find_mnist
 from aebench.errors import AebenchError, SpecError
+from aebench.plugins.precision import set_process_precision
 from aebench.plugins.registry import available_backends
 from aebench.progress import Progress
 from aebench.safe_files import refuse_link
@@ -60,7 +62,8 @@ DEFAULT_RESULTS = "bench-results"
 def campaign_config(args: argparse.Namespace) -> CampaignConfig:
     """The campaign YAML (if any) with the flags given on the command line on top. Every name
     is checked against what is registered and shipped before any framework is imported; only
-    the default backends (every available one) need the frameworks loaded, and last."""
+    the default backends (every available one) need the frameworks loaded, and last, at the
+    campaign's precision (the process's from then on)."""
     if args.campaign:
         config = load_campaign(Path(args.campaign))
     else:
@@ -73,7 +76,7 @@ def campaign_config(args: argparse.Namespace) -> CampaignConfig:
         batch_sizes=args.batch_sizes,
         name=args.name,
         dtype=args.dtype,
-        tf32=args.tf32 or None,
+        precision=chosen_precision(args),
         steps_per_call=args.steps_per_call,
         timeout_s=args.timeout,
         verify=False if args.no_verify else None,
@@ -83,6 +86,7 @@ def campaign_config(args: argparse.Namespace) -> CampaignConfig:
     protocol = {k: getattr(args, k) for k in ("warmup_seconds", "blocks", "block_seconds") if getattr(args, k)}
     config = dataclasses.replace(config, protocol=dataclasses.replace(config.protocol, **protocol))
     checked(args, lambda: validate_names(config, args.campaign or "command line"))
+    set_process_precision(config.precision)  # the cells' own processes set it too
     if not config.backends:
         config = dataclasses.replace(config, backends=tuple(available_backends()))
         if not config.backends:
@@ -219,7 +223,7 @@ def add_commands(sub, positive_int, positive_float) -> None:
     p.add_argument("--modes", type=comma_list, metavar="A,B", help="eager, compiled, fast (default: all three)")
     p.add_argument("--batch-sizes", type=batch_sizes, metavar="N,M", help="default: each spec's train.batch_size")
     p.add_argument("--dtype", choices=("float32", "float64"), help="override every spec's dtype")
-    p.add_argument("--tf32", action="store_true", help="allow TensorFloat-32 in every framework (default: off)")
+    add_precision_arguments(p, default="the campaign's, else ieee-fp32")
     p.add_argument(
         "--name",
         help="campaign name (default: read from what is measured, e.g. vae_dense_torch-jax_compiled_b1024, "

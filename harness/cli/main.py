@@ -23,6 +23,7 @@ from typing import Optional
 from aebench.check.suite import choose_backends, format_table, load_specs, run_check, summarize, to_json
 from aebench.cli.bench import add_commands
 from aebench.cli.folders import writable_folder
+from aebench.cli.precision import add_precision_arguments, set_precision_from
 from aebench.cli.tracking import add_commands as add_tracking_commands
 from aebench.cli.tracking import add_train_arguments, check_run_memory, tracking_options
 from aebench.data.datasets import MNIST_URL, check_data, fetch_mnist, load_dataset, split_sizes, with_data_path
@@ -163,6 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_run_memory(spec, str(spec_path(args.spec)), split_sizes(spec, args.data), options.quality)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.name}-{args.backend}-{datetime.now():%Y%m%d-%H%M%S}"
     writable_folder(out, "--out")
+    set_precision_from(args)  # before the backend loads: it is applied then, once
     backend = load_backend(args.backend)
     check_implements(backend, spec)
     data = load_dataset(spec, args.data)
@@ -182,6 +184,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     specs = load_specs(args.specs)
     names = args.backends.split(",") if args.backends else None
     check_backend_names(names or [], "--backends")
+    set_precision_from(args)  # before any backend loads
     progress = Progress()
     backends, skipped = choose_backends(names, progress=progress.line)
     dtypes = [args.dtype] if args.dtype else ["float64", "float32"]
@@ -243,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/SPEC-BACKEND-TIME)")
+    add_precision_arguments(p)
 
     add_train_arguments(p)
     p.set_defaults(run=cmd_train)
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), help="one dtype (default: both)")
     p.add_argument("--json", action="store_true", help="every compared quantity as JSON")
     p.add_argument("--verbose", action="store_true", help="every compared quantity, not one row per kind")
+    add_precision_arguments(p)
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("fetch-mnist", help="download MNIST into the Keras cache (needs a network)")

@@ -13,7 +13,9 @@ same name in every backend folder) that imports its framework only inside its fu
   device ("" if it can), e.g. CUDA graphs on a CPU.
 - ``prepare(backend, spec, mode, data, precision, steps_per_call) -> StepRunner``: builds the
   model in the spec's dtype (``backend`` is the loaded Backend), loads ``data.weights``, puts
-  every array of ``data`` on the device once, applies ``precision`` and returns a runner.
+  every array of ``data`` on the device once and returns a runner. ``precision`` is what the
+  process runs at, already applied when the backend loaded (aebench.plugins.precision): the
+  runner must not set it again.
   ``steps_per_call`` is how many steps a multi-step mode (``fast`` by lax.scan or a compiled
   loop) takes per dispatch; one-step modes ignore it and report 1. No training step may run
   before the harness asks for one, so the first dispatch includes the compilation.
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Literal, Optional, Protocol, get_args
 
 import numpy as np
 
@@ -59,20 +61,56 @@ def require_steps_per_call(mode: str, steps_per_call: int) -> None:
         raise AebenchError(f"steps_per_call must be at least 1 for mode 'fast', got {steps_per_call}")
 
 
+PrecisionName = Literal["ieee-fp32", "tf32"]
+PRECISION_NAMES: tuple[str, ...] = get_args(PrecisionName)
+"""The precision policies, as results record them (``Precision.describe``)."""
+
+
 @dataclass(frozen=True)
 class Precision:
-    """The precision policy, applied alike in every framework and recorded.
+    """The precision policy of a process: set once, before any backend loads, applied alike in
+    every framework and read back (aebench.plugins.precision).
 
-    tf32=False: float32 matmuls and convolutions in IEEE float32 (torch allow_tf32 off,
-    jax matmul precision 'highest', TF enable_tensor_float_32_execution(False)).
-    tf32=True: TensorFloat-32 allowed everywhere (torch allow_tf32 on, jax precision
-    'tensorfloat32' / default, TF32 execution on). Only Ampere and later GPUs have TF32.
+    ``ieee-fp32`` (the default): float32 matmuls and convolutions in IEEE float32 (torch
+    allow_tf32 off, jax matmul precision 'highest', TF enable_tensor_float_32_execution(False)).
+    ``tf32``: TensorFloat-32 allowed everywhere (torch allow_tf32 on, jax precision
+    'tensorfloat32', TF32 execution on). Only Ampere and later GPUs have TF32; elsewhere the
+    switches are set and read back all the same, and change nothing.
     """
 
-    tf32: bool = False
+    name: PrecisionName = "ieee-fp32"
+
+    def __post_init__(self) -> None:
+        if self.name not in PRECISION_NAMES:
+            raise AebenchError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {self.name!r}")
+
+    @property
+    def tf32(self) -> bool:
+        """Whether TensorFloat-32 is allowed (results record it as ``precision.tf32``)."""
+        return self.name == "tf32"
 
     def describe(self) -> str:
-        return "tf32" if self.tf32 else "ieee-fp32"
+        """The name results record: in cell keys, peak-cache keys, rows and MLflow params."""
+        return self.name
+
+    @classmethod
+    def from_json(cls, raw: object) -> Precision:
+        """A Precision as ``dataclasses.asdict`` writes it (``{"name": "tf32"}``), a bare name, or
+        the older ``{"tf32": true}`` of cells written before the policy had a name."""
+        if isinstance(raw, str):
+            return cls(raw)  # type: ignore[arg-type]  # __post_init__ refuses an unknown name
+        if isinstance(raw, dict) and set(raw) == {"tf32"} and isinstance(raw["tf32"], bool):
+            return cls("tf32" if raw["tf32"] else "ieee-fp32")
+        if isinstance(raw, dict) and set(raw) == {"name"}:
+            return cls(raw["name"])
+        raise AebenchError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {str(raw)[:60]!r}")
+
+    @classmethod
+    def from_yaml(cls, parser, value: object, path: str) -> Precision:
+        """A campaign YAML's ``precision: tf32`` (aebench.spec.schema.Parser)."""
+        if not (isinstance(value, str) and value in PRECISION_NAMES):
+            parser.fail(path, f"must be one of {', '.join(PRECISION_NAMES)}; got {str(value)[:60]!r}")
+        return cls(value)  # type: ignore[arg-type]  # one of PRECISION_NAMES
 
 
 @dataclass(frozen=True)

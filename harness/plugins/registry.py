@@ -3,7 +3,9 @@
 Built-in and third-party backends register the same way (an entry point naming a
 ``Plugin``). A backend whose framework cannot be imported is listed as unavailable with
 the reason; nothing crashes and nothing is silently dropped. A backend that cannot share
-this process (Keras on a second engine) is run in a worker process of its own.
+this process (Keras on a second engine) is run in a worker process of its own. A backend
+that loads is set to the process's precision at once, before anything is built
+(aebench.plugins.precision); a worker process is given the same precision.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Optional
 
-from aebench.errors import BackendUnavailable
+from aebench.errors import AebenchError, BackendUnavailable
 from aebench.plugins.backend_api import Backend
 from aebench.plugins.discovery import GROUP, apply_environment, registered_plugins
 from aebench.plugins.plugin import NeedsOwnProcess, Plugin
+from aebench.plugins.precision import apply_process_precision, check_switches, process_precision
 from aebench.plugins.remote import WorkerBackend
 from aebench.spec.schema import did_you_mean
 
@@ -90,6 +93,19 @@ def _backend(name: str) -> Backend:
     return WorkerBackend(name)
 
 
+def precision_switches(name: str) -> dict[str, str]:
+    """What the framework of backend ``name`` (loaded here if it is not yet) reports of its
+    precision switches now, read in the process it runs in (this one, or its worker's, which
+    runs at this one's precision); AebenchError when they are not the process's precision."""
+    backend = load_backend(name)
+    if isinstance(backend, WorkerBackend):
+        return backend.precision_switches()
+    switches, problem = check_switches(plugin(name), process_precision(), f"on backend '{name}'")
+    if problem:
+        raise AebenchError(problem)
+    return switches
+
+
 def framework_of(name: str) -> str:
     """The framework a registered backend runs on (its plugin's description), without loading it."""
     plugin = registered_plugins().get(name)
@@ -111,11 +127,13 @@ def _attempt(name: str) -> _Attempt:
     plugin = registered_plugins()[name]
     apply_environment(plugin)
     try:
-        return _Attempt(backend=plugin.load())
+        backend = plugin.load()
     except NeedsOwnProcess as exc:
         return _Attempt(own_process=str(exc))
     except ImportError as exc:
         return _Attempt(unavailable=f"{plugin.framework} cannot be imported: {exc}{_hint(plugin)}")
+    apply_process_precision(plugin)  # once, before anything is built
+    return _Attempt(backend=backend)
 
 
 def _hint(plugin: Plugin) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from aebench.errors import BackendUnavailable
 from aebench.plugins.backend_api import Batch, Step, Weights
 from aebench.plugins.discovery import child_environment
+from aebench.plugins.precision import process_precision
 from aebench.spec.types import Spec
 
 
@@ -44,7 +45,8 @@ class RemoteTrainer:
 
 
 class WorkerBackend:
-    """The named backend, loaded in a fresh ``python -m aebench.plugins.worker NAME`` process.
+    """The named backend, loaded in a fresh ``python -m aebench.plugins.worker NAME PRECISION``
+    process, at this process's precision (aebench.plugins.precision).
 
     A plain subprocess (not multiprocessing's spawn, which re-runs the caller's main
     script); pickled calls and replies cross its stdin and stdout.
@@ -53,7 +55,7 @@ class WorkerBackend:
     def __init__(self, name: str):
         self.name = name
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "aebench.plugins.worker", name],
+            [sys.executable, "-m", "aebench.plugins.worker", name, process_precision().describe()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=child_environment(),
@@ -93,6 +95,10 @@ class WorkerBackend:
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
+
+    def precision_switches(self) -> dict[str, str]:
+        """The worker's framework's precision switches as it reports them now."""
+        return self.call("precision_switches")
 
     def device(self) -> str:
         return self._device

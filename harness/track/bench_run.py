@@ -37,6 +37,7 @@ from aebench.track.tracking import (
     MAX_TAG_CHARS,
     LogOutcome,
     end_tags,
+    flatten,
     not_tried_again,
     record,
     run_tags,
@@ -109,6 +110,20 @@ def stability_tags(row: dict) -> dict[str, str]:
     return {STABILITY_TAG: stability.label, UNSTABLE_REASON_TAG: stability.reason()[:MAX_TAG_CHARS]}
 
 
+def switch_params(row: dict) -> dict[str, str]:
+    """The precision switches a cell read back, as params: ``precision.timed.<switch>`` (right
+    after its timed steps) and ``precision.replay.<switch>`` (after its verification replay),
+    where the row has them (a cell that failed before has fewer)."""
+    params: dict[str, str] = {}
+    for column, prefix in (("precision_timed", "precision.timed"), ("precision_replay", "precision.replay")):
+        try:
+            switches = json.loads(row.get(column) or "{}")
+        except ValueError:
+            continue
+        params.update(flatten(switches, prefix) if isinstance(switches, dict) else {})
+    return params
+
+
 def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, files: dict[str, Path]) -> RunRecord:
     """The MLflow run of one cell's row: params, tags, timing metrics, the loss curve
     (metric train/total by step: every warm-up step, then each timed block's last) and ``files``
@@ -120,6 +135,7 @@ def cell_record(row: dict, cell_spec: str, campaign: str, environment: dict, fil
         "batch_size": str(row["batch_size"]),
         "precision": row.get("precision", ""),
         "precision.tf32": str(row.get("precision") == "tf32").lower(),
+        **switch_params(row),
         "steps_per_call": str(row.get("steps_per_call", "")),
         "optimizer.implementation_used": str(row.get("optimizer", "")),
         **step_params(row),

@@ -41,8 +41,8 @@ from aebench.data.datasets import Dataset
 from aebench.environment import environment_info
 from aebench.errors import DiskFull
 from aebench.plugins.backend_api import Backend, loss_term_names
-from aebench.plugins.bench_api import Precision
-from aebench.plugins.registry import framework_of
+from aebench.plugins.precision import process_precision
+from aebench.plugins.registry import framework_of, precision_switches
 from aebench.scoring import QualitySettings
 from aebench.spec.types import Spec
 from aebench.stopping import held
@@ -63,6 +63,7 @@ from aebench.track.tracking import (
     LogOutcome,
     end_tags,
     failure_text,
+    flatten,
     record,
     resolve_tracking_uri,
     run_tags,
@@ -245,18 +246,23 @@ def _end_on_full_disk(run: RunRecord, bundle_dir: Path, out: Path, cause: OSErro
 
 def new_train_record(spec: Spec, backend: Backend, data: Dataset, environment: dict) -> RunRecord:
     """The RUNNING record of a train run: params (the flattened resolved spec, backend, mode,
-    precision, data sizes) and tags (tracking.run_tags, the data source)."""
-    precision = Precision(tf32=False).describe()
+    precision, data sizes) and tags (tracking.run_tags, the data source). The precision is the
+    process's as its framework reports it: ``precision.switch.<name>`` holds each switch read
+    back, and ``precision`` and ``precision.tf32`` are only written once the read-back is that
+    precision (registry.precision_switches: AebenchError otherwise)."""
+    switches = precision_switches(backend.name)
+    precision = process_precision()
     params = {
         **spec_params(spec),
         "backend": backend.name,
         "mode": TRAIN_MODE,
-        "precision": precision,
-        "precision.tf32": "false",
+        "precision": precision.describe(),
+        "precision.tf32": str(precision.tf32).lower(),
+        **flatten(switches, "precision.switch"),
         "dataset.n_train": str(len(data.x_train)),
         "dataset.n_test": str(len(data.x_test)),
     }
-    tags = run_tags(spec, backend.name, framework_of(backend.name), TRAIN_MODE, precision, environment)
+    tags = run_tags(spec, backend.name, framework_of(backend.name), TRAIN_MODE, precision.describe(), environment)
     tags["dataset"] = data.source
     tags[KIND_TAG] = KIND
     tags["mlflow.note.content"] = (
