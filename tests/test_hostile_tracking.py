@@ -324,8 +324,12 @@ def test_compare_of_runs_with_the_same_settings_warns_of_nothing(tmp_path: Path)
     needs_mlflow()
     pytest.importorskip("pandas", reason="pandas is not installed (pip install 'aebench[tracking]')")
     uri = sqlite_uri(tmp_path)
+    switches = {"torch": {"precision.switch.torch.float32_matmul_precision": "highest"}}
+    switches["jax"] = {"precision.switch.jax_default_matmul_precision": "highest"}  # each framework's own
     for backend, loss in (("torch", 1.0), ("jax", 2.0)):
-        assert record(small_record(tmp_path / backend, backend, loss), tmp_path / "bundles" / backend, uri).logged
+        run = small_record(tmp_path / backend, backend, loss)
+        run.params.update(switches[backend])
+        assert record(run, tmp_path / "bundles" / backend, uri).logged
     comparison = compare(uri)
     assert comparison.warnings == [] and "settings that differ" not in comparison.text
     assert "largest_diff" in comparison.text

@@ -56,6 +56,9 @@ HIGHER_IS_BETTER = (
 METRIC_ORDER = ("quality/", "test/", "train/", "time/")
 RUN_KEYS = ["spec", "backend", "mode", "dtype"]
 EXPECTED_TO_DIFFER = frozenset({"backend"})  # params that name what is compared
+FRAMEWORK_SWITCHES = ("precision.switch.", "precision.timed.", "precision.replay.")
+"""Prefixes of the params that hold each framework's own precision switches, read back: named
+per framework, so they differ between backends by design (the ``precision`` param compares)."""
 DIFF, DIFF_PERCENT = "largest_diff", "largest_diff_%"
 MAX_WARNINGS = 20
 MAX_SETTING_CHARS = 60
@@ -165,7 +168,9 @@ def differing_settings(runs, keys: Sequence[str] = KEYS):
         if len(group) < 2:
             continue
         params = {backend: p for backend, p in zip(group["backend"], group["params"])}
-        names = sorted(set().union(*params.values()) - EXPECTED_TO_DIFFER)
+        names = sorted(
+            n for n in set().union(*params.values()) - EXPECTED_TO_DIFFER if not n.startswith(FRAMEWORK_SWITCHES)
+        )
         for name in names:
             settings = {backend: _setting(p.get(name)) for backend, p in sorted(params.items())}
             if len(set(settings.values())) > 1:
