@@ -49,13 +49,15 @@ def test_canonical_weights_round_trip_exactly(backend, spec_name: str, dtype: st
         np.testing.assert_array_equal(back[p.name], case.weights[p.name].astype(cast), err_msg=p.name)
 
 
-def test_trainer_is_the_backend_gradient_followed_by_the_reference_adam(backend, spec_name: str) -> None:
+def test_trainer_is_the_backend_gradient_followed_by_the_reference_adam(backend, trained_spec_name: str) -> None:
     """Three float64 steps of the trainer equal backend.gradients + the NumPy reference Adam
     (the trainable weights: the state a trainer updates has no gradient; the batch_norm and
     vector_quantizer tests of tests/test_layers.py check its updates). Each step's gradients are
     taken from the state the trainer's step started from: batch_norm's training pass does not
-    read its running statistics, but a quantizer with moving averages picks codes by its codebook."""
-    case = case_for(spec_name, "float64")
+    read its running statistics, but a quantizer with moving averages picks codes by its codebook.
+    On the specs that cover every built and optimizer part (tests/conftest.py): the gradients
+    themselves are checked on every spec."""
+    case = case_for(trained_spec_name, "float64")
     n, steps_per_epoch = len(case.batch.x), 2  # a per-epoch schedule steps once in the three
     steps = [Step(np.arange(n), case.batch.noise) for _ in range(3)]
     model = eq.built(backend, case)

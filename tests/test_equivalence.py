@@ -56,11 +56,12 @@ def test_fifty_adam_steps_agree_with_the_reference_backend(backend, trained_spec
 
 
 @pytest.mark.slow
-def test_fifty_float32_adam_steps_stay_within_rounding_drift(backend, built_spec_name: str) -> None:
-    """float32 trajectories bound rounding drift (Adam in float32 on top of float32 gradients,
-    which every spec checks), on a set of specs with every part any spec is built from
+def test_fifty_float32_adam_steps_stay_within_rounding_drift(backend, optimizer_spec_name: str) -> None:
+    """float32 trajectories bound rounding drift: Adam and the state updates in float32 on top of
+    float32 gradients, which every spec checks against the reference (test_gradients_agree...),
+    so they run on a set of specs with every optimizer setting and kind of state
     (tests/conftest.py); `aebench check SPEC --dtype float32` runs them for any spec."""
-    assert_fifty_adam_steps_agree(backend, built_spec_name, "float32")
+    assert_fifty_adam_steps_agree(backend, optimizer_spec_name, "float32")
 
 
 def assert_fifty_adam_steps_agree(backend, spec_name: str, dtype: str) -> None:

@@ -53,9 +53,10 @@ EVERY_BACKEND_TRAINS = ("ae", "cvae", "vae_conv_bn64")
 """The specs every backend trains here: a plain autoencoder (no sampling), a conditional VAE
 (labels through the loop and the figures) and the 64x64 RGB VAE with batch_norm (running
 statistics in evaluation). Every other spec trains on the cheap backend only: each backend's
-trainer is already held to the reference Adam and to the other backends' trajectories on every
-spec (test_backend_contract.py, test_equivalence.py), so what an epoch adds is the loop's own
-work (data, evaluation, figures), which the spec decides."""
+gradients are held to the oracle on every spec, and its trainer to the reference Adam and to the
+other backends' trajectories on the specs that cover every part (test_backend_contract.py,
+test_equivalence.py), so what an epoch adds is the loop's own work (data, evaluation, figures),
+which the spec decides."""
 
 
 def assert_one_epoch_lowers_the_test_loss(spec_name: str, backend, out: Path) -> None:

@@ -44,7 +44,7 @@ def test_training_step(benchmark, backend, backend_name: str, built_spec_name: s
     rounds = (ROUNDS + WARMUP_ROUNDS) if benchmark.enabled else 1  # disabled: pedantic calls the step once
     batch_size = spec.train.batch_size
     data = make_bench_data(spec, load_dataset(spec), batch_size, max_steps=rounds + 1)
-    runner = bench.prepare(backend, spec, MODE, data, Precision(tf32=False), steps_per_call=1)
+    runner = bench.prepare(backend, spec, MODE, data, Precision(), steps_per_call=1)
 
     handles = []
 
